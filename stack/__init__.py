@@ -1,0 +1,1 @@
+"""The project's local stack (Postgres, Kafka, Kafka Connect + Debezium, Valkey)."""
