@@ -1,0 +1,161 @@
+"""Decode a Kafka record written by the Debezium PostgreSQL connector into an Event.
+
+Handles the JSON converter with ``schemas.enable`` true or false, every op (c, u, d,
+r, t, m), tombstones, heartbeats and transaction markers. Anything else raises
+``InvalidEvent`` with a low-cardinality ``reason`` and a message that says what is
+wrong and where in the record (a JSON path); the worker dead-letters it.
+
+reasons: ``invalid_json`` (not JSON, invalid UTF-8, nested too deep), ``invalid_key``,
+``invalid_envelope`` (wrong types, no source table, no row image), ``unknown_op``,
+``empty_record`` (neither key nor value).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from connectors.debezium import model
+from connectors.debezium.model import ColumnTypes, Event, WireEnvelope, WireKey, WireValue
+from connectors.errors import DecodeError
+
+HEARTBEAT_PREFIX = "__debezium-heartbeat"  # Debezium's default topic.heartbeat.prefix
+
+
+class InvalidEvent(DecodeError):
+    """A record that is not a Debezium event we can act on."""
+
+    def __init__(self, reason: str, message: str, *, path: str | None = None) -> None:
+        super().__init__(message, path=path)
+        self.reason = reason  # low-cardinality: a metric label and a dead-letter header
+        self.message = message
+
+
+_VALUE = msgspec.json.Decoder(WireValue)
+_KEY = msgspec.json.Decoder(WireKey)
+_ANY = msgspec.json.Decoder()
+
+
+class Decoder:
+    """Decodes records; remembers each topic's last embedded schema's column types."""
+
+    __slots__ = ("_heartbeat_prefix", "_schemas")
+
+    def __init__(self, *, heartbeat_prefix: str = HEARTBEAT_PREFIX) -> None:
+        self._heartbeat_prefix = heartbeat_prefix + "."
+        self._schemas: dict[str, tuple[msgspec.Raw, ColumnTypes]] = {}
+
+    def decode(self, topic: str, partition: int, offset: int,
+               key: bytes | None, value: bytes | None) -> Event:
+        if value is None:
+            if key is None:
+                raise InvalidEvent("empty_record", "record has neither a key nor a value")
+            return Event(model.TOMBSTONE, topic, partition, offset, key=self._key(key))
+        wire = _parse(_VALUE, value, "value")
+        envelope: WireValue | WireEnvelope = wire.payload if wire.payload is not None else wire
+        if topic.startswith(self._heartbeat_prefix):
+            return Event(model.HEARTBEAT, topic, partition, offset, ts_ms=envelope.ts_ms)
+        op = envelope.op
+        if op is None:
+            if envelope.status is not None:
+                return Event(model.TRANSACTION, topic, partition, offset, ts_ms=envelope.ts_ms)
+            where = "$.payload" if wire.payload is not None else "$"
+            raise InvalidEvent("invalid_envelope", f"no `op` in the event envelope at `{where}`",
+                               path=f"{where}.op")
+        if op not in model.OPS:
+            raise InvalidEvent("unknown_op", f"unknown op {op[:20]!r} (expected one of c, u, d, "
+                               "r, t, m)", path=_path(wire, "op"))
+        if op == "m":
+            return Event(model.MESSAGE, topic, partition, offset, op=op, ts_ms=envelope.ts_ms)
+        source = envelope.source
+        if source is None or not source.table or not source.schema:
+            raise InvalidEvent("invalid_envelope", "event has no source schema and table",
+                               path=_path(wire, "source"))
+        table = f"{source.schema}.{source.table}"
+        ts_ms = source.ts_ms if source.ts_ms is not None else envelope.ts_ms
+        if op == "t":
+            return Event(model.TRUNCATE, topic, partition, offset, table=table, op=op, ts_ms=ts_ms)
+        before, after = envelope.before, envelope.after
+        if op == "d":
+            if before is None:
+                raise InvalidEvent("invalid_envelope", "delete event has no `before` image",
+                                   path=_path(wire, "before"))
+        elif after is None:
+            raise InvalidEvent("invalid_envelope", f"op {op!r} event has no `after` image",
+                               path=_path(wire, "after"))
+        row_key = self._key(key) if key is not None else None
+        column_types = self._column_types(topic, wire.schema) if wire.schema else None
+        return Event(model.CHANGE, topic, partition, offset, table=table, op=op, before=before,
+                     after=after, key=row_key, ts_ms=ts_ms, column_types=column_types)
+
+    def _key(self, key: bytes) -> dict[str, Any] | None:
+        try:
+            wire = _KEY.decode(key)
+        except msgspec.ValidationError:
+            # A key without an embedded schema is the bare column object.
+            bare = _parse(_ANY, key, "key")
+            if not isinstance(bare, dict):
+                raise InvalidEvent("invalid_key", "record key is not a JSON object",
+                                   path="$") from None
+            return bare
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
+            raise InvalidEvent("invalid_key", f"record key is not valid JSON: {exc}") from None
+        if wire.payload is not None:
+            return wire.payload
+        bare = _parse(_ANY, key, "key")
+        assert isinstance(bare, dict)
+        return bare
+
+    def _column_types(self, topic: str, schema: msgspec.Raw) -> ColumnTypes:
+        cached = self._schemas.get(topic)
+        if cached is not None and cached[0] == schema:
+            return cached[1]
+        types = _row_types(schema)
+        self._schemas[topic] = (schema, types)
+        return types
+
+
+def _parse(decoder: msgspec.json.Decoder[Any], data: bytes, what: str) -> Any:
+    try:
+        return decoder.decode(data)
+    except msgspec.ValidationError as exc:
+        raise InvalidEvent("invalid_envelope", f"{what}: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise InvalidEvent("invalid_json", f"{what} is not valid JSON: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise InvalidEvent("invalid_json", f"{what} is not valid UTF-8: {exc.reason} "
+                           f"at byte {exc.start}") from None
+    except RecursionError:
+        raise InvalidEvent("invalid_json", f"{what} is nested too deeply") from None
+
+
+def _path(wire: WireValue, field: str) -> str:
+    return f"$.payload.{field}" if wire.payload is not None else f"$.{field}"
+
+
+def _row_types(schema: msgspec.Raw) -> ColumnTypes:
+    """Column → (logical name, scale) for the row struct of an envelope schema."""
+    try:
+        parsed = _ANY.decode(schema)
+    except (msgspec.DecodeError, RecursionError):
+        return {}
+    types: ColumnTypes = {}
+    fields = parsed.get("fields") if isinstance(parsed, dict) else None
+    for envelope_field in fields if isinstance(fields, list) else []:
+        if not isinstance(envelope_field, dict) or envelope_field.get("field") not in (
+                "after", "before"):
+            continue
+        for column in envelope_field.get("fields") or []:
+            name = column.get("name") if isinstance(column, dict) else None
+            if not name:
+                continue
+            params = column.get("parameters") or {}
+            try:
+                scale = int(params.get("scale", 0))
+            except (TypeError, ValueError):
+                scale = 0
+            types[str(column["field"])] = (str(name), scale)
+        if types:
+            break
+    return types

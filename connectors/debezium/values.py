@@ -1,0 +1,127 @@
+"""Column values as Debezium encodes them, formatted the way key templates expect.
+
+Debezium's JSON converter sends decimals as base64 two's-complement bytes, dates as
+days since the epoch, timestamps as epoch numbers or ISO strings, UUIDs lower-case,
+JSON columns as strings, and an unchanged TOASTed column as a placeholder string.
+Keys are built by applications from the values they read (``post:42``, not
+``post:42.0``), so each value is formatted back to that canonical text here.
+
+``format_value`` returns ``None`` for a value that cannot name a key: the TOAST
+placeholder (unknown, never a value), SQL NULL, nested structures.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+from decimal import Decimal
+from typing import Any
+
+UNAVAILABLE = "__debezium_unavailable_value"  # Debezium's stand-in for an unchanged TOASTed column
+
+# Logical type names (the Connect schema `name` of a field).
+DECIMAL = "org.apache.kafka.connect.data.Decimal"  # base64 unscaled bytes, parameters.scale
+VARIABLE_DECIMAL = "io.debezium.data.VariableScaleDecimal"  # {"scale": n, "value": base64}
+DATE = "io.debezium.time.Date"  # int days since 1970-01-01
+CONNECT_DATE = "org.apache.kafka.connect.data.Date"  # int days since 1970-01-01
+TIMESTAMP_MS = "io.debezium.time.Timestamp"  # int ms since the epoch, no zone
+CONNECT_TIMESTAMP = "org.apache.kafka.connect.data.Timestamp"  # int ms since the epoch
+TIMESTAMP_US = "io.debezium.time.MicroTimestamp"  # int µs since the epoch, no zone
+TIMESTAMP_NS = "io.debezium.time.NanoTimestamp"  # int ns since the epoch, no zone
+UUID = "io.debezium.data.Uuid"  # lower-case string
+HINTS = {  # column_types hints in the config (topics without embedded schemas)
+    "date": DATE, "timestamp-ms": TIMESTAMP_MS, "timestamp-us": TIMESTAMP_US,
+    "timestamp-ns": TIMESTAMP_NS, "string": "string", "int": "int",
+}
+EPOCH_DATE = dt.date(1970, 1, 1)
+EPOCH = dt.datetime(1970, 1, 1)
+
+LogicalType = tuple[str, int]  # (schema name, decimal scale or 0)
+
+
+def hint_type(hint: str) -> LogicalType:
+    """A ``column_types`` config hint (``decimal:2``, ``date`` …) as a logical type."""
+    if hint.startswith("decimal:"):
+        return (DECIMAL, int(hint.split(":", 1)[1]))
+    return (HINTS[hint], 0)
+
+
+def format_value(value: Any, logical: LogicalType | None) -> str | None:
+    """The canonical key text of a column value, or None if it cannot name a key."""
+    kind = type(value)
+    if kind is int and logical is None:  # the hot path: bigint ids and neighbourhoods
+        return str(value)
+    if kind is str:
+        if value == UNAVAILABLE:
+            return None
+        if logical is None:
+            return value  # type: ignore[no-any-return]
+        return _format_str(value, logical)
+    if value is None:
+        return None
+    if kind is bool:
+        return "true" if value else "false"
+    if kind is int:
+        assert logical is not None
+        return _format_int(value, logical)
+    if kind is float:
+        return str(int(value)) if value.is_integer() else repr(value)
+    if kind is dict and logical is not None and logical[0] == VARIABLE_DECIMAL:
+        try:
+            return _decimal_text(base64.b64decode(value["value"], validate=True),
+                                 int(value["scale"]))
+        except (KeyError, ValueError, TypeError, binascii.Error):
+            return None
+    return None
+
+
+def _format_str(value: str, logical: LogicalType) -> str | None:
+    name, scale = logical
+    if name == DECIMAL:
+        try:
+            raw = base64.b64decode(value, validate=True)
+        except (ValueError, binascii.Error):
+            return _plain_decimal(value)  # decimal.handling.mode=string
+        return _decimal_text(raw, scale)
+    if name == UUID:
+        return value.lower()
+    return value
+
+
+def _format_int(value: int, logical: LogicalType) -> str:
+    name = logical[0]
+    if name in (DATE, CONNECT_DATE):
+        return (EPOCH_DATE + dt.timedelta(days=value)).isoformat()
+    if name in (TIMESTAMP_MS, CONNECT_TIMESTAMP):
+        return (EPOCH + dt.timedelta(milliseconds=value)).isoformat()
+    if name == TIMESTAMP_US:
+        return (EPOCH + dt.timedelta(microseconds=value)).isoformat()
+    if name == TIMESTAMP_NS:
+        return (EPOCH + dt.timedelta(microseconds=value // 1000)).isoformat()
+    return str(value)
+
+
+def _decimal_text(raw: bytes, scale: int) -> str:
+    unscaled = int.from_bytes(raw, "big", signed=True)
+    return _canonical(Decimal(unscaled).scaleb(-scale))
+
+
+def _plain_decimal(value: str) -> str | None:
+    try:
+        return _canonical(Decimal(value))
+    except ArithmeticError:
+        return None
+
+
+def _canonical(number: Decimal) -> str:
+    """42.00 → "42", 12.50 → "12.5", never an exponent."""
+    if number == number.to_integral_value():
+        return str(int(number))
+    return format(number.normalize(), "f")
+
+
+def decimal_from_base64(value: str, scale: int) -> Decimal:
+    """A precise-mode decimal as a Decimal (used by audit and tests)."""
+    raw = base64.b64decode(value, validate=True)
+    return Decimal(int.from_bytes(raw, "big", signed=True)).scaleb(-scale)

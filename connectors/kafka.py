@@ -1,0 +1,138 @@
+"""librdkafka configuration for the worker's consumer, its dead-letter producer and
+its admin client, and the classification of Kafka errors.
+
+The consumer stores offsets only when the application says so
+(``enable.auto.offset.store=false``) and auto-commits what was stored; it starts a
+new group at the earliest offset (an invalidator must never skip to the latest);
+rebalances are cooperative. Security properties (SASL, TLS) and any extra
+librdkafka property pass through.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from confluent_kafka import KafkaError
+
+ClientConfig = dict[str, str | int | float | bool | object]
+
+ASSIGNMENT_STRATEGY = "cooperative-sticky"  # incremental rebalances: no stop-the-world
+AUTO_COMMIT_INTERVAL_MS = 1000  # how often stored offsets are committed
+SESSION_TIMEOUT_MS = 10_000  # a silent worker loses its partitions after this
+# A batch that stays in retry longer than this loses the partitions, so the retry
+# budget (120 s by default) fits well inside it.
+MAX_POLL_INTERVAL_MS = 300_000
+
+
+@dataclass(frozen=True, slots=True)
+class Security:
+    """Kafka security settings, with secrets already read from the env or files."""
+
+    protocol: str = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: str | None = None
+    ssl_ca_file: Path | None = None
+    ssl_cert_file: Path | None = None
+    ssl_key_file: Path | None = None
+    ssl_key_password: str | None = None
+    ssl_endpoint_identification: bool = True
+
+    def properties(self) -> ClientConfig:
+        props: ClientConfig = {"security.protocol": self.protocol}
+        optional = {
+            "sasl.mechanism": self.sasl_mechanism,
+            "sasl.username": self.sasl_username,
+            "sasl.password": self.sasl_password,
+            "ssl.ca.location": self.ssl_ca_file,
+            "ssl.certificate.location": self.ssl_cert_file,
+            "ssl.key.location": self.ssl_key_file,
+            "ssl.key.password": self.ssl_key_password,
+        }
+        props.update({name: str(value) for name, value in optional.items() if value is not None})
+        if self.protocol in ("SSL", "SASL_SSL"):
+            props["ssl.endpoint.identification.algorithm"] = (
+                "https" if self.ssl_endpoint_identification else "none")
+        return props
+
+
+def _base(bootstrap_servers: str, security: Security, client: Mapping[str, object],
+          logger: logging.Logger | None) -> ClientConfig:
+    config: ClientConfig = {"bootstrap.servers": bootstrap_servers, **security.properties()}
+    if logger is not None:
+        config["logger"] = logger
+    config.update(client)
+    return config
+
+
+def consumer_config(bootstrap_servers: str, group_id: str, security: Security,
+                    client: Mapping[str, object] | None = None, *,
+                    logger: logging.Logger | None = None) -> ClientConfig:
+    config = _base(bootstrap_servers, security, client or {}, logger)
+    config.update({
+        "group.id": group_id,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": "earliest",
+        "partition.assignment.strategy": ASSIGNMENT_STRATEGY,
+        "enable.partition.eof": False,
+    })
+    config.setdefault("enable.auto.commit", True)
+    config.setdefault("auto.commit.interval.ms", AUTO_COMMIT_INTERVAL_MS)
+    config.setdefault("session.timeout.ms", SESSION_TIMEOUT_MS)
+    config.setdefault("max.poll.interval.ms", MAX_POLL_INTERVAL_MS)
+    config.setdefault("fetch.wait.max.ms", 100)
+    config.setdefault("queued.max.messages.kbytes", 65536)  # bounds memory on a backlog
+    config.setdefault("client.id", f"cache-reconciler-{group_id}")
+    return config
+
+
+def producer_config(bootstrap_servers: str, security: Security,
+                    client: Mapping[str, object] | None = None, *,
+                    logger: logging.Logger | None = None) -> ClientConfig:
+    # Consumer-only passthrough properties would make the producer warn.
+    extra = {k: v for k, v in (client or {}).items() if not _consumer_only(k)}
+    config = _base(bootstrap_servers, security, extra, logger)
+    config.update({"enable.idempotence": True, "acks": "all"})
+    config.setdefault("linger.ms", 5)
+    config.setdefault("message.max.bytes", 16 * 1024 * 1024)
+    config.setdefault("client.id", "cache-reconciler-dlq")
+    return config
+
+
+def admin_config(bootstrap_servers: str, security: Security,
+                 client: Mapping[str, object] | None = None, *,
+                 logger: logging.Logger | None = None) -> ClientConfig:
+    extra = {k: v for k, v in (client or {}).items()
+             if not _consumer_only(k) and not k.startswith(("linger", "batch", "acks"))}
+    return _base(bootstrap_servers, security, extra, logger)
+
+
+def _consumer_only(name: str) -> bool:
+    return name.startswith(("fetch.", "queued.", "session.", "heartbeat.", "max.poll",
+                            "auto.commit", "enable.auto", "isolation.", "group."))
+
+
+def is_transient(error: KafkaError) -> bool:
+    """True for errors that a retry can fix (broker down, timeouts, rebalances)."""
+    if error.retriable():
+        return True
+    return error.code() in {
+        KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._TIMED_OUT,
+        KafkaError._MSG_TIMED_OUT, KafkaError.REQUEST_TIMED_OUT,
+        KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_NOT_AVAILABLE,
+        KafkaError.COORDINATOR_LOAD_IN_PROGRESS, KafkaError.REBALANCE_IN_PROGRESS,
+        KafkaError.LEADER_NOT_AVAILABLE, KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.NETWORK_EXCEPTION, KafkaError._RESOLVE,
+    }
+
+
+def is_fatal(error: KafkaError) -> bool:
+    """True for errors the client reports as fatal, or that no retry can fix."""
+    return bool(error.fatal()) or error.code() in {
+        KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.GROUP_AUTHORIZATION_FAILED,
+        KafkaError.SASL_AUTHENTICATION_FAILED, KafkaError._AUTHENTICATION,
+        KafkaError._SSL, KafkaError.CLUSTER_AUTHORIZATION_FAILED,
+    }

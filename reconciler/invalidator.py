@@ -1,0 +1,184 @@
+"""Execute plans against the shards: one pipelined round trip per shard per batch.
+
+Actions are grouped per shard in event order. A truncate is a barrier: the actions
+before it run first, then the truncate (SCAN + UNLINK on every shard), then the rest,
+so an insert that follows a truncate in the same batch keeps its fence.
+
+Transient Valkey errors are retried with capped exponential backoff inside a budget;
+every operation is idempotent, so re-sending a whole shard's call is safe. Past the
+budget — or at once for an error no retry can fix — the batch fails and its offsets
+are never stored.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Protocol, TypeVar
+
+from connectors.errors import ValkeyRejected, ValkeyUnavailable
+from reconciler.errors import FatalError, RetryBudgetExceeded, TransientError
+from reconciler.planner import DELETE, TRUNCATE, UNVERSIONED, VERSIONED, Action
+
+log = logging.getLogger(__name__)
+
+OP_CODES = {  # planner kind (+ fence) → the op code of the cr1_apply function
+    (VERSIONED, True): "v",
+    (VERSIONED, False): "s",
+    (DELETE, True): "d",
+    (UNVERSIONED, True): "u",
+}
+BACKOFF_START = 0.1  # seconds before the first retry
+BACKOFF_MAX = 5.0  # longest wait between retries
+
+T = TypeVar("T")
+
+
+class ShardClient(Protocol):
+    """What the invalidator needs from a shard (connectors.valkey.Shard implements it)."""
+
+    def apply(self, keys: Sequence[str], ops: Sequence[str],
+              versions: Sequence[int]) -> list[str]: ...
+
+    def truncate(self, pattern: str, *, count: int = ...,
+                 max_keys_per_second: float | None = ...) -> int: ...
+
+
+@dataclass(slots=True)
+class ShardBatch:
+    """Actions for one shard, as the parallel argument lists cr1_apply takes."""
+
+    keys: list[str] = field(default_factory=list)
+    ops: list[str] = field(default_factory=list)
+    versions: list[int] = field(default_factory=list)
+
+    def add(self, action: Action) -> None:
+        self.keys.append(action.key)
+        self.ops.append(OP_CODES[action.kind, action.fence])
+        self.versions.append(action.version or 0)
+
+
+@dataclass(slots=True)
+class Segment:
+    """Actions between two truncates, or one truncate (pattern per shard)."""
+
+    shards: dict[str, ShardBatch] = field(default_factory=dict)
+    truncates: list[Action] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What the shards answered for one batch."""
+
+    results: Counter[tuple[str, str]] = field(default_factory=Counter)  # (shard, result) → n
+    truncated: Counter[str] = field(default_factory=Counter)  # shard → keys removed
+
+
+def segments(actions: Iterable[Action]) -> list[Segment]:
+    """Group actions per shard, in order, cutting at every truncate."""
+    out = [Segment()]
+    for action in actions:
+        if action.kind == TRUNCATE:
+            if out[-1].shards or not out[-1].truncates:
+                out.append(Segment())
+            out[-1].truncates.append(action)
+            continue
+        if out[-1].truncates:
+            out.append(Segment())
+        shards = out[-1].shards
+        batch = shards.get(action.shard)
+        if batch is None:
+            batch = shards[action.shard] = ShardBatch()
+        batch.add(action)
+    return [segment for segment in out if segment.shards or segment.truncates]
+
+
+class Invalidator:
+    """Runs segments against the shards, in parallel across shards, with retries."""
+
+    def __init__(self, shards: Callable[[], Mapping[str, ShardClient]], *,
+                 retry_budget_seconds: float, truncate_max_keys_per_second: float,
+                 on_shard_state: Callable[[str, bool], None] = lambda shard, up: None,
+                 on_retry: Callable[[], None] = lambda: None,
+                 should_stop: Callable[[], bool] = lambda: False) -> None:
+        self._shards = shards
+        self._budget = retry_budget_seconds
+        self._truncate_rate = truncate_max_keys_per_second
+        self._on_shard_state = on_shard_state
+        self._on_retry = on_retry
+        self._should_stop = should_stop
+        self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="shard")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def execute(self, actions: Iterable[Action]) -> Outcome:
+        outcome = Outcome()
+        for segment in segments(actions):
+            if segment.truncates:
+                for action in segment.truncates:
+                    outcome.truncated[action.shard] += self._truncate(action)
+                continue
+            items = list(segment.shards.items())
+            if len(items) == 1:
+                shard, batch = items[0]
+                self._count(outcome, shard, self._apply(shard, batch))
+                continue
+            futures = [(shard, self._pool.submit(self._apply, shard, batch))
+                       for shard, batch in items]
+            for shard, future in futures:
+                self._count(outcome, shard, future.result())
+        return outcome
+
+    @staticmethod
+    def _count(outcome: Outcome, shard: str, results: list[str]) -> None:
+        for result, n in Counter(results).items():
+            outcome.results[shard, result] += n
+
+    def _truncate(self, action: Action) -> int:
+        def call(client: ShardClient) -> int:
+            return client.truncate(action.key, max_keys_per_second=self._truncate_rate)
+
+        return self._call(action.shard, call)
+
+    def _apply(self, shard: str, batch: ShardBatch) -> list[str]:
+        return self._call(shard, lambda c: c.apply(batch.keys, batch.ops, batch.versions))
+
+    def _call(self, shard: str, call: Callable[[ShardClient], T]) -> T:
+        deadline = time.monotonic() + self._budget
+        delay = BACKOFF_START
+        attempt = 0
+        while True:
+            client = self._shards().get(shard)
+            if client is None:
+                raise FatalError(f"shard {shard!r} is not in the shard map any more")
+            try:
+                result = call(client)
+            except ValkeyRejected as exc:
+                self._on_shard_state(shard, True)
+                raise FatalError(f"shard {shard}: {exc}") from exc
+            except ValkeyUnavailable as exc:
+                self._on_shard_state(shard, False)
+                attempt += 1
+                if time.monotonic() + delay > deadline:
+                    raise RetryBudgetExceeded(
+                        f"shard {shard} still unavailable after {attempt} attempts over "
+                        f"{self._budget:.0f}s (valkey.retry_budget_seconds): {exc}") from exc
+                if self._should_stop():
+                    raise TransientError(f"shard {shard} unavailable while stopping: {exc}") \
+                        from exc
+                if attempt == 1 or attempt % 10 == 0:
+                    log.warning("shard %s unavailable (attempt %d, retrying in %.1fs): %s",
+                                shard, attempt, delay, exc)
+                self._on_retry()
+                time.sleep(delay)
+                delay = min(delay * 2, BACKOFF_MAX)
+                continue
+            if attempt:
+                log.info("shard %s answered again after %d retries", shard, attempt)
+            self._on_shard_state(shard, True)
+            return result

@@ -1,0 +1,107 @@
+"""The worker's metrics, as one bundle created against an injected registry.
+
+Names and labels are a contract (SPEC §6): the Grafana dashboard and the alert rules
+query them. Labels stay low-cardinality: never a key or a row id. Nothing is
+registered at import time; tests pass a fresh ``CollectorRegistry``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+# End-to-end delay buckets (seconds): Debezium alone adds ~0.3 s, so the interesting
+# range is 10 ms to a few seconds; the tail catches backlogs and replays.
+END_TO_END_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0,
+                      10.0, 30.0, 60.0, 300.0, 1800.0)
+# Batch processing time buckets (seconds).
+BATCH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+RESULTS = ("repaired", "fresh", "absent", "fenced")  # invalidation results (SPEC §2)
+
+
+@dataclass(frozen=True)
+class Metrics:
+    registry: CollectorRegistry
+    events: Counter
+    skipped: Counter
+    invalidations: Counter
+    unresolved: Counter
+    dead_letters: Counter
+    lag: Gauge
+    end_to_end: Histogram
+    batch: Histogram
+    shard_map_version: Gauge
+    shard_map_reloads: Counter
+    shard_up: Gauge
+    freshness: Gauge
+    truncated_keys: Counter
+    retries: Counter
+    assigned_partitions: Gauge
+    ready: Gauge
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry) -> Metrics:
+        def counter(name: str, doc: str, labels: tuple[str, ...] = ()) -> Counter:
+            return Counter(name, doc, labels, registry=registry)
+
+        def gauge(name: str, doc: str, labels: tuple[str, ...] = ()) -> Gauge:
+            return Gauge(name, doc, labels, registry=registry)
+
+        return cls(
+            registry=registry,
+            events=counter("reconciler_events_total",
+                           "Change events processed, by table and op (c, u, d, r, t).",
+                           ("table", "op")),
+            skipped=counter("reconciler_skipped_total",
+                            "Records that cause no cache action, by reason.", ("reason",)),
+            invalidations=counter(
+                "reconciler_invalidations_total",
+                "Cache invalidations acknowledged by Valkey, by shard and result "
+                "(repaired, fresh, absent, fenced).", ("shard", "result")),
+            unresolved=counter(
+                "reconciler_unresolved_keys_total",
+                "Key templates that could not be built from an event (a column unknown: "
+                "REPLICA IDENTITY DEFAULT delete, unchanged TOAST value), by table.",
+                ("table",)),
+            dead_letters=counter("reconciler_dead_letters_total",
+                                 "Records sent to the dead-letter topic, by reason.",
+                                 ("reason",)),
+            lag=gauge("reconciler_consumer_lag_messages",
+                      "High watermark minus the group's position, per assigned partition.",
+                      ("topic", "partition")),
+            end_to_end=Histogram(
+                "reconciler_end_to_end_seconds",
+                "Source commit (source.ts_ms) to invalidation acknowledged by Valkey.",
+                buckets=END_TO_END_BUCKETS, registry=registry),
+            batch=Histogram("reconciler_batch_seconds",
+                            "Time to decode, plan, invalidate and store one consumed batch.",
+                            buckets=BATCH_BUCKETS, registry=registry),
+            shard_map_version=gauge("reconciler_shard_map_version",
+                                    "The `version` of the shard map in use."),
+            shard_map_reloads=counter("reconciler_shard_map_reloads_total",
+                                      "Shard map file changes seen, by result (ok, error).",
+                                      ("result",)),
+            shard_up=gauge("reconciler_shard_up",
+                           "1 when the shard answered its last call or probe, else 0.",
+                           ("shard",)),
+            freshness=gauge(
+                "reconciler_freshness_watermark_seconds",
+                "Source commit time (unix seconds) up to which every change of the "
+                "partition has been reconciled.", ("topic", "partition")),
+            truncated_keys=counter("reconciler_truncated_keys_total",
+                                   "Keys removed because their table was truncated.",
+                                   ("shard",)),
+            retries=counter("reconciler_retries_total",
+                            "Retries of transient failures, by dependency (valkey, kafka).",
+                            ("target",)),
+            assigned_partitions=gauge("reconciler_assigned_partitions",
+                                      "Partitions currently assigned to this worker."),
+            ready=gauge("reconciler_ready", "1 when /readyz answers ready, else 0."),
+        )
+
+    def init_shard(self, shard: str) -> None:
+        """Create a shard's series at zero so dashboards show them before traffic."""
+        for result in RESULTS:
+            self.invalidations.labels(shard, result)
+        self.truncated_keys.labels(shard)

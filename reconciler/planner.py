@@ -1,0 +1,308 @@
+"""The decision: this event means these cache actions on these shards.
+
+``Planner.plan(event)`` is a pure function of the event, the table rules and the
+shard map: no I/O, no clock. The worker executes what it returns, ``reconciler plan``
+prints it, and the tests drive it exhaustively.
+
+The rules (SPEC §2, §3):
+
+- c, u, r: every key template rendered from ``after`` is invalidated on the shard(s)
+  of ``after``'s shard key — versioned keys compared by version (a snapshot read ``r``
+  fences nothing that is absent), derived keys deleted. With ``replica_identity:
+  full`` an update also invalidates the keys rendered from ``before`` on the shard(s)
+  of ``before``'s shard key (a row that moved neighbourhood, a key column that changed).
+- d with FULL identity: every key rendered from ``before`` is deleted and fenced on
+  its shard(s). With DEFAULT identity ``before`` holds only the primary key (the other
+  columns are fake defaults): keys built from the primary key alone are deleted on
+  every shard (broadcast) unless the shard key is part of the primary key; the other
+  templates are reported unresolved.
+- t: every key of every template of the table is removed on every shard.
+- An unchanged TOASTed column (``__debezium_unavailable_value``) or a NULL is never a
+  value: a template that needs it is unresolved; a shard key that is unknown means
+  every shard.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from connectors.debezium import model
+from connectors.debezium.decode import Decoder, InvalidEvent
+from connectors.debezium.model import Event
+from connectors.debezium.values import LogicalType, format_value, hint_type
+from reconciler.errors import PoisonRecordError
+from reconciler.settings import TableSpec
+from reconciler.templates import KeyTemplate
+from shard_map import ShardMap, ShardResolutionError
+
+# Action kinds (the `kind` of `reconciler plan` output).
+VERSIONED = "versioned"  # compare by version: repair stale data, fence the change
+DELETE = "delete"  # remove the entry and fence every version for fence_ttl
+UNVERSIONED = "unversioned"  # a derived key: plain delete
+TRUNCATE = "truncate"  # remove every key matching a pattern
+
+# Why an event causes nothing (the `reason` label of reconciler_skipped_total).
+SKIP_REASONS = {
+    model.TOMBSTONE: "tombstone",
+    model.HEARTBEAT: "heartbeat",
+    model.TRANSACTION: "transaction",
+    model.MESSAGE: "message",
+}
+UNKNOWN_TABLE = "unknown_table"
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    """One cache operation on one shard."""
+
+    shard: str
+    key: str  # the key, or the SCAN pattern of a truncate
+    kind: str  # VERSIONED, DELETE, UNVERSIONED or TRUNCATE
+    version: int | None = None  # the row's version, for VERSIONED
+    fence: bool = True  # False for a snapshot read: an absent entry is left absent
+
+    def as_json(self) -> dict[str, Any]:
+        if self.kind == TRUNCATE:
+            return {"shard": self.shard, "pattern": self.key, "kind": self.kind}
+        out: dict[str, Any] = {"shard": self.shard, "key": self.key, "kind": self.kind}
+        if self.kind == VERSIONED:
+            out["version"] = self.version
+            if not self.fence:
+                out["fence"] = False
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What one event means for the cache."""
+
+    event: Event
+    actions: tuple[Action, ...] = ()
+    unresolved: tuple[str, ...] = ()  # templates that needed a column the event lacks
+    skip: str | None = None  # why the event causes nothing
+
+    def as_json(self) -> dict[str, Any]:
+        event = self.event
+        if event.table is None:  # tombstones, heartbeats, transaction markers, messages
+            return {"topic": event.topic, "skip": self.skip}
+        out: dict[str, Any] = {"topic": event.topic, "table": event.table, "op": event.op}
+        if self.skip is not None:
+            out["skip"] = self.skip
+            return out
+        out["actions"] = [action.as_json() for action in self.actions]
+        out["unresolved"] = list(self.unresolved)
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class TableRules:
+    """A table's config, compiled for the hot path."""
+
+    name: str
+    primary_key: frozenset[str]
+    shard_key: str
+    version_column: str
+    full_identity: bool
+    templates: tuple[KeyTemplate, ...]
+    key_templates: tuple[KeyTemplate, ...]  # those built from the primary key alone
+    hints: Mapping[str, LogicalType] = field(default_factory=dict)
+
+    @classmethod
+    def compile(cls, name: str, spec: TableSpec) -> TableRules:
+        templates = spec.templates()
+        primary_key = frozenset(spec.primary_key)
+        return cls(
+            name=name,
+            primary_key=primary_key,
+            shard_key=spec.shard_key,
+            version_column=spec.version_column,
+            full_identity=spec.replica_identity == "full",
+            templates=templates,
+            key_templates=tuple(t for t in templates if set(t.columns) <= primary_key),
+            hints={column: hint_type(kind) for column, kind in spec.column_types.items()},
+        )
+
+
+class Planner:
+    """Turns events into plans, for a fixed set of tables and a shard map."""
+
+    __slots__ = ("_tables", "shard_map", "unknown_tables_error")
+
+    def __init__(self, tables: Mapping[str, TableSpec], shard_map: ShardMap, *,
+                 unknown_tables_error: bool = False) -> None:
+        self._tables = {name: TableRules.compile(name, spec) for name, spec in tables.items()}
+        self.shard_map = shard_map
+        self.unknown_tables_error = unknown_tables_error
+
+    def with_shard_map(self, shard_map: ShardMap) -> Planner:
+        planner = Planner.__new__(Planner)
+        planner._tables = self._tables
+        planner.shard_map = shard_map
+        planner.unknown_tables_error = self.unknown_tables_error
+        return planner
+
+    @property
+    def tables(self) -> Mapping[str, TableRules]:
+        return self._tables
+
+    def plan(self, event: Event) -> Plan:
+        """The plan for one event; raises PoisonRecordError for a record to dead-letter."""
+        kind = event.kind
+        if kind != model.CHANGE and kind != model.TRUNCATE:
+            return Plan(event, skip=SKIP_REASONS[kind])
+        assert event.table is not None
+        rules = self._tables.get(event.table)
+        if rules is None:
+            if self.unknown_tables_error:
+                raise PoisonRecordError(
+                    UNKNOWN_TABLE,
+                    f"table {event.table} is not configured (unknown_tables: error); add it "
+                    "under `tables:` or set unknown_tables: skip",
+                )
+            return Plan(event, skip=UNKNOWN_TABLE)
+        if kind == model.TRUNCATE:
+            shards = self.shard_map.shard_names()
+            return Plan(event, tuple(
+                Action(shard, template.pattern(), TRUNCATE)
+                for template in rules.templates for shard in shards
+            ))
+        if event.op == "d":
+            return self._delete(event, rules)
+        return self._change(event, rules)
+
+    # ------------------------------------------------------------------ c, u, r
+
+    def _change(self, event: Event, rules: TableRules) -> Plan:
+        after = event.after
+        assert after is not None
+        version = after.get(rules.version_column)
+        if type(version) is not int or version < 0:
+            raise PoisonRecordError(
+                "invalid_version",
+                f"{rules.name}: version column {rules.version_column!r} is "
+                f"{_show(version)} in `after`; expected a non-negative integer "
+                "(check tables.<table>.version_column)",
+            )
+        fence = event.op != "r"
+        actions: list[Action] = []
+        unresolved: list[str] = []
+        self._emit(event, rules, after, self._shards(rules, after.get(rules.shard_key), event),
+                   rules.templates, version, fence, VERSIONED, actions, unresolved)
+        before = event.before
+        if rules.full_identity and before is not None and event.op == "u":
+            self._emit(event, rules, before,
+                       self._shards(rules, before.get(rules.shard_key), event),
+                       rules.templates, version, True, VERSIONED, actions, unresolved)
+        return Plan(event, _unique(actions), tuple(dict.fromkeys(unresolved)))
+
+    # ------------------------------------------------------------------ d
+
+    def _delete(self, event: Event, rules: TableRules) -> Plan:
+        before = event.before
+        assert before is not None
+        actions: list[Action] = []
+        unresolved: list[str] = []
+        if rules.full_identity:
+            shards = self._shards(rules, before.get(rules.shard_key), event)
+            self._emit(event, rules, before, shards, rules.templates, None, True, DELETE,
+                       actions, unresolved)
+            return Plan(event, _unique(actions), tuple(dict.fromkeys(unresolved)))
+        # DEFAULT identity: only the primary-key columns of `before` are real.
+        known = {column: before[column] for column in rules.primary_key if column in before}
+        if event.key:
+            known.update((c, v) for c, v in event.key.items() if c in rules.primary_key)
+        if rules.shard_key in rules.primary_key:
+            shards = self._shards(rules, known.get(rules.shard_key), event)
+        else:
+            shards = self.shard_map.shard_names()
+        self._emit(event, rules, known, shards, rules.key_templates, None, True, DELETE,
+                   actions, unresolved)
+        unresolved.extend(t.source for t in rules.templates if t not in rules.key_templates)
+        return Plan(event, _unique(actions), tuple(dict.fromkeys(unresolved)))
+
+    # ------------------------------------------------------------------ helpers
+
+    def _emit(self, event: Event, rules: TableRules, row: Mapping[str, Any],
+              shards: tuple[str, ...], templates: Iterable[KeyTemplate], version: int | None,
+              fence: bool, versioned_kind: str, actions: list[Action],
+              unresolved: list[str]) -> None:
+        types = event.column_types
+        hints = rules.hints
+        for template in templates:
+            values: dict[str, str] = {}
+            for column in template.columns:
+                logical = types.get(column) if types is not None else hints.get(column)
+                text = format_value(row.get(column), logical)
+                if text is None:
+                    break
+                values[column] = text
+            else:
+                key = template.render(values)
+                if template.versioned:
+                    for shard in shards:
+                        actions.append(Action(shard, key, versioned_kind, version, fence))
+                else:
+                    for shard in shards:
+                        actions.append(Action(shard, key, UNVERSIONED))
+                continue
+            unresolved.append(template.source)
+
+    def _shards(self, rules: TableRules, value: Any, event: Event) -> tuple[str, ...]:
+        if type(value) is not int:
+            value = _neighbourhood(rules, value, event)
+            if value is None:  # unknown (TOAST placeholder, NULL): every shard
+                return self.shard_map.shard_names()
+        try:
+            return self.shard_map.resolve(value)
+        except ShardResolutionError as exc:
+            raise PoisonRecordError("unroutable", f"{rules.name}: {exc}") from None
+
+
+def _neighbourhood(rules: TableRules, value: Any, event: Event) -> int | None:
+    types = event.column_types
+    logical = types.get(rules.shard_key) if types is not None else rules.hints.get(rules.shard_key)
+    text = format_value(value, logical)
+    if text is None:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise PoisonRecordError(
+            "invalid_shard_key",
+            f"{rules.name}: shard key {rules.shard_key!r} is {_show(value)}; expected an "
+            "integer neighbourhood id (check tables.<table>.shard_key)",
+        ) from None
+
+
+def _unique(actions: list[Action]) -> tuple[Action, ...]:
+    return tuple(dict.fromkeys(actions)) if len(actions) > 1 else tuple(actions)
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A record that goes to the dead-letter topic, and why."""
+
+    reason: str  # low-cardinality label
+    message: str  # the full explanation
+
+
+def plan_record(decoder: Decoder, planner: Planner, max_bytes: int, topic: str,
+                partition: int, offset: int, key: bytes | None,
+                value: bytes | None) -> Plan | DeadLetter:
+    """Size check, decode and plan one raw record: exactly what the worker does per
+    record, and what `reconciler plan` prints."""
+    size = (len(value) if value else 0) + (len(key) if key else 0)
+    if size > max_bytes:
+        return DeadLetter("oversized",
+                          f"record is {size} bytes, more than max_event_bytes ({max_bytes})")
+    try:
+        return planner.plan(decoder.decode(topic, partition, offset, key, value))
+    except (InvalidEvent, PoisonRecordError) as exc:
+        return DeadLetter(exc.reason, exc.message)

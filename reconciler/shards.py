@@ -1,0 +1,88 @@
+"""The worker's Valkey shards: one client per shard of the current shard map.
+
+When the shard map is reloaded, shards that appear are connected, shards whose URL
+changed are reconnected, and shards that disappear are closed — after the batch in
+flight, since the worker only swaps maps between batches. Each shard's reachability
+is tracked for ``/readyz`` and the ``reconciler_shard_up`` gauge.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Mapping
+
+from connectors.valkey import Shard
+from reconciler.metrics import Metrics
+from reconciler.settings import Settings
+from shard_map import ShardMap
+
+log = logging.getLogger(__name__)
+
+
+class ShardPool:
+    """The shard clients of the current shard map and their reachability."""
+
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self._settings = settings
+        self._metrics = metrics
+        self._shards: dict[str, Shard] = {}
+        self._urls: dict[str, str] = {}
+        self._up: dict[str, bool] = {}
+        self._lock = threading.Lock()
+
+    def update(self, shard_map: ShardMap) -> None:
+        valkey = self._settings.valkey
+        password = valkey.password_value()
+        tls = valkey.tls
+        wanted = {name: shard_map.url(name) for name in shard_map.shard_names()}
+        with self._lock:
+            shards = dict(self._shards)
+            for name in list(shards):
+                if name in wanted and wanted[name] == self._urls.get(name):
+                    continue
+                shards.pop(name).close()
+                self._up.pop(name, None)
+                if name not in wanted:
+                    with contextlib.suppress(KeyError):
+                        self._metrics.shard_up.remove(name)
+            for name, url in wanted.items():
+                if name in shards:
+                    continue
+                shards[name] = Shard(
+                    name, url, username=valkey.username, password=password,
+                    tls_ca_file=str(tls.ca_file) if tls.ca_file else None,
+                    tls_cert_file=str(tls.cert_file) if tls.cert_file else None,
+                    tls_key_file=str(tls.key_file) if tls.key_file else None,
+                    socket_timeout=valkey.socket_timeout_seconds,
+                    fence_ttl_ms=self._settings.fence_ttl_seconds * 1000,
+                )
+                self._metrics.init_shard(name)
+                log.info("shard %s: %s", name, shards[name].url)
+            self._shards = shards
+            self._urls = wanted
+
+    def clients(self) -> Mapping[str, Shard]:
+        return self._shards
+
+    def mark(self, shard: str, up: bool) -> None:
+        if self._up.get(shard) != up:
+            self._up[shard] = up
+            self._metrics.shard_up.labels(shard).set(1 if up else 0)
+            if not up:
+                log.warning("shard %s is unreachable", shard)
+
+    def probe(self) -> None:
+        """Ping every shard (from the housekeeping thread)."""
+        for name, shard in list(self._shards.items()):
+            self.mark(name, shard.ping())
+
+    def states(self) -> dict[str, bool]:
+        return {name: self._up.get(name, False) for name in self._shards}
+
+    def close(self) -> None:
+        with self._lock:
+            for shard in self._shards.values():
+                shard.close()
+            self._shards = {}

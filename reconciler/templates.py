@@ -1,0 +1,71 @@
+"""Key templates: ``"post:{id}"`` → ``post:42``, and ``post:*`` for a truncate.
+
+A template is literal text with ``{column}`` placeholders (``{{`` and ``}}`` escape
+braces). It is compiled once, at start-up, into a tuple of parts so rendering on the
+hot path is a handful of string concatenations.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+PLACEHOLDER = re.compile(r"\{([^{}]*)\}")  # one {column} placeholder
+IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*")  # a Postgres column name, unquoted
+GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")  # characters SCAN MATCH treats as pattern syntax
+
+
+class TemplateError(ValueError):
+    """A key template that cannot be compiled; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class KeyTemplate:
+    """A compiled key template."""
+
+    source: str  # the template as written in the config
+    literals: tuple[str, ...]  # len(columns) + 1 literal pieces around the placeholders
+    columns: tuple[str, ...]  # placeholder column names, in order
+    versioned: bool  # versioned (hash with v/d) or a derived key that is simply deleted
+
+    @classmethod
+    def compile(cls, source: str, *, versioned: bool) -> KeyTemplate:
+        if not source:
+            raise TemplateError("template is empty")
+        literals: list[str] = []
+        columns: list[str] = []
+        position = 0
+        text = source.replace("{{", "\x00").replace("}}", "\x01")
+        for match in PLACEHOLDER.finditer(text):
+            literals.append(text[position:match.start()])
+            name = match.group(1).strip()
+            if not IDENTIFIER.fullmatch(name):
+                raise TemplateError(
+                    f"placeholder {{{match.group(1)}}} is not a column name "
+                    "(letters, digits, _ and $; no format specs)"
+                )
+            columns.append(name)
+            position = match.end()
+        tail = text[position:]
+        if "{" in tail or "}" in tail or any("{" in p or "}" in p for p in literals):
+            raise TemplateError("unbalanced brace (write {{ or }} for a literal brace)")
+        literals.append(tail)
+        restored = tuple(p.replace("\x00", "{").replace("\x01", "}") for p in literals)
+        return cls(source, restored, tuple(columns), versioned)
+
+    def render(self, values: Mapping[str, str]) -> str:
+        """The key for these already-formatted column values."""
+        literals = self.literals
+        if len(literals) == 2:  # the common one-placeholder case
+            return literals[0] + values[self.columns[0]] + literals[1]
+        parts = [literals[0]]
+        for column, literal in zip(self.columns, literals[1:], strict=True):
+            parts.append(values[column])
+            parts.append(literal)
+        return "".join(parts)
+
+    def pattern(self) -> str:
+        """A SCAN MATCH pattern for every key of this template (for a truncate)."""
+        escaped = [GLOB_SPECIAL.sub(r"\\\1", literal) for literal in self.literals]
+        return "*".join(escaped)

@@ -1,0 +1,501 @@
+"""The long-running worker: consume, decode, plan, invalidate, then store offsets.
+
+One batch at a time: ``consume()`` up to ``kafka.batch_size`` records; decode and
+plan each; run every action (one pipelined round trip per shard); produce and
+confirm the dead letters; only then store the batch's offsets — the batch is done
+whole, so stored offsets are contiguous by construction. Auto-commit ships stored
+offsets every second; a revocation commits synchronously (rebalance callbacks run
+inside ``consume()``, when no batch is in flight); a shutdown finishes the batch in
+flight, commits and leaves the group.
+
+Signals: SIGTERM/SIGINT stop gracefully; SIGUSR1 pauses consumption (keeping the
+partitions), SIGUSR2 resumes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+from prometheus_client import CollectorRegistry
+
+from connectors.debezium import model
+from connectors.debezium.decode import Decoder
+from connectors.kafka import (
+    Security,
+    admin_config,
+    consumer_config,
+    is_fatal,
+    producer_config,
+)
+from reconciler.deadletter import DeadLetters
+from reconciler.errors import (
+    ConfigError,
+    FatalError,
+    RetryBudgetExceeded,
+    TransientError,
+)
+from reconciler.freshness import Freshness
+from reconciler.health import HealthServer, Status
+from reconciler.invalidator import Invalidator
+from reconciler.lag import LagMonitor
+from reconciler.metrics import Metrics
+from reconciler.planner import Action, DeadLetter, Plan, Planner, plan_record
+from reconciler.settings import Settings, read_secret_file
+from reconciler.shards import ShardPool
+from shard_map import ShardMapError, ShardMapWatcher, load_shard_map
+
+log = logging.getLogger(__name__)
+
+TP = tuple[str, int]
+LIVENESS_SLACK = 60.0  # seconds the loop may stall beyond the retry budget before /healthz fails
+DEAD_LETTER_LOGS_PER_BATCH = 10  # dead letters logged one by one per batch; the rest summed
+EXIT_OK = 0  # clean shutdown
+EXIT_FAILED = 2  # a dependency stayed unavailable, or refused us: see the last log line
+DLQ_TOPIC_CONFIG = {"max.message.bytes": str(16 * 1024 * 1024)}  # fits any record we consumed
+
+
+def kafka_security(settings: Settings) -> Security:
+    sec = settings.kafka.security
+    password = sec.sasl_password.get_secret_value() if sec.sasl_password else None
+    if sec.sasl_password_file is not None:
+        password = read_secret_file(sec.sasl_password_file, "kafka.security.sasl_password_file")
+    return Security(
+        protocol=sec.protocol, sasl_mechanism=sec.sasl_mechanism,
+        sasl_username=sec.sasl_username, sasl_password=password,
+        ssl_ca_file=sec.ssl_ca_file, ssl_cert_file=sec.ssl_cert_file,
+        ssl_key_file=sec.ssl_key_file,
+        ssl_key_password=sec.ssl_key_password.get_secret_value() if sec.ssl_key_password else None,
+        ssl_endpoint_identification=sec.ssl_endpoint_identification,
+    )
+
+
+@dataclass
+class BatchResult:
+    """Counts for one batch (also what `replay` reports)."""
+
+    records: int = 0
+    events: Counter[tuple[str, str]] = field(default_factory=Counter)
+    skipped: Counter[str] = field(default_factory=Counter)
+    dead_letters: Counter[str] = field(default_factory=Counter)
+    invalidations: Counter[tuple[str, str]] = field(default_factory=Counter)
+    actions: Counter[tuple[str, str, str]] = field(default_factory=Counter)  # table, shard, kind
+    unresolved: Counter[str] = field(default_factory=Counter)
+
+
+class Worker:
+    """The reconciler's consume loop and everything it runs beside it."""
+
+    def __init__(self, settings: Settings, *, registry: CollectorRegistry | None = None,
+                 group_id: str | None = None, serve_metrics: bool = True,
+                 dry_run: bool = False, count_actions: bool = False) -> None:
+        self.settings = settings
+        self.metrics = Metrics.create(registry or CollectorRegistry())
+        self.group_id = group_id or settings.kafka.group_id
+        self.dry_run = dry_run
+        self.count_actions = dry_run or count_actions  # per table/shard/kind, for replay
+        try:
+            shard_map = load_shard_map(settings.shard_map)
+        except ShardMapError as exc:
+            raise ConfigError(f"shard_map: {exc}") from exc
+        self._watcher = ShardMapWatcher(settings.shard_map)
+        self._next_reload = time.monotonic() + settings.shard_map_reload_seconds
+        self.metrics.shard_map_version.set(shard_map.version)
+        self.planner = Planner(settings.tables, shard_map,
+                               unknown_tables_error=settings.unknown_tables == "error")
+        self.decoder = Decoder(heartbeat_prefix=settings.kafka.heartbeat_topic_prefix)
+        self.shards = ShardPool(settings, self.metrics)
+        self.shards.update(shard_map)
+        self.freshness = Freshness()
+        self._stopping = threading.Event()
+        self._pause_wanted = False
+        self._paused = False
+        self._joined = False
+        self._positions: dict[TP, int | None] = {}
+        self._tick = time.monotonic()
+        self._rdkafka_log = logging.getLogger("kafka")
+        security = kafka_security(settings)
+        kafka = settings.kafka
+        self._security = security
+        self.consumer = Consumer(consumer_config(
+            kafka.bootstrap_servers, self.group_id, security, kafka.client,
+            logger=self._rdkafka_log))
+        self._producer = Producer(producer_config(
+            kafka.bootstrap_servers, security, kafka.client, logger=self._rdkafka_log) | {
+            "message.timeout.ms": int(kafka.retry_budget_seconds * 1000)})
+        self.dead_letters = DeadLetters(self._producer, kafka.dead_letter_topic, self.group_id,
+                                        retry_budget_seconds=kafka.retry_budget_seconds)
+        self._admin = AdminClient(admin_config(  # type: ignore[arg-type]
+            kafka.bootstrap_servers, security, kafka.client, logger=self._rdkafka_log))
+        self.lag = LagMonitor(self._admin, self.group_id, self.metrics, self.freshness,
+                              lambda: dict(self._positions))
+        self.invalidator = Invalidator(
+            self.shards.clients, retry_budget_seconds=settings.valkey.retry_budget_seconds,
+            truncate_max_keys_per_second=settings.valkey.truncate_max_keys_per_second,
+            on_shard_state=self.shards.mark,
+            on_retry=self.metrics.retries.labels("valkey").inc,
+            should_stop=self._stopping.is_set)
+        self._http: HealthServer | None = None
+        if serve_metrics:
+            self._http = HealthServer(
+                settings.metrics.host, settings.metrics.port, self.metrics.registry,
+                live=self._live, ready=self._ready, freshness=self.freshness.as_json)
+        self._housekeeper = threading.Thread(target=self._housekeeping, name="housekeeping",
+                                             daemon=True)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def metrics_port(self) -> int | None:
+        return self._http.port if self._http else None
+
+    def stop(self) -> None:
+        """Finish the batch in flight, commit, leave the group (signal-safe)."""
+        self._stopping.set()
+
+    def install_signal_handlers(self) -> None:
+        def stop(signum: int, _frame: Any) -> None:
+            log.info("%s: finishing the batch in flight, then stopping",
+                     signal.Signals(signum).name)
+            self.stop()
+
+        def pause(_signum: int, _frame: Any) -> None:
+            self._pause_wanted = True
+
+        def resume(_signum: int, _frame: Any) -> None:
+            self._pause_wanted = False
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGUSR1, pause)
+        signal.signal(signal.SIGUSR2, resume)
+
+    def run(self) -> int:
+        """Consume until stopped; the exit code says whether it ended cleanly."""
+        log.info("effective configuration: %s", self.settings.masked())
+        if self._http is not None:
+            self._http.start()
+            log.info("metrics, /healthz, /readyz and /freshness on %s:%d",
+                     self.settings.metrics.host, self._http.port)
+        self._ensure_dead_letter_topic()
+        self.shards.probe()
+        self._housekeeper.start()
+        self.consumer.subscribe(self.subscription(), on_assign=self._on_assign,
+                                on_revoke=self._on_revoke, on_lost=self._on_lost)
+        code = EXIT_OK
+        try:
+            self.loop(self._stopping.is_set)
+        except (RetryBudgetExceeded, FatalError) as exc:
+            log.error("stopping: %s (offsets of the failed batch were not stored; "
+                      "it is processed again after a restart)", exc)
+            code = EXIT_FAILED
+        except TransientError as exc:  # interrupted while retrying during shutdown
+            log.warning("stopped while retrying: %s", exc)
+        finally:
+            self.close(commit=code == EXIT_OK)
+        return code
+
+    def loop(self, until: Callable[[], bool]) -> None:
+        batch_size = self.settings.kafka.batch_size
+        timeout = self.settings.kafka.poll_timeout_seconds
+        while not until():
+            self._tick = time.monotonic()
+            if self._tick >= self._next_reload:
+                self._reload_shard_map()
+            if self._pause_wanted != self._paused:
+                self._set_paused(self._pause_wanted)
+            messages = self.consumer.consume(batch_size, timeout)
+            if messages:
+                self.process(messages)
+
+    def close(self, *, commit: bool) -> None:
+        if commit:
+            self._commit()
+        with contextlib.suppress(Exception):
+            self.consumer.close()  # leaves the group: its partitions move at once
+        self._producer.flush(5)
+        self._stopping.set()
+        self.invalidator.close()
+        self.shards.close()
+        if self._http is not None:
+            self._http.stop()
+        log.info("stopped")
+
+    def subscription(self) -> list[str]:
+        topics = self.settings.kafka.subscription()
+        if self.settings.kafka.topics:
+            prefixes = dict.fromkeys(t.split(".", 1)[0] for t in topics if "." in t)
+            heartbeat = self.settings.kafka.heartbeat_topic_prefix
+            existing = self._admin.list_topics(timeout=10).topics
+            topics += [f"{heartbeat}.{p}" for p in prefixes
+                       if f"{heartbeat}.{p}" in existing and f"{heartbeat}.{p}" not in topics]
+        return topics
+
+    # ------------------------------------------------------------------ one batch
+
+    def process(self, messages: list[Message]) -> BatchResult:
+        started = time.perf_counter()
+        result = BatchResult(records=len(messages))
+        decoder, planner = self.decoder, self.planner
+        max_bytes = self.settings.max_event_bytes
+        dead_letter_topic = self.dead_letters.topic
+        positions: dict[TP, int] = {}
+        actions: list[Action] = []
+        commits: list[int] = []  # source commit times of the changes in this batch
+        latest: dict[TP, tuple[int, str | None]] = {}
+        dead: list[tuple[Message, str, str]] = []
+        heartbeat: int | None = None
+        for message in messages:
+            error = message.error()
+            if error is not None:
+                self._consumer_error(error)
+                continue
+            # Never None for a message without an error.
+            topic: str = message.topic()  # type: ignore[assignment]
+            partition: int = message.partition()  # type: ignore[assignment]
+            offset: int = message.offset()  # type: ignore[assignment]
+            tp = (topic, partition)
+            positions[tp] = offset + 1
+            if topic == dead_letter_topic:
+                result.skipped["dead_letter_topic"] += 1
+                continue
+            plan = plan_record(decoder, planner, max_bytes, topic, partition, offset,
+                               message.key(), message.value())
+            if type(plan) is DeadLetter:
+                dead.append((message, plan.reason, plan.message))
+                continue
+            assert type(plan) is Plan
+            event = plan.event
+            if plan.skip is not None:
+                result.skipped[plan.skip] += 1
+                if event.kind == model.HEARTBEAT and event.ts_ms is not None:
+                    heartbeat = max(heartbeat or 0, event.ts_ms)
+                continue
+            table: str = event.table or ""
+            result.events[table, event.op or ""] += 1
+            if plan.unresolved:
+                result.unresolved[table] += len(plan.unresolved)
+            actions.extend(plan.actions)
+            if self.count_actions:
+                for action in plan.actions:
+                    result.actions[table, action.shard, action.kind] += 1
+            if event.ts_ms is not None:
+                commits.append(event.ts_ms)
+                latest[tp] = (event.ts_ms, event.table)
+        if actions and not self.dry_run:
+            outcome = self.invalidator.execute(actions)
+            result.invalidations = outcome.results
+            for shard, removed in outcome.truncated.items():
+                self.metrics.truncated_keys.labels(shard).inc(removed)
+        if dead:
+            self._dead_letter(dead, result)
+        acknowledged = time.time()
+        if not self.dry_run:
+            self._store(positions)
+        self._publish(result, commits, acknowledged)
+        for tp, (commit_ms, source_table) in latest.items():
+            self.freshness.reconciled(tp, commit_ms, source_table)
+        if heartbeat is not None:
+            self.freshness.heartbeat(heartbeat)
+        self.metrics.batch.observe(time.perf_counter() - started)
+        return result
+
+    def _dead_letter(self, dead: list[tuple[Message, str, str]], result: BatchResult) -> None:
+        for index, (message, reason, error) in enumerate(dead):
+            if index < DEAD_LETTER_LOGS_PER_BATCH:
+                log.warning("%s[%d]@%d: dead-lettered (%s): %s", message.topic(),
+                            message.partition(), message.offset(), reason, error)
+            result.dead_letters[reason] += 1
+            if not self.dry_run:
+                self.dead_letters.send(message, reason, error)
+        if len(dead) > DEAD_LETTER_LOGS_PER_BATCH:
+            log.warning("%d more records dead-lettered in this batch",
+                        len(dead) - DEAD_LETTER_LOGS_PER_BATCH)
+        if not self.dry_run:
+            self.dead_letters.confirm()
+
+    def _publish(self, result: BatchResult, commits: list[int], acknowledged: float) -> None:
+        metrics = self.metrics
+        for (table, op), n in result.events.items():
+            metrics.events.labels(table, op).inc(n)
+        for reason, n in result.skipped.items():
+            metrics.skipped.labels(reason).inc(n)
+        for reason, n in result.dead_letters.items():
+            metrics.dead_letters.labels(reason).inc(n)
+        for table, n in result.unresolved.items():
+            metrics.unresolved.labels(table).inc(n)
+            log.info("%s: %d key template(s) unresolved in this batch (a column the event "
+                     "does not carry: see `reconciler doctor` about REPLICA IDENTITY FULL)",
+                     table, n)
+        for (shard, outcome), n in result.invalidations.items():
+            metrics.invalidations.labels(shard, outcome).inc(n)
+        if not self.dry_run:
+            observe = metrics.end_to_end.observe
+            for commit_ms in commits:
+                observe(max(0.0, acknowledged - commit_ms / 1000))
+
+    def _store(self, positions: dict[TP, int]) -> None:
+        if not positions:
+            return
+        offsets = [TopicPartition(topic, partition, offset)
+                   for (topic, partition), offset in positions.items()]
+        try:
+            self.consumer.store_offsets(offsets=offsets)
+            stored = offsets
+        except KafkaException:
+            # A partition was revoked while the batch ran: store the others; the new
+            # owner re-processes the rest from the committed offset (idempotent).
+            stored = []
+            for tp in offsets:
+                try:
+                    self.consumer.store_offsets(offsets=[tp])
+                    stored.append(tp)
+                except KafkaException as exc:
+                    log.info("%s[%d]: offset %d not stored (partition no longer assigned: "
+                             "%s)", tp.topic, tp.partition, tp.offset, exc)
+        for tp in stored:
+            key = (tp.topic, tp.partition)
+            if key in self._positions:
+                self._positions[key] = tp.offset
+
+    # ------------------------------------------------------------------ rebalances
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        consumer.incremental_assign(partitions)
+        if self._paused:
+            consumer.pause(partitions)
+        for tp in partitions:
+            self._positions[tp.topic, tp.partition] = None
+        self.freshness.assigned((tp.topic, tp.partition) for tp in partitions)
+        self._joined = True
+        self.metrics.assigned_partitions.set(len(self._positions))
+        if partitions:
+            log.info("assigned %s", _names(partitions))
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Callbacks run inside consume(): no batch is in flight, every stored offset is
+        # done work. Commit it before the partitions move.
+        self._commit()
+        self._forget(partitions)
+        if partitions:
+            log.info("revoked %s", _names(partitions))
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Lost partitions may already belong to someone else: never commit for them.
+        self._forget(partitions)
+        log.warning("lost %s (group membership expired)", _names(partitions))
+
+    def _forget(self, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            self._positions.pop((tp.topic, tp.partition), None)
+        self.freshness.revoked((tp.topic, tp.partition) for tp in partitions)
+        self.metrics.assigned_partitions.set(len(self._positions))
+
+    def _commit(self) -> None:
+        try:
+            self.consumer.commit(asynchronous=False)
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args else None
+            if isinstance(error, KafkaError) and error.code() == KafkaError._NO_OFFSET:
+                return
+            log.warning("commit failed: %s", exc)
+
+    # ------------------------------------------------------------------ housekeeping
+
+    def _housekeeping(self) -> None:
+        interval = self.settings.metrics.lag_refresh_seconds
+        while not self._stopping.wait(interval):
+            for task in (self.lag.refresh, self.shards.probe):
+                try:
+                    task()
+                except Exception as exc:  # noqa: BLE001 - housekeeping must go on
+                    log.debug("housekeeping %s failed: %s", task.__qualname__, exc)
+            self.metrics.ready.set(1 if self._ready().ok else 0)
+
+    def _reload_shard_map(self) -> None:
+        self._next_reload = time.monotonic() + self.settings.shard_map_reload_seconds
+        reloaded = self._watcher.poll()
+        if reloaded is None:
+            return
+        if not reloaded.ok:
+            self.metrics.shard_map_reloads.labels("error").inc()
+            log.error("shard map %s rejected, keeping version %d: %s", self.settings.shard_map,
+                      reloaded.shard_map.version, reloaded.error)
+            return
+        self.planner = self.planner.with_shard_map(reloaded.shard_map)
+        self.shards.update(reloaded.shard_map)
+        self.metrics.shard_map_reloads.labels("ok").inc()
+        self.metrics.shard_map_version.set(reloaded.shard_map.version)
+        log.info("shard map reloaded: version %d", reloaded.shard_map.version)
+
+    def _set_paused(self, paused: bool) -> None:
+        assignment = self.consumer.assignment()
+        if paused:
+            self.consumer.pause(assignment)
+            log.warning("paused (SIGUSR1): consuming nothing until SIGUSR2")
+        else:
+            self.consumer.resume(assignment)
+            log.warning("resumed (SIGUSR2)")
+        self._paused = paused
+
+    def _consumer_error(self, error: KafkaError) -> None:
+        if is_fatal(error):
+            raise FatalError(f"kafka: {error.str()} (check the credentials, ACLs and "
+                             "kafka.security settings)")
+        if error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+            log.warning("kafka: %s (is the topic created? `reconciler doctor` checks)",
+                        error.str())
+            return
+        log.warning("kafka: %s", error.str())
+
+    def _ensure_dead_letter_topic(self) -> None:
+        topic = self.settings.kafka.dead_letter_topic
+        if topic in self._admin.list_topics(timeout=10).topics:
+            return
+        future = self._admin.create_topics(
+            [NewTopic(topic, num_partitions=3, replication_factor=-1, config=DLQ_TOPIC_CONFIG)]
+        )[topic]
+        try:
+            future.result(timeout=30)
+            log.info("created the dead-letter topic %s", topic)
+        except Exception as exc:  # noqa: BLE001 - we may lack the ACL; doctor reports it
+            log.warning("could not create the dead-letter topic %s (%s); create it, or the "
+                        "first dead letter stops the worker", topic, exc)
+
+    # ------------------------------------------------------------------ health
+
+    def _live(self) -> Status:
+        stalled = time.monotonic() - self._tick
+        budget = max(self.settings.valkey.retry_budget_seconds,
+                     self.settings.kafka.retry_budget_seconds) + LIVENESS_SLACK
+        return Status(stalled < budget, {"loop_stalled_seconds": round(stalled, 1)})
+
+    def _ready(self) -> Status:
+        shards = self.shards.states()
+        ok = self._joined and all(shards.values()) and not self._stopping.is_set()
+        return Status(ok, {
+            "joined_group": self._joined,
+            "assigned_partitions": len(self._positions),
+            "paused": self._paused,
+            "shards": {name: "up" if up else "unreachable" for name, up in shards.items()},
+            "lag": {f"{t}[{p}]": lag for (t, p), lag in sorted(self.lag.last.items())},
+        })
+
+
+def _names(partitions: list[TopicPartition]) -> str:
+    return ", ".join(f"{tp.topic}[{tp.partition}]" for tp in partitions)
+
+
+def run_worker(settings: Settings) -> int:
+    worker = Worker(settings)
+    worker.install_signal_handlers()
+    return worker.run()
