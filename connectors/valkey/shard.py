@@ -1,0 +1,285 @@
+"""One Valkey shard: the reconciler's side of the cache protocol.
+
+`Shard.apply()` is the hot path: every key of a batch goes out in ONE network round
+trip (a pipeline of `cr1_apply` calls, `APPLY_CHUNK` keys each so that no single call
+holds the server for long), with the per-key Python work kept to slicing and a dict
+lookup. `truncate()` removes a table's keys by pattern (SCAN + UNLINK, rate-limited).
+
+Credentials passed separately are never logged: the shard is described by its name
+and a URL with the user information removed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urlsplit
+
+import valkey
+from valkey.connection import parse_url
+
+from connectors.errors import ValkeyRejected, ValkeyUnavailable
+from connectors.valkey.functions import (
+    APPLY_FUNCTION,
+    LIBRARY_NAME,
+    call_with_reload,
+    first_error,
+    is_missing_function,
+    load_functions,
+    translate,
+)
+from connectors.valkey.protocols import MAX_VERSION, OPS, Invalidator
+
+log = logging.getLogger(__name__)
+
+APPLY_CHUNK = 512  # keys per cr1_apply call: bounds how long one call blocks the server
+DEFAULT_FENCE_TTL_MS = 60_000  # SPEC fence_ttl default: 60 s
+TLS_SCHEMES = frozenset({"valkeys", "rediss"})  # URL schemes that mean TLS
+SCHEMES = frozenset({"valkey", "redis", *TLS_SCHEMES})  # accepted URL schemes
+_FCALL = b"FCALL"  # the command, pre-encoded
+_APPLY = APPLY_FUNCTION.encode()  # the function name, pre-encoded
+# Reply bytes -> the result label (one shared str object per label, no decoding).
+_LABEL = {b"repaired": "repaired", b"fresh": "fresh", b"absent": "absent",
+          b"fenced": "fenced"}.__getitem__
+
+T = TypeVar("T")
+
+
+def redact(url: str) -> str:
+    """`url` without its user information (user name and password)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"  # IPv6
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return parts._replace(netloc=netloc, query="").geturl()
+
+
+def connection_pool(url: str, *, username: str | None = None, password: str | None = None,
+                    tls_ca_file: str | None = None, tls_cert_file: str | None = None,
+                    tls_key_file: str | None = None,
+                    socket_timeout: float = 5.0) -> valkey.ConnectionPool:
+    """A bytes-in, bytes-out connection pool for `url` (valkey[s]:// or redis[s]://).
+
+    `username`/`password` override any given in the URL. The TLS files are only
+    accepted with a TLS scheme (valkeys://, rediss://).
+    """
+    scheme = urlsplit(url).scheme.lower()
+    if scheme not in SCHEMES:
+        raise ValueError(f"valkey URL {redact(url)!r}: scheme must be one of "
+                         f"{', '.join(sorted(SCHEMES))}, got {scheme!r}")
+    tls = {"ssl_ca_certs": tls_ca_file, "ssl_certfile": tls_cert_file,
+           "ssl_keyfile": tls_key_file}
+    if scheme not in TLS_SCHEMES and any(tls.values()):
+        raise ValueError(f"valkey URL {redact(url)!r}: TLS files were given but the scheme "
+                         f"is {scheme}://; use valkeys:// (or rediss://) for TLS")
+    kwargs: dict[str, Any] = parse_url(url)
+    if username is not None:
+        kwargs["username"] = username
+    if password is not None:
+        kwargs["password"] = password
+    if scheme in TLS_SCHEMES:
+        kwargs.update({key: value for key, value in tls.items() if value})
+    kwargs.setdefault("socket_timeout", socket_timeout)
+    kwargs.setdefault("socket_connect_timeout", socket_timeout)
+    kwargs["decode_responses"] = False
+    return valkey.ConnectionPool(**kwargs)
+
+
+def apply_commands(keys: Sequence[str], ops: Sequence[str], versions: Sequence[int],
+                   fence_ttl_ms: int) -> list[tuple[Any, ...]]:
+    """The FCALL argument tuples for one `apply()`: `APPLY_CHUNK` keys each.
+
+    Per key: only slicing and slice assignment (C loops); the client packs ints itself.
+    """
+    commands = []
+    for start in range(0, len(keys), APPLY_CHUNK):
+        stop = start + APPLY_CHUNK
+        chunk = keys[start:stop]
+        pairs: list[Any] = [None] * (2 * len(chunk))
+        pairs[0::2] = ops[start:stop]
+        pairs[1::2] = versions[start:stop]
+        commands.append((_FCALL, _APPLY, len(chunk), *chunk, fence_ttl_ms, *pairs))
+    return commands
+
+
+class Shard:
+    """A Valkey server holding part of the cache (implements `Invalidator`)."""
+
+    def __init__(self, name: str, url: str, *, username: str | None = None,
+                 password: str | None = None, tls_ca_file: str | None = None,
+                 tls_cert_file: str | None = None, tls_key_file: str | None = None,
+                 socket_timeout: float = 5.0,
+                 fence_ttl_ms: int = DEFAULT_FENCE_TTL_MS) -> None:
+        if fence_ttl_ms <= 0:
+            raise ValueError(f"shard {name!r}: fence_ttl_ms must be positive, "
+                             f"got {fence_ttl_ms}")
+        self._name = name
+        self.url = redact(url)  # safe to log: no credentials
+        self.fence_ttl_ms = fence_ttl_ms
+        self._client = valkey.Valkey(connection_pool=connection_pool(
+            url, username=username, password=password, tls_ca_file=tls_ca_file,
+            tls_cert_file=tls_cert_file, tls_key_file=tls_key_file,
+            socket_timeout=socket_timeout))
+        # valkey-py annotates the sync client with its async return types
+        # (`Awaitable[Any] | Any`); this untyped view keeps the call sites honest.
+        self._sync: Any = self._client
+        self._last_refusal = ""  # the last ValkeyRejected ping() logged
+
+    def __repr__(self) -> str:
+        return f"Shard({self._name!r}, {self.url!r})"
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def client(self) -> valkey.Valkey:
+        """The underlying valkey-py client (bytes responses)."""
+        return self._client
+
+    # ------------------------------------------------------------------ hot path
+
+    def apply(self, keys: Sequence[str], ops: Sequence[str],
+              versions: Sequence[int]) -> list[str]:
+        """Apply one op per key in ONE round trip; one result label per key, in order.
+
+        ops: `v` change, `s` snapshot read, `d` delete, `u` unversioned (see
+        `protocols`); `versions[i]` in [0, 2^63-1] (ignored for `d`/`u`).
+        """
+        n = len(keys)
+        if n != len(ops) or n != len(versions):
+            raise ValueError(f"shard {self._name!r}: apply() needs as many ops and versions "
+                             f"as keys, got {n} keys, {len(ops)} ops, {len(versions)} versions")
+        if not n:
+            return []
+        if not OPS.issuperset(ops):
+            bad = next(i for i, op in enumerate(ops) if op not in OPS)
+            raise ValueError(f"shard {self._name!r}: op #{bad} for key {keys[bad]!r} must be "
+                             f"one of {''.join(sorted(OPS))}, got {ops[bad]!r}")
+        if min(versions) < 0 or max(versions) > MAX_VERSION:
+            bad = next(i for i, v in enumerate(versions) if not 0 <= v <= MAX_VERSION)
+            raise ValueError(f"shard {self._name!r}: version #{bad} for key {keys[bad]!r} "
+                             f"must be in [0, 2^63-1], got {versions[bad]}")
+        commands = apply_commands(keys, ops, versions, self.fence_ttl_ms)
+        command = "FCALL " + APPLY_FUNCTION
+        replies = self._call(lambda: self._pipeline(commands), command, missing=_any_missing)
+        error = first_error(replies)
+        if error is not None:  # still missing after a reload
+            raise translate(error, shard=self._name, command=command)
+        results: list[str] = []
+        try:
+            for reply in replies:
+                results += map(_LABEL, reply)
+        except (KeyError, TypeError) as error:
+            raise ValkeyRejected(
+                f"valkey shard {self._name!r}: {command} answered {replies!r:.200}, not one "
+                f"label per key: is another {LIBRARY_NAME} loaded? Run `reconciler doctor`",
+                shard=self._name, command=command) from error
+        if len(results) != len(keys):
+            raise ValkeyRejected(f"valkey shard {self._name!r}: {command} answered "
+                                 f"{len(results)} results for {len(keys)} keys",
+                                 shard=self._name, command=command)
+        return results
+
+    def _pipeline(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        pipe: Any = self._client.pipeline(transaction=False)
+        for command in commands:
+            pipe.execute_command(*command)
+        replies: list[Any] = pipe.execute(raise_on_error=False)
+        error = first_error(replies)
+        if error is not None and not is_missing_function(error):
+            raise error
+        return replies
+
+    # ------------------------------------------------------------------ the rest
+
+    def truncate(self, pattern: str, *, count: int = 1000,
+                 max_keys_per_second: float | None = None) -> int:
+        """Remove every key matching the glob `pattern` (SCAN MATCH + UNLINK in batches
+        of about `count`), at most `max_keys_per_second` on average; return the number
+        removed. Interrupted, it can simply be run again."""
+        if count < 1:
+            raise ValueError(f"shard {self._name!r}: truncate count must be >= 1, got {count}")
+        if max_keys_per_second is not None and max_keys_per_second <= 0:
+            raise ValueError(f"shard {self._name!r}: max_keys_per_second must be positive, "
+                             f"got {max_keys_per_second}")
+        client = self._sync
+        # With a rate limit, UNLINK in pieces of about a tenth of a second's worth so
+        # that the load is spread evenly rather than in bursts of `count` keys.
+        step = count if max_keys_per_second is None else max(
+            1, min(count, int(max_keys_per_second / 10)))
+        started = time.monotonic()
+        removed = 0
+        sent = 0  # keys sent to UNLINK: what the rate limit paces
+        cursor = 0
+        while True:
+            cursor, found = self._call(
+                partial(client.scan, cursor, match=pattern, count=count), "SCAN")
+            cursor = int(cursor)
+            for start in range(0, len(found), step):
+                piece = found[start:start + step]
+                removed += int(self._call(partial(client.unlink, *piece), "UNLINK"))
+                sent += len(piece)
+                if max_keys_per_second is not None:
+                    ahead = sent / max_keys_per_second - (time.monotonic() - started)
+                    if ahead > 0:
+                        time.sleep(ahead)
+            if cursor == 0:
+                break
+        log.info("valkey shard %s: truncate %r removed %d keys in %.1fs", self._name,
+                 pattern, removed, time.monotonic() - started)
+        return removed
+
+    def ping(self) -> bool:
+        """True if the shard answers PING; False otherwise (for readiness probes).
+
+        Never raises: a refusal (bad credentials, ACL) is logged, once per distinct
+        reason, and reads as False; `ensure_functions()` or `server_version()` raise it.
+        """
+        try:
+            return bool(self._call(self._client.ping, "PING"))
+        except ValkeyUnavailable:
+            return False
+        except ValkeyRejected as error:
+            if str(error) != self._last_refusal:
+                self._last_refusal = str(error)
+                log.warning("%s", error)
+            return False
+
+    def server_version(self) -> str:
+        """The server's version (`valkey_version`, else `redis_version` of INFO)."""
+        info: dict[str, Any] = self._call(lambda: self._sync.info("server"), "INFO")
+        return str(info.get("valkey_version") or info.get("redis_version") or "unknown")
+
+    def ensure_functions(self) -> None:
+        """Load (or replace) the functions library now rather than on first use."""
+        load_functions(self._client, shard=self._name)
+
+    def close(self) -> None:
+        """Close every connection to the shard."""
+        self._sync.close()
+        self._client.connection_pool.disconnect()
+
+    def __enter__(self) -> Shard:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _call(self, call: Callable[[], T], command: str,
+              missing: Callable[[T], bool] | None = None) -> T:
+        return call_with_reload(self._client, call, shard=self._name, command=command,
+                                missing=missing)
+
+
+def _any_missing(replies: list[Any]) -> bool:
+    return any(isinstance(reply, Exception) for reply in replies)
+
+
+
+if TYPE_CHECKING:
+    _implements: type[Invalidator] = Shard

@@ -1,0 +1,243 @@
+"""Transparent reload of the library (FUNCTION FLUSH, restart) and the error mapping:
+unavailable shards, ACL refusals, bad credentials."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+
+import pytest
+import valkey
+from valkey import exceptions as vx
+
+from connectors.errors import ValkeyRejected, ValkeyUnavailable
+from connectors.valkey.functions import LIBRARY_NAME, translate
+from connectors.valkey.shard import Shard
+from connectors.valkey.writer import CacheWriter
+from tests.unit.connectors.valkey.conftest import SHARD
+
+
+def library_loaded(client: valkey.Valkey) -> bool:
+    return bool(client.function_list(library=LIBRARY_NAME))
+
+
+def test_function_flush_is_transparent(shard: Shard, writer: CacheWriter,
+                                       client: valkey.Valkey, uid: str) -> None:
+    client.function_flush("SYNC")
+    assert not library_loaded(client)
+    assert shard.apply([f"{uid}:a"], ["v"], [1]) == ["absent"]
+    assert library_loaded(client)
+    client.function_flush("SYNC")
+    assert writer.set_if_newer(f"{uid}:b", 1, "x", None)
+    assert library_loaded(client)
+
+
+def test_restart_is_transparent(shard: Shard, writer: CacheWriter, client: valkey.Valkey,
+                                uid: str) -> None:
+    from stack import services
+
+    service = services.SERVICES[SHARD]
+    assert shard.apply([f"{uid}:a"], ["v"], [1]) == ["absent"]
+    try:
+        service.stop()
+        with pytest.raises(ValkeyUnavailable, match="valkey shard 'valkey-b'"):
+            shard.apply([f"{uid}:a"], ["v"], [2])
+        assert shard.ping() is False
+    finally:
+        service.start()
+    assert not library_loaded(client)  # no persistence: the restart dropped the library
+    assert shard.apply([f"{uid}:a"], ["v"], [3]) == ["absent"]
+    assert library_loaded(client)
+    client.function_flush("SYNC")
+    assert writer.set_if_newer(f"{uid}:b", 1, "x", None)
+    assert shard.ping() is True
+
+
+@pytest.fixture
+def unused_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def test_down_server_is_unavailable(unused_port: int) -> None:
+    url = f"valkey://127.0.0.1:{unused_port}/0"
+    with Shard("down", url, socket_timeout=1) as down:
+        with pytest.raises(ValkeyUnavailable, match="valkey shard 'down': FCALL cr1_apply"):
+            down.apply(["k"], ["v"], [1])
+        with pytest.raises(ValkeyUnavailable):
+            down.truncate("k*")
+        with pytest.raises(ValkeyUnavailable):
+            down.ensure_functions()
+        assert down.ping() is False
+    writer = CacheWriter(url, name="down", socket_timeout=1)
+    with pytest.raises(ValkeyUnavailable):
+        writer.get("k")
+    with pytest.raises(ValkeyUnavailable):
+        writer.set_if_newer("k", 1, "x", None)
+
+
+@pytest.fixture
+def acl_user(client: valkey.Valkey, uid: str) -> Iterator[tuple[str, str]]:
+    name, password = f"cr-test-{uid}", f"pw-{uid}"
+    yield name, password
+    client.acl_deluser(name)
+
+
+def test_user_without_fcall_is_rejected_with_the_fix(shard: Shard, url: str,
+                                                     client: valkey.Valkey, uid: str,
+                                                     acl_user: tuple[str, str]) -> None:
+    name, password = acl_user
+    client.acl_setuser(name, enabled=True, passwords=[f"+{password}"], keys=["*"],
+                       commands=["+@all", "-fcall"])
+    with Shard("limited", url, username=name, password=password) as limited:
+        assert limited.ping() is True
+        with pytest.raises(ValkeyRejected) as caught:
+            limited.apply([f"{uid}:a"], ["v"], [1])
+    message = str(caught.value)
+    assert "valkey shard 'limited': FCALL cr1_apply refused by ACL" in message
+    assert "+fcall" in message
+    assert password not in message
+
+
+def test_user_without_function_load_is_rejected_with_the_fix(
+        url: str, client: valkey.Valkey, uid: str, acl_user: tuple[str, str]) -> None:
+    name, password = acl_user
+    client.acl_setuser(name, enabled=True, passwords=[f"+{password}"], keys=["*"],
+                       commands=["+@all", "-function"])
+    client.function_flush("SYNC")
+    with Shard("limited", url, username=name, password=password) as limited:
+        with pytest.raises(ValkeyRejected, match=r"FUNCTION LOAD refused by ACL.*"
+                                                 r"\+function\|load"):
+            limited.apply([f"{uid}:a"], ["v"], [1])
+        with pytest.raises(ValkeyRejected, match="FUNCTION LOAD"):
+            limited.ensure_functions()
+
+
+def test_user_without_key_access_is_rejected(shard: Shard, url: str, client: valkey.Valkey,
+                                             uid: str, acl_user: tuple[str, str]) -> None:
+    name, password = acl_user
+    client.acl_setuser(name, enabled=True, passwords=[f"+{password}"], keys=["other:*"],
+                       commands=["+@all"])
+    with Shard("limited", url, username=name, password=password) as limited, \
+            pytest.raises(ValkeyRejected, match=r"refused by ACL.*access to the cache keys"):
+        limited.apply([f"{uid}:a"], ["v"], [1])
+
+
+def test_wrong_password_is_rejected(url: str, client: valkey.Valkey,
+                                    acl_user: tuple[str, str]) -> None:
+    name, password = acl_user
+    client.acl_setuser(name, enabled=True, passwords=[f"+{password}"], keys=["*"],
+                       commands=["+@all"])
+    with Shard("limited", url, username=name, password="not-it") as limited:
+        with pytest.raises(ValkeyRejected, match="failed authentication") as caught:
+            limited.apply(["k"], ["v"], [1])
+        assert "not-it" not in str(caught.value)
+        assert limited.ping() is False
+        with pytest.raises(ValkeyRejected, match="failed authentication"):
+            limited.server_version()
+
+
+@pytest.mark.parametrize(("error", "kind"), [
+    (vx.ConnectionError("Connection refused"), ValkeyUnavailable),
+    (vx.TimeoutError("Timeout reading from socket"), ValkeyUnavailable),
+    (vx.BusyLoadingError("Valkey is loading the dataset in memory"), ValkeyUnavailable),
+    (vx.ReadOnlyError("You can't write against a read only replica."), ValkeyUnavailable),
+    (vx.ResponseError("MASTERDOWN Link with MASTER is down"), ValkeyUnavailable),
+    (vx.ResponseError("TRYAGAIN Multiple keys request during rehashing"), ValkeyUnavailable),
+    (vx.ResponseError("BUSY Valkey is busy running a script."), ValkeyUnavailable),
+    (ConnectionResetError(104, "Connection reset by peer"), ValkeyUnavailable),
+    (vx.NoPermissionError("this user has no permissions to run the 'fcall' command"),
+     ValkeyRejected),
+    (vx.AuthenticationError("invalid username-password pair"), ValkeyRejected),
+    (vx.OutOfMemoryError("command not allowed when used memory > 'maxmemory'."),
+     ValkeyRejected),
+    (vx.ResponseError("cr1_apply: op for key #1 must be one of v, s, d, u"), ValkeyRejected),
+])
+def test_translate(error: Exception, kind: type[Exception]) -> None:
+    translated = translate(error, shard="a", command="FCALL cr1_apply")
+    assert type(translated) is kind
+    assert str(translated).startswith("valkey shard 'a': FCALL cr1_apply")
+    assert (translated.shard, translated.command) == ("a", "FCALL cr1_apply")
+
+
+def test_tls_files_need_a_tls_url(url: str) -> None:
+    with pytest.raises(ValueError, match="use valkeys://"):
+        Shard("a", url, tls_ca_file="/ca.pem")
+    with pytest.raises(ValueError, match="scheme must be one of"):
+        Shard("a", "http://127.0.0.1:1/0")
+
+
+def test_urls_are_logged_without_credentials(url: str) -> None:
+    with Shard("a", url.replace("valkey://", "redis://user:secret@")) as redis_scheme:
+        assert "secret" not in repr(redis_scheme)
+        assert "user" not in redis_scheme.url
+
+
+def test_user_without_a_command_the_functions_call_is_rejected(
+        shard: Shard, url: str, client: valkey.Valkey, uid: str,
+        acl_user: tuple[str, str]) -> None:
+    name, password = acl_user
+    client.acl_setuser(name, enabled=True, passwords=[f"+{password}"], keys=["*"],
+                       commands=["+@all", "-hset"])
+    with Shard("limited", url, username=name, password=password) as limited, \
+            pytest.raises(ValkeyRejected, match=r"refused by ACL.*\+hset"):
+        limited.apply([f"{uid}:a"], ["v"], [1])
+
+
+def test_tls_urls_use_tls_with_the_given_files() -> None:
+    from valkey.connection import SSLConnection
+
+    for scheme in ("valkeys", "rediss"):
+        with Shard("a", f"{scheme}://[::1]:6390/2", tls_ca_file="/ca.pem",
+                   tls_cert_file="/c.pem", tls_key_file="/k.pem", password="pw") as tls:
+            pool = tls.client.connection_pool
+            assert pool.connection_class is SSLConnection
+            assert pool.connection_kwargs["ssl_ca_certs"] == "/ca.pem"
+            assert pool.connection_kwargs["ssl_certfile"] == "/c.pem"
+            assert pool.connection_kwargs["ssl_keyfile"] == "/k.pem"
+            assert pool.connection_kwargs["db"] == 2
+            assert tls.url == f"{scheme}://[::1]:6390/2"
+
+
+def test_a_library_answering_something_else_is_rejected(
+        shard: Shard, client: valkey.Valkey, uid: str) -> None:
+    client.function_load("#!lua name=cache_reconciler_1\n"
+                         "redis.register_function('cr1_apply', function() "
+                         "return {'gone'} end)\n", replace=True)
+    try:
+        with pytest.raises(ValkeyRejected, match="not one label per key"):
+            shard.apply([f"{uid}:a"], ["v"], [1])
+    finally:
+        shard.ensure_functions()
+
+
+def test_out_of_memory(shard: Shard, writer: CacheWriter, client: valkey.Valkey,
+                       uid: str) -> None:
+    key = f"{uid}:post:1"
+    assert writer.set_if_newer(key, 1, "v1", None)
+    saved = client.config_get("maxmemory")["maxmemory"]
+    client.config_set("maxmemory", "1")  # policy is noeviction: every write is refused
+    try:
+        with pytest.raises(ValkeyRejected, match=r"out of memory.*raise maxmemory"):
+            writer.set_if_newer(f"{uid}:post:2", 1, "x", None)
+        # Invalidation still works on a full cache (cr1_apply is flagged allow-oom).
+        assert shard.apply([key], ["v"], [2]) == ["repaired"]
+    finally:
+        client.config_set("maxmemory", saved)
+    assert writer.get(key) is None
+
+
+def test_a_refused_read_inside_the_function_is_not_mistaken_for_stale_data(
+        shard: Shard, url: str, client: valkey.Valkey, uid: str,
+        acl_user: tuple[str, str]) -> None:
+    name, password = acl_user
+    client.acl_setuser(name, enabled=True, passwords=[f"+{password}"], keys=["*"],
+                       commands=["+@all", "-hget"])
+    key = f"{uid}:post:1"
+    client.hset(key, mapping={"v": "9", "d": "x"})
+    with Shard("limited", url, username=name, password=password) as limited, \
+            pytest.raises(ValkeyRejected, match=r"refused by ACL.*\+hget"):
+        limited.apply([key], ["v"], [1])
+    assert client.hgetall(key) == {b"v": b"9", b"d": b"x"}  # fresh data untouched
