@@ -13,7 +13,7 @@ import logging
 import threading
 from collections.abc import Mapping
 
-from connectors.valkey import Shard
+from connectors.valkey.shard import Shard
 from reconciler.metrics import Metrics
 from reconciler.settings import Settings
 from shard_map import ShardMap

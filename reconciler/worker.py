@@ -52,7 +52,7 @@ from reconciler.metrics import Metrics
 from reconciler.planner import Action, DeadLetter, Plan, Planner, plan_record
 from reconciler.settings import Settings, read_secret_file
 from reconciler.shards import ShardPool
-from shard_map import ShardMapError, ShardMapWatcher, load_shard_map
+from shard_map import ShardMapError, ShardMapWatcher
 
 log = logging.getLogger(__name__)
 
@@ -104,10 +104,10 @@ class Worker:
         self.dry_run = dry_run
         self.count_actions = dry_run or count_actions  # per table/shard/kind, for replay
         try:
-            shard_map = load_shard_map(settings.shard_map)
+            self._watcher = ShardMapWatcher(settings.shard_map)
         except ShardMapError as exc:
             raise ConfigError(f"shard_map: {exc}") from exc
-        self._watcher = ShardMapWatcher(settings.shard_map)
+        shard_map = self._watcher.current
         self._next_reload = time.monotonic() + settings.shard_map_reload_seconds
         self.metrics.shard_map_version.set(shard_map.version)
         self.planner = Planner(settings.tables, shard_map,
