@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
 from connectors.errors import ValkeyRejected, ValkeyUnavailable
+from reconciler import faults
 from reconciler.errors import FatalError, RetryBudgetExceeded, TransientError
 from reconciler.planner import DELETE, TRUNCATE, UNVERSIONED, VERSIONED, Action
 
@@ -127,6 +128,11 @@ class Invalidator:
             if len(items) == 1:
                 shard, batch = items[0]
                 self._count(outcome, shard, self._apply(shard, batch))
+                continue
+            if faults.STOP_AT:  # sequential, so a crash can land between two shards
+                for shard, batch in items:
+                    self._count(outcome, shard, self._apply(shard, batch))
+                    faults.checkpoint("between_shards")
                 continue
             futures = [(shard, self._pool.submit(self._apply, shard, batch))
                        for shard, batch in items]

@@ -37,6 +37,7 @@ from connectors.kafka import (
     is_fatal,
     producer_config,
 )
+from reconciler import faults
 from reconciler.deadletter import DeadLetters
 from reconciler.errors import (
     ConfigError,
@@ -291,6 +292,8 @@ class Worker:
             if event.ts_ms is not None:
                 commits.append(event.ts_ms)
                 latest[tp] = (event.ts_ms, event.table)
+        if faults.STOP_AT:
+            faults.checkpoint("decoded")
         if actions and not self.dry_run:
             outcome = self.invalidator.execute(actions)
             result.invalidations = outcome.results
@@ -299,8 +302,12 @@ class Worker:
         if dead:
             self._dead_letter(dead, result)
         acknowledged = time.time()
+        if faults.STOP_AT:
+            faults.checkpoint("acknowledged")
         if not self.dry_run:
             self._store(positions)
+            if faults.STOP_AT:
+                faults.checkpoint("stored")
         self._publish(result, commits, acknowledged)
         for tp, (commit_ms, source_table) in latest.items():
             self.freshness.reconciled(tp, commit_ms, source_table)

@@ -95,10 +95,11 @@ def admin(stack: Stack) -> AdminClient:
 
 
 def create_topic(stack: Stack, name: str, partitions: int = 3) -> str:
-    futures = admin(stack).create_topics([NewTopic(name, num_partitions=partitions,
-                                                   replication_factor=1)])
+    client = admin(stack)  # kept alive until the future completes
+    futures = client.create_topics([NewTopic(name, num_partitions=partitions,
+                                             replication_factor=1)])
     futures[name].result(timeout=30)
-    wait_until(lambda: name in admin(stack).list_topics(timeout=5).topics, 30, f"topic {name}")
+    wait_until(lambda: name in client.list_topics(timeout=5).topics, 30, f"topic {name}")
     return name
 
 
@@ -244,7 +245,7 @@ class WorkerProcess:
     def get(self, path: str) -> tuple[int, Any]:
         url = f"http://127.0.0.1:{self.metrics_port()}{path}"
         try:
-            with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310
+            with urllib.request.urlopen(url, timeout=5) as response:
                 body = response.read()
                 status = response.status
         except urllib.error.HTTPError as exc:
