@@ -214,9 +214,21 @@ class Worker:
                 self._reload_shard_map()
             if self._pause_wanted != self._paused:
                 self._set_paused(self._pause_wanted)
-            messages = self.consumer.consume(batch_size, timeout)
+            messages = self._next_batch(batch_size, timeout)
             if messages:
                 self.process(messages)
+
+    def _next_batch(self, batch_size: int, timeout: float) -> list[Message]:
+        """Whatever is ready now, up to batch_size; else wait up to `timeout` for one
+        record and take whatever arrived with it. consume(n, timeout) alone waits the
+        whole timeout for a full batch: half a second of delay on a quiet topic."""
+        messages = self.consumer.consume(batch_size, 0)
+        if messages:
+            return messages
+        messages = self.consumer.consume(1, timeout)
+        if messages and batch_size > 1:
+            messages += self.consumer.consume(batch_size - 1, 0)
+        return messages
 
     def close(self, *, commit: bool) -> None:
         if commit:

@@ -150,7 +150,7 @@ def spawn(name: str, argv: list[str], env: dict[str, str] | None = None,
     with open(log_path, "ab") as out:
         out.write(f"\n==== {time.strftime('%Y-%m-%dT%H:%M:%S')} starting {name}\n".encode())
         out.flush()
-        proc = subprocess.Popen(  # noqa: S603 - argv built here, no shell
+        proc = subprocess.Popen(
             argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env={**os.environ, **(env or {})}, cwd=cwd, start_new_session=True,
         )
@@ -195,7 +195,7 @@ def http_json(method: str, url: str, body: object | None = None, timeout: float 
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(url, data=data, method=method,
                                      headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
+    with urllib.request.urlopen(request, timeout=timeout) as response:
         raw = response.read()
     return json.loads(raw) if raw else None
 
@@ -265,7 +265,7 @@ def psql(sql: str, db: str = "postgres", check: bool = True) -> str:
     argv = [*_pg_user_argv(), pg_bin("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1",
             "-h", str(PG_SOCKET_DIR), "-p", str(PG_PORT), "-U", "postgres", "-d", db,
             "-At", "-c", sql]
-    proc = subprocess.run(argv, capture_output=True, text=True, check=False)  # noqa: S603
+    proc = subprocess.run(argv, capture_output=True, text=True, check=False)
     if check and proc.returncode != 0:
         raise StackError(f"postgres: psql failed: {proc.stderr.strip()}\nSQL: {sql[:300]}")
     return proc.stdout.strip()
@@ -282,7 +282,7 @@ def pg_start() -> None:
         if not (PG_DATA / "PG_VERSION").exists():
             PG_DATA.mkdir(parents=True, exist_ok=True)
             _chown_to_postgres(PG_DATA.parent)
-            subprocess.run(  # noqa: S603
+            subprocess.run(
                 [*_pg_user_argv(), pg_bin("initdb"), "-D", str(PG_DATA), "-U", "postgres",
                  "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8",
                  "--locale=C.UTF-8"],
@@ -311,7 +311,7 @@ def pg_start() -> None:
             log_path.touch()
             _chown_to_postgres(LOG_DIR)
             os.chown(LOG_DIR, 0, 0)
-        proc = subprocess.run(  # noqa: S603
+        proc = subprocess.run(
             [*_pg_user_argv(), pg_bin("pg_ctl"), "-D", str(PG_DATA), "-l", str(log_path),
              "-w", "-t", str(int(START_TIMEOUT)), "start"],
             capture_output=True, text=True, check=False,
@@ -345,7 +345,7 @@ def pg_provision() -> None:
 def pg_stop() -> None:
     if not pg_running():
         return
-    subprocess.run(  # noqa: S603
+    subprocess.run(
         [*_pg_user_argv(), pg_bin("pg_ctl"), "-D", str(PG_DATA), "-m", "fast", "-w", "stop"],
         capture_output=True, check=False,
     )
@@ -372,12 +372,13 @@ def maven_jars(name: str) -> Path:
     if name == "debezium":
         # Connect's own slf4j is shared with plugins; a second copy only warns.
         argv.append("-DexcludeArtifactIds=slf4j-api")
-    proc = subprocess.run(  # noqa: S603
+    proc = subprocess.run(
         argv,
         capture_output=True, text=True, check=False,
     )
     if proc.returncode != 0:
-        raise StackError(f"mvn could not resolve {pom}:\n{proc.stdout[-3000:]}{proc.stderr[-2000:]}")
+        raise StackError(
+            f"mvn could not resolve {pom}:\n{proc.stdout[-3000:]}{proc.stderr[-2000:]}")
     stamp.write_text(digest)
     return target
 
@@ -491,13 +492,14 @@ def kafka_start() -> None:
     props = kafka_properties()
     if not (KAFKA_DIR / "data" / "meta.properties").exists():
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-        proc = subprocess.run(  # noqa: S603
+        proc = subprocess.run(
             _java_argv(lib, "kafka.tools.StorageTool", "-Xmx256m", "format", "-t", cluster_id,
                        "-c", str(props)),
             capture_output=True, text=True, check=False,
         )
         if proc.returncode != 0:
-            raise StackError(f"kafka: formatting the KRaft storage failed:\n{proc.stdout}{proc.stderr}")
+            raise StackError(
+                f"kafka: formatting the KRaft storage failed:\n{proc.stdout}{proc.stderr}")
     pid = spawn("kafka", _java_argv(lib, "kafka.Kafka", KAFKA_HEAP, str(props)))
     wait_for("kafka", kafka_ready, log_path, alive=lambda: pid_alive(pid))
 
@@ -570,7 +572,8 @@ def connect_start() -> None:
 
 def connector_config() -> dict[str, str]:
     raw = CONNECTOR_CONFIG.read_text()
-    raw = raw.replace("${PG_PORT}", str(PG_PORT)).replace("${DEBEZIUM_PASSWORD}", PG_ROLES["debezium"])
+    raw = raw.replace("${PG_PORT}", str(PG_PORT))
+    raw = raw.replace("${DEBEZIUM_PASSWORD}", PG_ROLES["debezium"])
     config: dict[str, str] = json.loads(raw)
     return config
 

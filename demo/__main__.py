@@ -1,0 +1,306 @@
+"""The demo: the reconciler against the local stack, with a live workload.
+
+    .venv/bin/python -m demo [--seconds N]      (scripts/demo sets everything up first)
+
+It starts `reconciler run` on config/local/reconciler.yaml with a fresh consumer group,
+then runs, side by side:
+
+- readers that load rows from Postgres and cache them through the writer helper
+  (`set_if_newer`), as an application's read path does;
+- writers that update and delete rows in Postgres (Debezium streams each change);
+- a deliberately slow reader that loads a row, waits while the row changes, then tries
+  to cache what it loaded — the stale set the fences must refuse.
+
+Every second it prints what the reconciler did (repaired / fresh / absent / fenced),
+the end-to-end delay (Postgres commit → invalidation acknowledged, from the worker's
+own histogram), and an audit of the cache against Postgres: cached data older than
+its row (stale) must stay at zero. Ctrl-C stops everything cleanly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+from confluent_kafka import Consumer, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
+
+from connectors.valkey.writer import CacheWriter
+from reconciler.settings import load_settings
+from shard_map import load_shard_map
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG = ROOT / "config" / "local" / "reconciler.yaml"
+DSN = os.environ.get("CR_POSTGRES_DSN", "postgresql://app:app-local@127.0.0.1:55432/nd")
+METRICS_PORT = int(os.environ.get("CR_DEMO_METRICS_PORT", "9400"))
+ROWS = 200  # posts the demo works on
+NEIGHBOURHOODS = (7, 120, 420, 640, 880)  # a, a, moving a→b, b, b
+
+
+@dataclass
+class Tally:
+    """What the workload did, shared by its threads."""
+
+    cached: int = 0
+    updates: int = 0
+    deletes: int = 0
+    slow_refused: int = 0
+    slow_accepted_stale: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, name: str, n: int = 1) -> None:
+        with self.lock:
+            setattr(self, name, getattr(self, name) + n)
+
+
+class Demo:
+    def __init__(self) -> None:
+        shard_map = load_shard_map(CONFIG.parent / "shard_map.yaml")
+        self.shard_map = shard_map
+        self.writers = {name: CacheWriter(shard_map.url(name)) for name in shard_map.shard_names()}
+        self.stop = threading.Event()
+        self.tally = Tally()
+        self.rows: dict[int, int] = {}  # post id → neighbourhood (replaced whole, never mutated)
+
+    # ---------------------------------------------------------------- setup
+
+    def seed(self) -> None:
+        with psycopg.connect(DSN, autocommit=True) as conn:
+            for index in range(ROWS):
+                neighbourhood = NEIGHBOURHOODS[index % len(NEIGHBOURHOODS)]
+                row = conn.execute(
+                    "INSERT INTO posts (neighborhood_id, author_id, title, body) "
+                    "VALUES (%s, %s, %s, %s) RETURNING id",
+                    (neighbourhood, index, f"demo post {index}", "x" * 200)).fetchone()
+                assert row is not None
+                post_id = row[0]
+                self.rows[post_id] = neighbourhood
+
+    def writers_for(self, post_id: int, neighbourhood: int) -> list[CacheWriter]:
+        return [self.writers[name] for name in self.shard_map.resolve(neighbourhood)]
+
+    # ---------------------------------------------------------------- workload
+
+    def reader(self) -> None:
+        """Read-through caching: load the row, cache it if nothing newer is there."""
+        with psycopg.connect(DSN, autocommit=True) as conn:
+            while not self.stop.is_set():
+                post_id, neighbourhood = random.choice(list(self.rows.items()))
+                row = conn.execute("SELECT system_version, title FROM posts WHERE id = %s",
+                                   (post_id,)).fetchone()
+                if row is not None:
+                    for writer in self.writers_for(post_id, neighbourhood):
+                        if writer.set_if_newer(f"post:{post_id}", row[0], {"title": row[1]}, 300):
+                            self.tally.add("cached")
+                time.sleep(0.002)
+
+    def updater(self) -> None:
+        with psycopg.connect(DSN, autocommit=True) as conn:
+            while not self.stop.is_set():
+                post_id, neighbourhood = random.choice(list(self.rows.items()))
+                if random.random() < 0.03:
+                    conn.execute("DELETE FROM posts WHERE id = %s", (post_id,))
+                    inserted = conn.execute(
+                        "INSERT INTO posts (neighborhood_id, author_id, title, body) "
+                        "VALUES (%s, 0, 'reborn', 'y') RETURNING id",
+                        (neighbourhood,)).fetchone()
+                    assert inserted is not None
+                    new_id = inserted[0]
+                    with self.tally.lock:  # readers iterate their own snapshot
+                        rows = dict(self.rows)
+                        rows.pop(post_id, None)
+                        rows[new_id] = neighbourhood
+                        self.rows = rows
+                    self.tally.add("deletes")
+                else:
+                    conn.execute("UPDATE posts SET title = %s WHERE id = %s",
+                                 (f"edit {time.time():.3f}", post_id))
+                    self.tally.add("updates")
+                time.sleep(0.01)
+
+    def slow_reader(self) -> None:
+        """Loads a row, stalls while the row changes, then tries to cache what it loaded."""
+        with psycopg.connect(DSN, autocommit=True) as conn:
+            while not self.stop.is_set():
+                post_id, neighbourhood = random.choice(list(self.rows.items()))
+                row = conn.execute("SELECT system_version, title FROM posts WHERE id = %s",
+                                   (post_id,)).fetchone()
+                if row is None:
+                    continue
+                conn.execute("UPDATE posts SET title = 'changed under the slow reader' "
+                             "WHERE id = %s", (post_id,))
+                self.stop.wait(1.5)  # the reconciler fences the change meanwhile
+                for writer in self.writers_for(post_id, neighbourhood):
+                    if writer.set_if_newer(f"post:{post_id}", row[0], {"title": row[1]}, 300):
+                        self.tally.add("slow_accepted_stale")
+                    else:
+                        self.tally.add("slow_refused")
+
+    # ---------------------------------------------------------------- audit
+
+    def stale_entries(self) -> set[tuple[str, int]]:
+        """(key, cached version) of cached data older than its row, right now.
+
+        Right after a commit, an entry is briefly behind until its change arrives
+        through Debezium; one that stays behind is what the reconciler must prevent."""
+        stale = set()
+        rows = self.rows
+        with psycopg.connect(DSN, autocommit=True) as conn:
+            versions: dict[int, int] = dict(conn.execute(
+                "SELECT id, system_version FROM posts WHERE id = ANY(%s)", (list(rows),)
+            ).fetchall())
+        for post_id, version in versions.items():
+            for name in self.shard_map.resolve(rows[post_id]):
+                cached = self.writers[name].get_with_version(f"post:{post_id}")
+                if cached is not None and cached[0] < version:
+                    stale.add((f"{name}/post:{post_id}", cached[0]))
+        return stale
+
+
+def start_at_end(group: str) -> None:
+    """Commit the demo group's offsets at the topics' ends: it reconciles only the demo's
+    own changes, not the history other runs left on the topics."""
+    settings = load_settings(CONFIG)
+    consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap_servers,
+                         "group.id": group, "enable.auto.commit": False})
+    try:
+        metadata = consumer.list_topics(timeout=10)
+        offsets = []
+        for topic in settings.kafka.topics:
+            for partition in metadata.topics[topic].partitions:
+                _, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), 10)
+                offsets.append(TopicPartition(topic, partition, high))
+        consumer.commit(offsets=offsets, asynchronous=False)
+    finally:
+        consumer.close()
+
+
+def scrape() -> dict[str, float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=2) as r:
+        text = r.read().decode()
+    values: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "reconciler_invalidations_total":
+                key = sample.labels["result"]
+            elif sample.name.startswith("reconciler_end_to_end_seconds"):
+                key = sample.name + sample.labels.get("le", "")
+            elif sample.name == "reconciler_events_total":
+                key = "events"
+            else:
+                continue
+            values[key] = values.get(key, 0.0) + sample.value
+    return values
+
+
+def quantile(values: dict[str, float], q: float) -> float | None:
+    buckets = sorted((float(k.removeprefix("reconciler_end_to_end_seconds_bucket")), v)
+                     for k, v in values.items()
+                     if k.startswith("reconciler_end_to_end_seconds_bucket"))
+    total = values.get("reconciler_end_to_end_seconds_count", 0.0)
+    if not total:
+        return None
+    for bound, count in buckets:
+        if count >= q * total:
+            return bound
+    return None
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m demo", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=None,
+                        help="stop after this long (default: until Ctrl-C)")
+    args = parser.parse_args()
+
+    group = f"cache-reconciler-demo-{int(time.time())}"
+    start_at_end(group)
+    log_path = ROOT / ".stack" / "logs" / "demo-reconciler.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "RECONCILER_KAFKA__GROUP_ID": group,
+           "RECONCILER_METRICS__PORT": str(METRICS_PORT)}
+    demo = Demo()
+    print(f"seeding {ROWS} posts across neighbourhoods {NEIGHBOURHOODS} …", flush=True)
+    demo.seed()
+    print(f"starting `reconciler run -c {CONFIG.relative_to(ROOT)}` (group {group}; log "
+          f"{log_path.relative_to(ROOT)}) …", flush=True)
+    with open(log_path, "ab") as log:
+        worker = subprocess.Popen([sys.executable, "-m", "reconciler", "run", "-c", str(CONFIG)],
+                                  stdout=log, stderr=subprocess.STDOUT, env=env,
+                                  start_new_session=True)
+    interrupted = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: interrupted.set())
+    signal.signal(signal.SIGTERM, lambda *_: interrupted.set())
+    threads = [threading.Thread(target=target, daemon=True)
+               for target in (demo.reader, demo.reader, demo.updater, demo.updater,
+                              demo.slow_reader)]
+    started = time.monotonic()
+    stuck_total = 0
+    try:
+        deadline = time.monotonic() + 60
+        while not interrupted.is_set():
+            try:
+                scrape()
+                break
+            except OSError:
+                if worker.poll() is not None or time.monotonic() > deadline:
+                    print(f"the reconciler did not start; see {log_path}", file=sys.stderr)
+                    return 1
+                time.sleep(0.3)
+        for thread in threads:
+            thread.start()
+        print("workload running — Ctrl-C to stop\n", flush=True)
+        print(f"{'time':>5} {'events':>7} {'repaired':>8} {'fresh':>6} {'absent':>6} "
+              f"{'fenced':>6} {'e2e p50':>8} {'e2e p99':>8} {'slow refused':>12} "
+              f"{'in flight':>9} {'stale>3s':>8}")
+        seen: dict[tuple[str, int], float] = {}  # stale (key, version) → first seen
+        while not interrupted.wait(1.0):
+            elapsed = time.monotonic() - started
+            values = scrape()
+            p50, p99 = quantile(values, 0.5), quantile(values, 0.99)
+            now = time.monotonic()
+            stale = demo.stale_entries()
+            seen = {entry: seen.get(entry, now) for entry in stale}
+            stuck = sum(1 for first in seen.values() if now - first > 3.0)
+            stuck_total = max(stuck_total, stuck)
+            print(f"{elapsed:5.0f} {values.get('events', 0):7.0f} "
+                  f"{values.get('repaired', 0):8.0f} {values.get('fresh', 0):6.0f} "
+                  f"{values.get('absent', 0):6.0f} {values.get('fenced', 0):6.0f} "
+                  f"{_ms(p50):>8} {_ms(p99):>8} {demo.tally.slow_refused:12d} "
+                  f"{len(stale) - stuck:9d} {stuck:8d}", flush=True)
+            if args.seconds is not None and elapsed >= args.seconds:
+                break
+    finally:
+        demo.stop.set()
+        for thread in threads:
+            thread.join(5)
+        print("\nstopping: letting the reconciler catch up …", flush=True)
+        time.sleep(3)
+        remaining = len(demo.stale_entries())
+        worker.send_signal(signal.SIGTERM)
+        code = worker.wait(60)
+        tally = demo.tally
+        print(f"workload: {tally.updates} updates, {tally.deletes} deletes, {tally.cached} "
+              f"cache fills; the slow reader's stale sets: {tally.slow_refused} refused, "
+              f"{tally.slow_accepted_stale} accepted")
+        print(f"stale entries at the end: {remaining} (longest-lived stale while running: "
+              f"{stuck_total} over 3 s); reconciler exit code {code}")
+    return 0 if remaining == 0 and code == 0 else 1
+
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"≤{seconds * 1000:.0f}ms"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
