@@ -32,16 +32,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
+import yaml
 from confluent_kafka import Consumer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
 from connectors.valkey.writer import CacheWriter
 from reconciler.settings import load_settings
 from shard_map import load_shard_map
+from stack import services
 
 ROOT = Path(__file__).resolve().parent.parent
-CONFIG = ROOT / "config" / "local" / "reconciler.yaml"
-DSN = os.environ.get("CR_POSTGRES_DSN", "postgresql://app:app-local@127.0.0.1:55432/nd")
+LOCAL = ROOT / "config" / "local"  # the demo's config, pointed at the running stack below
+CONFIG = services.STACK_DIR / "demo" / "reconciler.yaml"
+ENDPOINTS = services.endpoints()
+DSN = str(ENDPOINTS["postgres_dsn"])
 METRICS_PORT = int(os.environ.get("CR_DEMO_METRICS_PORT", "9400"))
 ROWS = 200  # posts the demo works on
 NEIGHBOURHOODS = (7, 120, 420, 640, 880)  # a, a, moving a→b, b, b
@@ -61,6 +65,20 @@ class Tally:
     def add(self, name: str, n: int = 1) -> None:
         with self.lock:
             setattr(self, name, getattr(self, name) + n)
+
+
+def write_config() -> None:
+    """config/local, with the endpoints of the stack as it runs (ports can be moved)."""
+    config = yaml.safe_load((LOCAL / "reconciler.yaml").read_text())
+    config["kafka"]["bootstrap_servers"] = ENDPOINTS["kafka_bootstrap"]
+    config["postgres"] = {"dsn": ENDPOINTS["postgres_reconciler_dsn"]}
+    shards = yaml.safe_load((LOCAL / "shard_map.yaml").read_text())
+    valkey = ENDPOINTS["valkey"]
+    assert isinstance(valkey, dict)
+    shards["shards"] = {"a": {"url": valkey["valkey-a"]}, "b": {"url": valkey["valkey-b"]}}
+    CONFIG.parent.mkdir(parents=True, exist_ok=True)
+    (CONFIG.parent / "shard_map.yaml").write_text(yaml.safe_dump(shards, sort_keys=False))
+    CONFIG.write_text(yaml.safe_dump(config, sort_keys=False))
 
 
 class Demo:
@@ -223,17 +241,18 @@ def main() -> int:
                         help="stop after this long (default: until Ctrl-C)")
     args = parser.parse_args()
 
+    write_config()
     group = f"cache-reconciler-demo-{int(time.time())}"
     start_at_end(group)
-    log_path = ROOT / ".stack" / "logs" / "demo-reconciler.log"
+    log_path = services.LOG_DIR / "demo-reconciler.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "RECONCILER_KAFKA__GROUP_ID": group,
            "RECONCILER_METRICS__PORT": str(METRICS_PORT)}
     demo = Demo()
     print(f"seeding {ROWS} posts across neighbourhoods {NEIGHBOURHOODS} …", flush=True)
     demo.seed()
-    print(f"starting `reconciler run -c {CONFIG.relative_to(ROOT)}` (group {group}; log "
-          f"{log_path.relative_to(ROOT)}) …", flush=True)
+    print(f"starting `reconciler run -c {CONFIG}` (config/local pointed at the stack; "
+          f"group {group}; log {log_path}) …", flush=True)
     with open(log_path, "ab") as log:
         worker = subprocess.Popen([sys.executable, "-m", "reconciler", "run", "-c", str(CONFIG)],
                                   stdout=log, stderr=subprocess.STDOUT, env=env,
