@@ -227,8 +227,33 @@ def pg_bin(tool: str) -> str:
     )
 
 
-PG_DATA = STACK_DIR / "postgres" / "data"
-PG_SOCKET_DIR = STACK_DIR / "postgres" / "socket"
+def _postgres_can_reach(path: Path) -> bool:
+    """Whether the `postgres` user can traverse every folder down to `path`."""
+    for folder in [*reversed(path.parents), path]:
+        try:
+            mode = folder.stat().st_mode
+        except FileNotFoundError:
+            return True  # created by us below, readable by all
+        if not mode & 0o001:  # no search permission for others
+            return False
+    return True
+
+
+def _pg_home() -> Path:
+    """Where the cluster lives: under .stack/, unless the server (running as the
+    `postgres` user when we are root) cannot reach it — a checkout under /root, say —
+    then in the postgres user's own home, one folder per stack."""
+    default = STACK_DIR / "postgres"
+    if os.geteuid() != 0 or _postgres_can_reach(STACK_DIR):
+        return default
+    digest = hashlib.sha256(str(STACK_DIR).encode()).hexdigest()[:12]
+    return Path("/var/lib/postgresql") / f"cache-reconciler-{digest}"
+
+
+PG_HOME = _pg_home()
+PG_DATA = PG_HOME / "data"
+PG_SOCKET_DIR = PG_HOME / "socket"
+PG_LOG = PG_HOME / "postgres.log"  # written by the server itself, as the postgres user
 
 
 def _pg_user_argv() -> list[str]:
@@ -272,7 +297,7 @@ def psql(sql: str, db: str = "postgres", check: bool = True) -> str:
 
 
 def pg_start() -> None:
-    log_path = LOG_DIR / "postgres.log"
+    log_path = PG_LOG
     if pg_running():
         log("postgres already running")
     else:
@@ -281,13 +306,18 @@ def pg_start() -> None:
         PG_SOCKET_DIR.mkdir(parents=True, exist_ok=True)
         if not (PG_DATA / "PG_VERSION").exists():
             PG_DATA.mkdir(parents=True, exist_ok=True)
-            _chown_to_postgres(PG_DATA.parent)
-            subprocess.run(
+            _chown_to_postgres(PG_HOME)
+            init = subprocess.run(
                 [*_pg_user_argv(), pg_bin("initdb"), "-D", str(PG_DATA), "-U", "postgres",
                  "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8",
                  "--locale=C.UTF-8"],
-                check=True, capture_output=True,
+                check=False, capture_output=True, text=True,
             )
+            if init.returncode != 0:
+                raise StackError(
+                    f"postgres: initdb failed for {PG_DATA} (the server runs as the "
+                    f"`postgres` user, which must be able to reach that folder):\n"
+                    f"{init.stderr.strip() or init.stdout.strip()}")
             (PG_DATA / "pg_hba.conf").write_text(
                 "local all         postgres                 trust\n"
                 "local all         all                      scram-sha-256\n"
@@ -306,11 +336,12 @@ def pg_start() -> None:
             # A throw-away test cluster: durability traded for speed.
             "fsync = off\nfull_page_writes = off\nsynchronous_commit = off\n"
         )
-        _chown_to_postgres(PG_DATA.parent)
-        if os.geteuid() == 0:
-            log_path.touch()
-            _chown_to_postgres(LOG_DIR)
-            os.chown(LOG_DIR, 0, 0)
+        log_path.touch()
+        _chown_to_postgres(PG_HOME)
+        if PG_HOME != STACK_DIR / "postgres":
+            link = LOG_DIR / "postgres.log"
+            link.unlink(missing_ok=True)
+            link.symlink_to(log_path)
         proc = subprocess.run(
             [*_pg_user_argv(), pg_bin("pg_ctl"), "-D", str(PG_DATA), "-l", str(log_path),
              "-w", "-t", str(int(START_TIMEOUT)), "start"],
