@@ -36,6 +36,7 @@ HINTS = {  # column_types hints in the config (topics without embedded schemas)
 }
 EPOCH_DATE = dt.date(1970, 1, 1)
 EPOCH = dt.datetime(1970, 1, 1)
+MAX_EXPONENT = 16383  # Postgres numeric's largest scale: a larger exponent is not a Postgres value
 
 LogicalType = tuple[str, int]  # (schema name, decimal scale or 0)
 
@@ -89,22 +90,32 @@ def _format_str(value: str, logical: LogicalType) -> str | None:
     return value
 
 
-def _format_int(value: int, logical: LogicalType) -> str:
+def _format_int(value: int, logical: LogicalType) -> str | None:
     name = logical[0]
-    if name in (DATE, CONNECT_DATE):
-        return (EPOCH_DATE + dt.timedelta(days=value)).isoformat()
-    if name in (TIMESTAMP_MS, CONNECT_TIMESTAMP):
-        return (EPOCH + dt.timedelta(milliseconds=value)).isoformat()
-    if name == TIMESTAMP_US:
-        return (EPOCH + dt.timedelta(microseconds=value)).isoformat()
-    if name == TIMESTAMP_NS:
-        return (EPOCH + dt.timedelta(microseconds=value // 1000)).isoformat()
+    try:
+        if name in (DATE, CONNECT_DATE):
+            return (EPOCH_DATE + dt.timedelta(days=value)).isoformat()
+        if name in (TIMESTAMP_MS, CONNECT_TIMESTAMP):
+            return (EPOCH + dt.timedelta(milliseconds=value)).isoformat()
+        if name == TIMESTAMP_US:
+            return (EPOCH + dt.timedelta(microseconds=value)).isoformat()
+        if name == TIMESTAMP_NS:
+            return (EPOCH + dt.timedelta(microseconds=value // 1000)).isoformat()
+    except OverflowError:  # 'infinity' (sent as Long.MAX_VALUE / MIN_VALUE): no datetime
+        return None
     return str(value)
 
 
-def _decimal_text(raw: bytes, scale: int) -> str:
-    unscaled = int.from_bytes(raw, "big", signed=True)
-    return _canonical(Decimal(unscaled).scaleb(-scale))
+def _decimal_text(raw: bytes, scale: int) -> str | None:
+    if abs(scale) > MAX_EXPONENT:
+        return None
+    return _canonical(_exact_decimal(raw, scale))
+
+
+def _exact_decimal(raw: bytes, scale: int) -> Decimal:
+    # Built from its digits: scaleb() would round to the context's 28 digits.
+    digits = Decimal(int.from_bytes(raw, "big", signed=True)).as_tuple()
+    return Decimal((digits.sign, digits.digits, -scale))
 
 
 def _plain_decimal(value: str) -> str | None:
@@ -114,14 +125,18 @@ def _plain_decimal(value: str) -> str | None:
         return None
 
 
-def _canonical(number: Decimal) -> str:
-    """42.00 → "42", 12.50 → "12.5", never an exponent."""
-    if number == number.to_integral_value():
-        return str(int(number))
-    return format(number.normalize(), "f")
+def _canonical(number: Decimal) -> str | None:
+    """42.00 → "42", 12.50 → "12.5", never an exponent, never rounded; None for NaN,
+    infinities and exponents no Postgres numeric has."""
+    exponent = number.as_tuple().exponent  # a letter for NaN and the infinities
+    if not isinstance(exponent, int) or abs(exponent) > MAX_EXPONENT:
+        return None
+    text = format(number, "f")  # exact: no precision given, so no context rounding
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return "0" if text == "-0" else text
 
 
 def decimal_from_base64(value: str, scale: int) -> Decimal:
     """A precise-mode decimal as a Decimal (used by audit and tests)."""
-    raw = base64.b64decode(value, validate=True)
-    return Decimal(int.from_bytes(raw, "big", signed=True)).scaleb(-scale)
+    return _exact_decimal(base64.b64decode(value, validate=True), scale)
