@@ -94,7 +94,7 @@ class Decoder:
             wire = _KEY.decode(key)
         except msgspec.ValidationError:
             # A key without an embedded schema is the bare column object.
-            bare = _parse(_ANY, key, "key")
+            bare = _bare_key(key)
             if not isinstance(bare, dict):
                 raise InvalidEvent("invalid_key", "record key is not a JSON object",
                                    path="$") from None
@@ -103,7 +103,7 @@ class Decoder:
             raise InvalidEvent("invalid_key", f"record key is not valid JSON: {exc}") from None
         if wire.payload is not None:
             return wire.payload
-        bare = _parse(_ANY, key, "key")
+        bare = _bare_key(key)
         assert isinstance(bare, dict)
         return bare
 
@@ -123,11 +123,23 @@ def _parse(decoder: msgspec.json.Decoder[Any], data: bytes, what: str) -> Any:
         raise InvalidEvent("invalid_envelope", f"{what}: {exc}") from None
     except msgspec.DecodeError as exc:
         raise InvalidEvent("invalid_json", f"{what} is not valid JSON: {exc}") from None
-    except UnicodeDecodeError as exc:
-        raise InvalidEvent("invalid_json", f"{what} is not valid UTF-8: {exc.reason} "
-                           f"at byte {exc.start}") from None
+    except UnicodeDecodeError:
+        # msgspec reports the position inside the offending string: find it in the record.
+        try:
+            bytes(data).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidEvent("invalid_json", f"{what} is not valid UTF-8: {exc.reason} "
+                               f"at byte {exc.start}") from None
+        raise InvalidEvent("invalid_json", f"{what} is not valid UTF-8") from None
     except RecursionError:
         raise InvalidEvent("invalid_json", f"{what} is nested too deeply") from None
+
+
+def _bare_key(key: bytes) -> Any:
+    try:
+        return _parse(_ANY, key, "key")
+    except InvalidEvent as exc:  # every key problem has the same reason
+        raise InvalidEvent("invalid_key", exc.message) from None
 
 
 def _path(wire: WireValue, field: str) -> str:
@@ -146,16 +158,20 @@ def _row_types(schema: msgspec.Raw) -> ColumnTypes:
         if not isinstance(envelope_field, dict) or envelope_field.get("field") not in (
                 "after", "before"):
             continue
-        for column in envelope_field.get("fields") or []:
-            name = column.get("name") if isinstance(column, dict) else None
+        columns = envelope_field.get("fields")
+        for column in columns if isinstance(columns, list) else []:
+            # A malformed column entry is skipped: its values are then formatted untyped.
+            if not isinstance(column, dict) or not isinstance(column.get("field"), str):
+                continue
+            name = column.get("name")
             if not name:
                 continue
-            params = column.get("parameters") or {}
+            params = column.get("parameters")
             try:
-                scale = int(params.get("scale", 0))
+                scale = int(params.get("scale", 0)) if isinstance(params, dict) else 0
             except (TypeError, ValueError):
                 scale = 0
-            types[str(column["field"])] = (str(name), scale)
+            types[column["field"]] = (str(name), scale)
         if types:
             break
     return types
