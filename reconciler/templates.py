@@ -11,7 +11,9 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-PLACEHOLDER = re.compile(r"\{([^{}]*)\}")  # one {column} placeholder
+# One token, scanned left to right as str.format does: an escaped brace, a {column}
+# placeholder, or a stray brace.
+TOKEN = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*")  # a Postgres column name, unquoted
 GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")  # characters SCAN MATCH treats as pattern syntax
 
@@ -35,24 +37,29 @@ class KeyTemplate:
             raise TemplateError("template is empty")
         literals: list[str] = []
         columns: list[str] = []
+        literal: list[str] = []  # pieces of the literal text since the last placeholder
         position = 0
-        text = source.replace("{{", "\x00").replace("}}", "\x01")
-        for match in PLACEHOLDER.finditer(text):
-            literals.append(text[position:match.start()])
+        for match in TOKEN.finditer(source):
+            literal.append(source[position:match.start()])
+            position = match.end()
+            token = match.group(0)
+            if token in ("{{", "}}"):
+                literal.append(token[0])
+                continue
+            if match.group(1) is None:
+                raise TemplateError("unbalanced brace (write {{ or }} for a literal brace)")
             name = match.group(1).strip()
             if not IDENTIFIER.fullmatch(name):
                 raise TemplateError(
                     f"placeholder {{{match.group(1)}}} is not a column name "
                     "(letters, digits, _ and $; no format specs)"
                 )
+            literals.append("".join(literal))
+            literal = []
             columns.append(name)
-            position = match.end()
-        tail = text[position:]
-        if "{" in tail or "}" in tail or any("{" in p or "}" in p for p in literals):
-            raise TemplateError("unbalanced brace (write {{ or }} for a literal brace)")
-        literals.append(tail)
-        restored = tuple(p.replace("\x00", "{").replace("\x01", "}") for p in literals)
-        return cls(source, restored, tuple(columns), versioned)
+        literal.append(source[position:])
+        literals.append("".join(literal))
+        return cls(source, tuple(literals), tuple(columns), versioned)
 
     def render(self, values: Mapping[str, str]) -> str:
         """The key for these already-formatted column values."""
