@@ -51,6 +51,7 @@ SKIP_REASONS = {
     model.MESSAGE: "message",
 }
 UNKNOWN_TABLE = "unknown_table"
+MAX_VERSION = 2**63 - 1  # the delete fence; the cache functions refuse anything larger
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,11 +179,11 @@ class Planner:
         after = event.after
         assert after is not None
         version = after.get(rules.version_column)
-        if type(version) is not int or version < 0:
+        if type(version) is not int or not 0 <= version <= MAX_VERSION:
             raise PoisonRecordError(
                 "invalid_version",
                 f"{rules.name}: version column {rules.version_column!r} is "
-                f"{_show(version)} in `after`; expected a non-negative integer "
+                f"{_show(version)} in `after`; expected an integer from 0 to 2^63-1 "
                 "(check tables.<table>.version_column)",
             )
         fence = event.op != "r"
