@@ -143,6 +143,11 @@ class KafkaSettings(Strict):
             raise ValueError("dead_letter_topic must not be one of the consumed topics")
         return self
 
+    def __repr_args__(self) -> Any:
+        # repr() and str() of the settings must not show a secret passed through `client`.
+        for name, value in super().__repr_args__():
+            yield name, (masked_client(value) if name == "client" else value)
+
     def subscription(self) -> list[str]:
         if self.topic_regex:
             regex = self.topic_regex
@@ -240,13 +245,16 @@ class Settings(BaseSettings):
     def masked(self) -> dict[str, Any]:
         """The effective settings for a log line, with every secret masked."""
         data = self.model_dump(mode="json")
-        client = data["kafka"]["client"]
-        for name in client:
-            if any(word in name.lower() for word in SECRET_WORDS):
-                client[name] = "**********"
+        data["kafka"]["client"] = masked_client(data["kafka"]["client"])
         if self.postgres.dsn is not None:
             data["postgres"]["dsn"] = "**********"
         return data
+
+
+def masked_client(client: dict[str, Any]) -> dict[str, Any]:
+    """librdkafka properties with the values of secret-looking names masked."""
+    return {name: "**********" if any(word in name.lower() for word in SECRET_WORDS) else value
+            for name, value in client.items()}
 
 
 def read_secret_file(path: Path, field: str) -> str:
@@ -279,6 +287,10 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{file}: the top level must be a mapping of settings")
+    for name in raw:
+        if not isinstance(name, str):  # `yes:`, `on:`, `null:`, `1:` are not strings in YAML
+            raise ConfigError(f"{file}: top-level key {name!r} is not a setting name "
+                              "(quote it if it is meant as text)")
     try:
         settings = Settings(**raw)
     except ValidationError as exc:
