@@ -104,11 +104,15 @@ def cmd_plan(args: argparse.Namespace) -> int:
     planner = Planner(settings.tables, shard_map,
                       unknown_tables_error=settings.unknown_tables == "error")
     decoder = Decoder(heartbeat_prefix=settings.kafka.heartbeat_topic_prefix)
-    source: IO[str] = args.input.open(encoding="utf-8") if args.input else sys.stdin
+    try:
+        source: IO[str] = args.input.open(encoding="utf-8") if args.input else sys.stdin
+    except OSError as exc:
+        print(f"reconciler plan: cannot read {args.input}: {exc.strerror}", file=sys.stderr)
+        return 1
     bad_lines = 0
     out = sys.stdout
     with source:
-        for number, record in enumerate(_records(source), start=1):
+        for number, record in _records(source):
             if isinstance(record, str):
                 bad_lines += 1
                 out.write(json.dumps({"line": number, "error": record}) + "\n")
@@ -132,32 +136,37 @@ def cmd_plan(args: argparse.Namespace) -> int:
 Record = tuple[str, bytes | None, bytes | None, int, int]
 
 
-def _records(lines: IO[str]) -> Iterator[Record | str]:
-    """Input records, or an error string for a line that is not one."""
+def _records(lines: IO[str]) -> Iterator[tuple[int, Record | str]]:
+    """(line number, input record), or an error string for a line that is not one."""
     for number, raw in enumerate(lines, start=1):
         if not raw.strip():
             continue
         try:
             item = json.loads(raw)
         except json.JSONDecodeError as exc:
-            yield f"input line {number} is not JSON: {exc}"
+            yield number, f"input line {number} is not JSON: {exc}"
             continue
         if not isinstance(item, dict) or not isinstance(item.get("topic"), str):
-            yield f"input line {number}: expected an object with a string `topic`"
+            yield number, f"input line {number}: expected an object with a string `topic`"
             continue
         fields = []
         for name in ("key", "value"):
             text = item.get(name)
             if text is not None and not isinstance(text, str):
-                yield f"input line {number}: `{name}` must be a string (the raw record) or null"
+                yield number, (f"input line {number}: `{name}` must be a string (the raw "
+                               "record) or null")
                 break
-            fields.append(None if text is None else text.encode("utf-8", "surrogateescape"))
+            try:
+                fields.append(None if text is None else text.encode("utf-8", "surrogateescape"))
+            except UnicodeEncodeError as exc:  # a lone surrogate no raw byte escapes to
+                yield number, f"input line {number}: `{name}` cannot be encoded: {exc.reason}"
+                break
         else:
             partition = item.get("partition", 0)
             offset = item.get("offset", number - 1)
-            yield (item["topic"], fields[0], fields[1],
-                   partition if isinstance(partition, int) else 0,
-                   offset if isinstance(offset, int) else number - 1)
+            yield number, (item["topic"], fields[0], fields[1],
+                           partition if isinstance(partition, int) else 0,
+                           offset if isinstance(offset, int) else number - 1)
 
 
 # --------------------------------------------------------------------------- shard-map
