@@ -1,0 +1,143 @@
+"""Fixtures of the fault-injection suite (`pytest -m faults`, `scripts/faults`).
+
+- ``CR_FAULT_REPEAT`` (default 1) repeats every scenario's fault cycle inside each test:
+  CI runs the default, `scripts/faults` the full count.
+- Every test leaves the stack healthy: whatever a scenario stopped is started again and
+  the Debezium connector is RUNNING before the next test (``healthy_stack``).
+- Each scenario's figures (changes, records, stale entries, dead letters expected and
+  found, faults injected) are printed at the end of the run and, with
+  ``CR_FAULT_FIGURES=FILE``, appended to FILE as JSON lines.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+import urllib.error
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from stack import services
+from tests.conftest import Stack
+from tests.e2e.support import admin, create_topic
+from tests.faults.oracle import TOPICS, Figures, Oracle, Workload
+
+REPEAT = max(1, int(os.environ.get("CR_FAULT_REPEAT", "1")))  # fault cycles per scenario
+FIGURES_FILE = os.environ.get("CR_FAULT_FIGURES")  # JSON lines of every scenario's figures
+_collected: list[dict[str, Any]] = []
+
+
+def ensure_stack_healthy(timeout: float = 240.0) -> list[str]:
+    """Start every stopped service and wait for the connector; returns what it started."""
+    started = []
+    for name in services.START_ORDER:
+        if not services.SERVICES[name].running():
+            services.SERVICES[name].start()
+            started.append(name)
+    wait_connector_running(timeout)
+    return started
+
+
+def wait_connector_running(timeout: float = 240.0) -> int:
+    """Wait for the Debezium connector and its task to be RUNNING; a task that FAILED
+    (e.g. its producer gave up while Kafka was down) is restarted, as an operator would.
+    Returns how many task restarts were needed."""
+    restarts = 0
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if services.connector_running():
+                return restarts
+            status = services.connector_status()
+            for task in status.get("tasks") or []:  # type: ignore[union-attr]
+                if task.get("state") == "FAILED":
+                    services.http_json("POST", services.connect_url(
+                        f"/connectors/{services.CONNECTOR_NAME}/tasks/{task['id']}/restart"))
+                    restarts += 1
+            if (status.get("connector") or {}).get("state") == "FAILED":  # type: ignore[union-attr]
+                services.http_json("POST", services.connect_url(
+                    f"/connectors/{services.CONNECTOR_NAME}/restart"))
+                restarts += 1
+        except (urllib.error.URLError, OSError, ValueError):
+            pass  # Connect still starting
+        time.sleep(0.5)
+    raise AssertionError(f"the Debezium connector is not RUNNING after {timeout:.0f}s; see "
+                         f"{services.LOG_DIR / 'connect.log'}")
+
+
+@pytest.fixture(scope="session")
+def change_topics(stack: Stack) -> None:
+    """The Debezium topics exist (on a fresh stack, before the first change, they don't)."""
+    existing = admin(stack).list_topics(timeout=10).topics
+    for topic in TOPICS:
+        if topic not in existing:
+            create_topic(stack, topic, partitions=3)
+
+
+@pytest.fixture(autouse=True)
+def healthy_stack(stack: Stack, change_topics: None) -> Iterator[None]:
+    ensure_stack_healthy()
+    try:
+        yield
+    finally:
+        started = ensure_stack_healthy()
+        if started:
+            services.log(f"fault test left {', '.join(started)} stopped: started again")
+
+
+@pytest.fixture
+def workload(stack: Stack, valkey_clients: dict[str, Any]) -> Iterator[Workload]:
+    load = Workload(stack, valkey_clients)  # type: ignore[arg-type]
+    yield load
+    load.close()
+
+
+@pytest.fixture
+def oracle(request: pytest.FixtureRequest, stack: Stack,
+           workload: Workload) -> Iterator[Oracle]:
+    """The oracle for this test; its figures are collected whatever the outcome."""
+    found = Oracle(stack, workload, scenario=request.node.name)
+    try:
+        yield found
+    finally:
+        found.close()
+        record(found.figures, request)
+
+
+def record(figures: Figures, request: pytest.FixtureRequest | None = None) -> None:
+    data = dataclasses.asdict(figures)
+    data["repeat"] = REPEAT
+    if request is not None:
+        report = getattr(request.node, "rep_call", None)
+        data["outcome"] = report.outcome if report is not None else "error"
+    _collected.append(data)
+    if FIGURES_FILE:
+        with open(FIGURES_FILE, "a") as handle:
+            handle.write(json.dumps(data) + "\n")
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> Any:
+    report = yield
+    if report.when == "call":
+        item.rep_call = report  # type: ignore[attr-defined]
+    return report
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if not _collected:
+        return
+    write: Callable[[str], None] = terminalreporter.write_line
+    terminalreporter.section(f"fault scenarios (CR_FAULT_REPEAT={REPEAT})")
+    write(f"{'scenario':58} {'out':6} {'faults':>6} {'changes':>7} {'records':>7} "
+          f"{'checked':>7} {'stale':>5} {'dlq exp/found':>13} {'s':>6}")
+    for data in _collected:
+        write(f"{data['scenario'][:58]:58} {data.get('outcome', '?')[:6]:6} "
+              f"{data['faults']:>6} {data['changes']:>7} {data['records']:>7} "
+              f"{data['entries_checked']:>7} {data['stale']:>5} "
+              f"{data['dead_letters_expected']:>6}/{data['dead_letters_found']:<6} "
+              f"{data['seconds']:>6}")

@@ -1,0 +1,159 @@
+"""Workers for the fault suite: `reconciler run` as a child process that a test can
+kill, stop, continue, scrape, or run inside a network namespace.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import ROOT, Stack
+from tests.e2e.support import wait_until, write_config
+from tests.faults.oracle import FENCE_TTL, TOPICS
+
+METRICS_MARKER = "/freshness on "  # the start-up log line that names the metrics port
+
+
+def fault_config(directory: Path, stack: Stack, group: str, *, batch_size: int = 50,
+                 overrides: Mapping[str, Any] | None = None,
+                 shard_map: Mapping[str, Any] | None = None,
+                 topics: list[str] | None = None) -> Path:
+    """A config for one fault test: its own group and DLQ, fences that outlive it."""
+    return write_config(directory, stack, group=group, topics=topics or TOPICS,
+                        shard_map=shard_map, overrides={
+                            "fence_ttl_seconds": FENCE_TTL,
+                            "kafka.batch_size": batch_size,
+                            "valkey.retry_budget_seconds": 120,
+                            **(overrides or {})})
+
+
+class Worker:
+    """`python -m reconciler run -c CONFIG` as a child process."""
+
+    def __init__(self, config: Path, log_path: Path, *, env: Mapping[str, str] | None = None,
+                 prefix: Sequence[str] = (), metrics_host: str = "127.0.0.1") -> None:
+        self.config = config
+        self.log_path = log_path
+        self.metrics_host = metrics_host
+        self._log = open(log_path, "ab")  # noqa: SIM115 - closed when the process ends
+        self._offset = log_path.stat().st_size
+        self.proc = subprocess.Popen(
+            [*prefix, sys.executable, "-m", "reconciler", "run", "-c", str(config)],
+            stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT,
+            env={**os.environ, **(env or {})})
+        self.port: int | None = None
+        self.last_metrics: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def log(self) -> str:
+        with open(self.log_path, "rb") as handle:
+            handle.seek(self._offset)
+            return handle.read().decode(errors="replace")
+
+    def metrics_port(self, timeout: float = 60.0) -> int:
+        if self.port is None:
+            def find() -> int | None:
+                for line in self.log().splitlines():
+                    if METRICS_MARKER in line:
+                        return int(line.rsplit(":", 1)[1])
+                assert self.alive(), f"worker exited:\n{self.log()[-3000:]}"
+                return None
+
+            self.port = wait_until(find, timeout, "the worker's metrics port", interval=0.1)
+        return self.port
+
+    def get(self, path: str, timeout: float = 5.0) -> tuple[int, Any]:
+        url = f"http://{self.metrics_host}:{self.metrics_port()}{path}"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as response:
+                body, status = response.read(), response.status
+        except urllib.error.HTTPError as exc:
+            body, status = exc.read(), exc.code
+        return status, (body.decode() if path == "/metrics" else json.loads(body))
+
+    def ready(self) -> dict[str, Any]:
+        return self.get("/readyz")[1]  # type: ignore[no-any-return]
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        wait_until(lambda: self.alive() and self.get("/readyz")[0] == 200, timeout,
+                   f"worker {self.pid} to be ready", interval=0.2)
+
+    def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        """Every sample of /metrics, by (name, sorted labels); remembered for later."""
+        text = self.get("/metrics")[1]
+        samples = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                samples[sample.name, tuple(sorted(sample.labels.items()))] = sample.value
+        self.last_metrics = samples
+        return samples
+
+    def total(self, name: str, samples: Mapping[Any, float] | None = None) -> float:
+        """The sum of a metric over all its labels."""
+        data = self.last_metrics if samples is None else samples
+        return sum(value for (sample, _), value in data.items() if sample == name)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def state(self) -> str:
+        """The process state letter from /proc (R, S, T for stopped, Z…)."""
+        try:
+            return Path(f"/proc/{self.pid}/stat").read_text().split(") ", 1)[1][0]
+        except OSError:
+            return "?"
+
+    def wait_fault_stop(self, timeout: float = 60.0) -> None:
+        """Wait until the fault seam has SIGSTOPped the process."""
+        wait_until(lambda: self.state() == "T" or not self.alive(), timeout,
+                   f"worker {self.pid} to stop itself at its fault point", interval=0.05)
+        assert self.alive(), f"worker exited instead:\n{self.log()[-3000:]}"
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown code runs."""
+        if self.alive():
+            self.proc.kill()
+        self.proc.wait(30)
+        self._log.close()
+
+    def stop(self, timeout: float = 60.0) -> int:
+        """SIGTERM (and SIGCONT, in case it is stopped), then wait for the exit code."""
+        if self.alive():
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.send_signal(signal.SIGCONT)
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait(30)
+        self._log.close()
+        return code
+
+
+def stop_all(workers: Sequence[Worker]) -> None:
+    for worker in workers:
+        if worker.alive():
+            worker.stop(30)
+
+
+def sleep_until(deadline: float) -> None:
+    remaining = deadline - time.monotonic()
+    if remaining > 0:
+        time.sleep(remaining)
