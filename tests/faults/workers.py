@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -16,11 +17,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import ROOT, Stack
-from tests.e2e.support import wait_until, write_config
-from tests.faults.oracle import FENCE_TTL, TOPICS
+from tests.e2e.support import end_offsets, wait_until, write_config
+from tests.faults.oracle import FENCE_TTL, TOPICS, Workload
 
 METRICS_MARKER = "/freshness on "  # the start-up log line that names the metrics port
 
@@ -157,3 +159,92 @@ def sleep_until(deadline: float) -> None:
     remaining = deadline - time.monotonic()
     if remaining > 0:
         time.sleep(remaining)
+
+
+class CommitMonitor(threading.Thread):
+    """Samples a group's committed offsets every `interval` seconds for the whole test,
+    and remembers every time one went backwards (a rewind)."""
+
+    def __init__(self, stack: Stack, group: str, topics: Sequence[str],
+                 interval: float = 0.2) -> None:
+        super().__init__(name=f"commit-monitor-{group}", daemon=True)
+        self.interval = interval
+        self.samples = 0
+        self.rewinds: list[str] = []
+        self.last: dict[tuple[str, int], int] = {}
+        self._done = threading.Event()
+        self._consumer = Consumer({"bootstrap.servers": stack.kafka_bootstrap,
+                                   "group.id": group, "enable.auto.commit": False})
+        self._partitions = [TopicPartition(t, p) for t, p in end_offsets(stack, list(topics))]
+
+    def run(self) -> None:
+        try:
+            while not self._done.wait(self.interval):
+                try:
+                    found = self._consumer.committed(self._partitions, timeout=5)
+                except KafkaException:
+                    continue  # the broker is away (a fault of the test): sample again
+                self.samples += 1
+                for tp in found:
+                    key = (tp.topic, tp.partition)
+                    before = self.last.get(key, -1)
+                    if tp.offset < 0:
+                        continue  # nothing committed yet
+                    if tp.offset < before:
+                        self.rewinds.append(f"{tp.topic}[{tp.partition}] went back from "
+                                            f"{before} to {tp.offset} at sample {self.samples}")
+                    self.last[key] = tp.offset
+        finally:
+            self._consumer.close()
+
+    def __enter__(self) -> CommitMonitor:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.finish()
+
+    def finish(self) -> list[str]:
+        self._done.set()
+        self.join(30)
+        return self.rewinds
+
+
+class Load(threading.Thread):
+    """Application traffic during a fault: fresh rows, cached at version 1, then updated
+    once (every one's last change is that update), some moved or deleted. It uses the
+    workload's connection: the test leaves the workload alone while the load runs."""
+
+    def __init__(self, workload: Workload, *, pause: float = 0.05) -> None:
+        super().__init__(name="load", daemon=True)
+        self.workload = workload
+        self.pause = pause
+        self.error: BaseException | None = None
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        try:
+            step = 0
+            while not self._done.is_set():
+                rows = self.workload.create(posts=3, comments=2)
+                self.workload.update(rows)
+                step += 1
+                if step % 3 == 0:
+                    self.workload.move([r for r in rows if r.table == "comments"][:1])
+                    self.workload.delete(rows[:1])
+                time.sleep(self.pause)
+        except BaseException as exc:  # noqa: BLE001 - reported by stop()
+            self.error = exc
+
+    def __enter__(self) -> Load:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.finish()
+
+    def finish(self) -> None:
+        self._done.set()
+        self.join(60)
+        if self.error is not None:
+            raise AssertionError(f"the load failed: {self.error!r}") from self.error
