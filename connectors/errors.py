@@ -12,7 +12,8 @@ The tree::
         │                           Whether it was applied is unknown; every cache
         │                           operation is idempotent, so the caller retries.
         └── ValkeyRejected          the server refused the command: NOPERM, WRONGPASS /
-                                    NOAUTH, OOM, a script error. Retrying will not help;
+                                    NOAUTH, OOM, a script error, or its TLS certificate
+                                    does not verify. Retrying will not help;
                                     the message names the shard, the command and the fix.
 
 `reconciler` translates these at its boundary into its own tree; `connectors` never

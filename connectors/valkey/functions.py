@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import re
+import ssl
 from collections.abc import Callable
 from importlib import resources
 from typing import Any, TypeVar
@@ -74,6 +75,12 @@ def translate(error: Exception, *, shard: str, command: str) -> ValkeyShardError
     if isinstance(error, vx.NoPermissionError):
         return ValkeyRejected(f"{where} refused by ACL (NOPERM {text}); "
                               f"{_noperm_advice(text)}", shard=shard, command=command)
+    if _certificate_error(error) is not None:
+        return ValkeyRejected(
+            f"{where} refused: the shard's TLS certificate could not be verified ({text}); "
+            "check valkey.tls.ca_file (the CA that signed the shard's certificate) and that "
+            "the certificate names the host in the shard map URL",
+            shard=shard, command=command)
     if isinstance(error, vx.OutOfMemoryError):
         return ValkeyRejected(
             f"{where} refused: out of memory (OOM {text}); raise maxmemory or use an "
@@ -95,6 +102,19 @@ def translate(error: Exception, *, shard: str, command: str) -> ValkeyShardError
             shard=shard, command=command)
     return ValkeyRejected(f"{where} failed unexpectedly: {type(error).__name__}: {text}",
                           shard=shard, command=command)
+
+
+def _certificate_error(error: BaseException) -> ssl.SSLCertVerificationError | None:
+    """The certificate verification failure behind `error` (valkey-py wraps it in a
+    ConnectionError), if any: no retry can fix it, unlike a refused connection."""
+    seen: BaseException | None = error
+    for _ in range(5):
+        if seen is None:
+            return None
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def load_functions(client: valkey.Valkey, *, shard: str = "valkey") -> None:

@@ -65,7 +65,8 @@ def connection_pool(url: str, *, username: str | None = None, password: str | No
     """A bytes-in, bytes-out connection pool for `url` (valkey[s]:// or redis[s]://).
 
     `username`/`password` override any given in the URL. The TLS files are only
-    accepted with a TLS scheme (valkeys://, rediss://).
+    accepted with a TLS scheme (valkeys://, rediss://); with TLS the server's
+    certificate must verify against `tls_ca_file` (or the system CAs) and name the host.
     """
     scheme = urlsplit(url).scheme.lower()
     if scheme not in SCHEMES:
@@ -83,6 +84,9 @@ def connection_pool(url: str, *, username: str | None = None, password: str | No
         kwargs["password"] = password
     if scheme in TLS_SCHEMES:
         kwargs.update({key: value for key, value in tls.items() if value})
+        # The certificate must name the host (valkey-py does not check by default);
+        # `?ssl_check_hostname=false` in the URL opts out.
+        kwargs.setdefault("ssl_check_hostname", True)
     kwargs.setdefault("socket_timeout", socket_timeout)
     kwargs.setdefault("socket_connect_timeout", socket_timeout)
     kwargs["decode_responses"] = False

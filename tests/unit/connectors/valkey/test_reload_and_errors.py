@@ -4,6 +4,7 @@ unavailable shards, ACL refusals, bad credentials."""
 from __future__ import annotations
 
 import socket
+import ssl
 from collections.abc import Iterator
 
 import pytest
@@ -139,6 +140,13 @@ def test_wrong_password_is_rejected(url: str, client: valkey.Valkey,
             limited.server_version()
 
 
+def _wrapped(cause: OSError) -> vx.ConnectionError:
+    """A TLS failure as valkey-py raises it: a ConnectionError raised in `except OSError`."""
+    error = vx.ConnectionError(f"Error 1 connecting to 127.0.0.1:6390. {cause}.")
+    error.__context__ = cause
+    return error
+
+
 @pytest.mark.parametrize(("error", "kind"), [
     (vx.ConnectionError("Connection refused"), ValkeyUnavailable),
     (vx.TimeoutError("Timeout reading from socket"), ValkeyUnavailable),
@@ -154,6 +162,9 @@ def test_wrong_password_is_rejected(url: str, client: valkey.Valkey,
     (vx.OutOfMemoryError("command not allowed when used memory > 'maxmemory'."),
      ValkeyRejected),
     (vx.ResponseError("cr1_apply: op for key #1 must be one of v, s, d, u"), ValkeyRejected),
+    (_wrapped(ssl.SSLCertVerificationError(1, "[SSL: CERTIFICATE_VERIFY_FAILED]")),
+     ValkeyRejected),
+    (_wrapped(ssl.SSLEOFError(8, "EOF occurred in violation of protocol")), ValkeyUnavailable),
 ])
 def test_translate(error: Exception, kind: type[Exception]) -> None:
     translated = translate(error, shard="a", command="FCALL cr1_apply")
@@ -198,6 +209,7 @@ def test_tls_urls_use_tls_with_the_given_files() -> None:
             assert pool.connection_kwargs["ssl_certfile"] == "/c.pem"
             assert pool.connection_kwargs["ssl_keyfile"] == "/k.pem"
             assert pool.connection_kwargs["db"] == 2
+            assert pool.connection_kwargs["ssl_check_hostname"] is True
             assert tls.url == f"{scheme}://[::1]:6390/2"
 
 
