@@ -62,6 +62,7 @@ LIVENESS_SLACK = 60.0  # seconds the loop may stall beyond the retry budget befo
 DEAD_LETTER_LOGS_PER_BATCH = 10  # dead letters logged one by one per batch; the rest summed
 EXIT_OK = 0  # clean shutdown
 EXIT_FAILED = 2  # a dependency stayed unavailable, or refused us: see the last log line
+METADATA_TIMEOUT_SECONDS = 10.0  # start-up: how long the cluster may take to answer
 DLQ_TOPIC_CONFIG = {"max.message.bytes": str(16 * 1024 * 1024)}  # fits any record we consumed
 
 
@@ -127,16 +128,18 @@ class Worker:
         security = kafka_security(settings)
         kafka = settings.kafka
         self._security = security
+        refused = {"error_cb": self._on_kafka_error}
         self.consumer = Consumer(consumer_config(
             kafka.bootstrap_servers, self.group_id, security, kafka.client,
-            logger=self._rdkafka_log))
+            logger=self._rdkafka_log) | refused)
         self._producer = Producer(producer_config(
             kafka.bootstrap_servers, security, kafka.client, logger=self._rdkafka_log) | {
-            "message.timeout.ms": int(kafka.retry_budget_seconds * 1000)})
+            "message.timeout.ms": int(kafka.retry_budget_seconds * 1000)} | refused)
         self.dead_letters = DeadLetters(self._producer, kafka.dead_letter_topic, self.group_id,
                                         retry_budget_seconds=kafka.retry_budget_seconds)
         self._admin = AdminClient(admin_config(  # type: ignore[arg-type]
-            kafka.bootstrap_servers, security, kafka.client, logger=self._rdkafka_log))
+            kafka.bootstrap_servers, security, kafka.client, logger=self._rdkafka_log)
+            | refused)
         self.lag = LagMonitor(self._admin, self.group_id, self.metrics, self.freshness,
                               lambda: dict(self._positions))
         self.invalidator = Invalidator(
@@ -231,12 +234,12 @@ class Worker:
         return messages
 
     def close(self, *, commit: bool) -> None:
+        self._stopping.set()  # also: a refusal seen while closing no longer raises
         if commit:
             self._commit()
         with contextlib.suppress(Exception):
             self.consumer.close()  # leaves the group: its partitions move at once
         self._producer.flush(5)
-        self._stopping.set()
         self.invalidator.close()
         self.shards.close()
         if self._http is not None:
@@ -248,7 +251,7 @@ class Worker:
         if self.settings.kafka.topics:
             prefixes = dict.fromkeys(t.split(".", 1)[0] for t in topics if "." in t)
             heartbeat = self.settings.kafka.heartbeat_topic_prefix
-            existing = self._admin.list_topics(timeout=10).topics
+            existing = self._topics()
             topics += [f"{heartbeat}.{p}" for p in prefixes
                        if f"{heartbeat}.{p}" in existing and f"{heartbeat}.{p}" not in topics]
         return topics
@@ -476,9 +479,33 @@ class Worker:
             return
         log.warning("kafka: %s", error.str())
 
+    def _on_kafka_error(self, error: KafkaError) -> None:
+        """librdkafka's error_cb, served on this thread inside consume(), flush() and
+        poll(). librdkafka retries a failed authentication or TLS handshake forever,
+        telling only this callback; such an error (see `is_fatal`) stops the worker: the
+        FatalError raised here comes out of that consume(), flush() or poll(). Others
+        librdkafka retries, and logs through the `kafka` logger itself."""
+        if is_fatal(error) and not self._stopping.is_set():
+            raise FatalError(f"kafka refused the connection: {error.str()} (check "
+                             "kafka.security: the credentials, the CA, the ACLs)")
+        log.debug("kafka: %s", error.str())
+
+    def _topics(self) -> dict[str, Any]:
+        """The topics the cluster shows us. A refused authentication or TLS handshake
+        stops start-up at once (FatalError from `_on_kafka_error`) rather than ending
+        as a metadata timeout that does not say why."""
+        deadline = time.monotonic() + METADATA_TIMEOUT_SECONDS
+        while True:
+            try:
+                return dict(self._admin.list_topics(timeout=1).topics)
+            except KafkaException:
+                self._admin.poll(0)  # serves error_cb: raises FatalError if refused
+                if time.monotonic() >= deadline:
+                    raise
+
     def _ensure_dead_letter_topic(self) -> None:
         topic = self.settings.kafka.dead_letter_topic
-        if topic in self._admin.list_topics(timeout=10).topics:
+        if topic in self._topics():
             return
         future = self._admin.create_topics(
             [NewTopic(topic, num_partitions=3, replication_factor=-1, config=DLQ_TOPIC_CONFIG)]
