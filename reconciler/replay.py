@@ -1,0 +1,377 @@
+"""Replay: re-process a range of the change topics, for a backfill or after an incident.
+
+The range is fixed before the first record is read: per partition, from ``--from``
+(``earliest``, an ISO time looked up with offsets_for_times, or explicit
+``topic:partition:offset`` pairs) to ``--to`` (``now``: the end offsets seen at
+start, a time, or pairs), so a replay terminates even while new events keep
+arriving. Partitions are assigned explicitly (no subscription, no rebalance), each is
+paused once it reaches its end, and records past an end are never processed.
+
+Every record goes through the worker's own ``Worker.process`` — the same decode,
+plan and invalidate path, the same dead-lettering — under a consumer group of its
+own (``<group_id>.replay.<UTC time>``), so the live group's offsets never move and
+the replay is safe beside the live worker (every cache operation is idempotent).
+
+``--rate`` caps records per second with a token bucket; ``--dry-run`` plans and
+counts (table, shard, action) without touching Valkey or the dead-letter topic.
+Stopping (SIGINT/SIGTERM) finishes the batch in flight and reports where each
+partition got to, so the exact command to resume can be printed.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+import shlex
+import threading
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+from confluent_kafka import Message, TopicPartition
+from prometheus_client import CollectorRegistry
+
+from reconciler.errors import ConfigError, FatalError, RetryBudgetExceeded, TransientError
+from reconciler.progress import Progress
+from reconciler.ratelimit import TokenBucket
+from reconciler.settings import Settings
+from reconciler.worker import BatchResult, Worker
+
+log = logging.getLogger(__name__)
+
+TP = tuple[str, int]
+EARLIEST = "earliest"  # --from: each partition's log start
+NOW = "now"  # --to: each partition's end offset when the replay starts
+REQUEST_TIMEOUT = 10.0  # seconds for one metadata / offsets request
+PAIR = re.compile(r"(?P<topic>[A-Za-z0-9._-]+):(?P<partition>[0-9]+):(?P<offset>[0-9]+)")
+
+
+@dataclass(frozen=True, slots=True)
+class Bound:
+    """One end of the range: `earliest`/`now`, a time (epoch ms), or offsets."""
+
+    kind: str  # EARLIEST, NOW, "time" or "offsets"
+    time_ms: int | None = None
+    offsets: Mapping[TP, int] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        if self.kind == "time":
+            assert self.time_ms is not None
+            return datetime.fromtimestamp(self.time_ms / 1000, UTC).isoformat()
+        if self.kind == "offsets":
+            return format_offsets(self.offsets)
+        return self.kind
+
+
+def parse_bound(text: str, *, start: bool) -> Bound:
+    """`--from` (start=True) or `--to`; ValueError naming what is accepted."""
+    text = text.strip()
+    word = EARLIEST if start else NOW
+    if text == word:
+        return Bound(word)
+    try:  # a time first: "2025-06-01T12:00:00" would also read as topic:partition:offset
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        items = [item for item in re.split(r"[,\s]+", text) if item]
+        matches = [PAIR.fullmatch(item) for item in items]
+        if not items or None in matches:
+            raise ValueError(
+                f"{text!r}: expected {word}, an ISO 8601 time (e.g. 2025-06-01T12:00:00Z; "
+                "UTC when no offset is given) or topic:partition:offset[,…]") from None
+        return Bound("offsets", offsets={
+            (m["topic"], int(m["partition"])): int(m["offset"]) for m in matches if m})
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return Bound("time", time_ms=int(moment.timestamp() * 1000))
+
+
+def format_offsets(offsets: Mapping[TP, int]) -> str:
+    return ",".join(f"{topic}:{partition}:{offset}"
+                    for (topic, partition), offset in sorted(offsets.items()))
+
+
+def replay_group(group_id: str) -> str:
+    """A fresh consumer group for one replay, derived from the live group's name:
+    `<group_id>.replay.<UTC time>-<4 hex>` (two replays in one second stay apart)."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    return f"{group_id}.replay.{stamp}-{secrets.token_hex(2)}"
+
+
+@dataclass
+class ReplayReport:
+    """What a replay did (or, with dry_run, would do)."""
+
+    group: str
+    dry_run: bool
+    starts: dict[TP, int] = field(default_factory=dict)
+    ends: dict[TP, int] = field(default_factory=dict)
+    reached: dict[TP, int] = field(default_factory=dict)  # next offset per partition
+    records: int = 0
+    totals: BatchResult = field(default_factory=BatchResult)
+    elapsed: float = 0.0  # seconds spent consuming and processing
+    interrupted: bool = False
+    error: str | None = None
+
+    @property
+    def total(self) -> int:
+        return sum(self.ends[tp] - self.starts[tp] for tp in self.ends)
+
+    def remaining(self) -> dict[TP, int]:
+        """Where each unfinished partition should resume."""
+        return {tp: self.reached[tp] for tp in self.ends if self.reached[tp] < self.ends[tp]}
+
+    def add(self, result: BatchResult) -> None:
+        totals = self.totals
+        for name in ("events", "skipped", "dead_letters", "invalidations", "actions",
+                     "unresolved"):
+            counter: Counter[Any] = getattr(totals, name)
+            counter.update(getattr(result, name))
+
+    def as_json(self) -> dict[str, Any]:
+        t = self.totals
+        return {
+            "group": self.group, "dry_run": self.dry_run, "records": self.records,
+            "total": self.total, "elapsed_seconds": round(self.elapsed, 3),
+            "rate": round(self.records / self.elapsed, 1) if self.elapsed else None,
+            "interrupted": self.interrupted, "error": self.error,
+            "partitions": [{"topic": tp[0], "partition": tp[1], "from": self.starts[tp],
+                            "to": self.ends[tp], "reached": self.reached[tp]}
+                           for tp in sorted(self.ends)],
+            "events": [{"table": table, "op": op, "count": n}
+                       for (table, op), n in sorted(t.events.items())],
+            "actions": [{"table": table, "shard": shard, "kind": kind, "count": n}
+                        for (table, shard, kind), n in sorted(t.actions.items())],
+            "invalidations": [{"shard": shard, "result": result, "count": n}
+                              for (shard, result), n in sorted(t.invalidations.items())],
+            "skipped": dict(sorted(t.skipped.items())),
+            "dead_letters": dict(sorted(t.dead_letters.items())),
+            "unresolved": dict(sorted(t.unresolved.items())),
+        }
+
+
+class Replay:
+    """One bounded re-processing run with its own consumer group."""
+
+    def __init__(self, settings: Settings, *, start: Bound, end: Bound | None = None,
+                 rate: float | None = None, dry_run: bool = False,
+                 group_id: str | None = None, topics: Sequence[str] | None = None,
+                 progress_stream: TextIO | None = None, progress_interval: float = 10.0,
+                 registry: CollectorRegistry | None = None) -> None:
+        if start.kind == NOW:
+            raise ConfigError("--from cannot be `now`: nothing would be replayed")
+        if end is not None and end.kind == EARLIEST:
+            raise ConfigError("--to cannot be `earliest`: nothing would be replayed")
+        if rate is not None and rate <= 0:
+            rate = None
+        self.settings = settings
+        self.start, self.end = start, end or Bound(NOW)
+        self.rate = rate
+        self.dry_run = dry_run
+        self.group = group_id or replay_group(settings.kafka.group_id)
+        if self.group == settings.kafka.group_id:
+            raise ConfigError(f"--group {self.group} is the live group (kafka.group_id): a "
+                              "replay must never move the live group's offsets")
+        self._topics = list(topics or [])
+        self._progress_stream = progress_stream
+        self._progress_interval = progress_interval
+        self._stop = threading.Event()
+        self.planned = threading.Event()  # set once the range is fixed (for callers, tests)
+        self.report = ReplayReport(self.group, dry_run)
+        self.worker = Worker(settings, registry=registry or CollectorRegistry(),
+                             group_id=self.group, serve_metrics=False, dry_run=dry_run,
+                             count_actions=True)
+
+    def stop(self) -> None:
+        """Finish the batch in flight, then stop (signal-safe)."""
+        self._stop.set()
+        self.worker.stop()  # interrupts a retry loop waiting for an unavailable shard
+
+    # ------------------------------------------------------------------ the range
+
+    def topics(self, existing: Mapping[str, Any]) -> list[str]:
+        kafka = self.settings.kafka
+        if kafka.topic_regex:
+            regex = re.compile(kafka.topic_regex)
+            configured = [t for t in sorted(existing) if regex.search(t)
+                          and t != kafka.dead_letter_topic and not t.startswith("__")]
+        else:
+            configured = list(kafka.topics)
+        if self._topics:
+            unknown = [t for t in self._topics if t not in configured]
+            if unknown:
+                raise ConfigError(f"--topic {', '.join(unknown)}: not among the configured "
+                                  f"topics ({', '.join(configured) or 'none'})")
+            configured = list(self._topics)
+        if not self.dry_run and kafka.dead_letter_topic not in existing:
+            log.warning("the dead-letter topic %s does not exist: a poison record would stop "
+                        "the replay (the worker creates it at start-up; or create it)",
+                        kafka.dead_letter_topic)
+        missing = [t for t in configured if t not in existing]
+        for topic in missing:
+            log.warning("topic %s does not exist: nothing to replay there "
+                        "(`reconciler doctor` checks the topics)", topic)
+        return [t for t in configured if t in existing]
+
+    def plan(self) -> dict[TP, tuple[int, int]]:
+        """Start and end offset of every partition to replay (end exclusive)."""
+        consumer = self.worker.consumer
+        existing = consumer.list_topics(timeout=REQUEST_TIMEOUT).topics
+        topics = self.topics(existing)
+        for bound in (self.start, self.end):
+            for topic, partition in bound.offsets:
+                if topic not in topics or partition not in existing[topic].partitions:
+                    raise ConfigError(f"{topic}:{partition}: no such partition among the "
+                                      f"replayed topics ({', '.join(topics) or 'none'})")
+        partitions = [(t, p) for t in topics for p in sorted(existing[t].partitions)]
+        if self.start.kind == "offsets":
+            partitions = [tp for tp in partitions if tp in self.start.offsets]
+        marks = {tp: consumer.get_watermark_offsets(TopicPartition(*tp),
+                                                    timeout=REQUEST_TIMEOUT, cached=False)
+                 for tp in partitions}
+        starts = self._offsets(self.start, partitions, marks, default_high=False)
+        ends = self._offsets(self.end, partitions, marks, default_high=True)
+        out = {}
+        for tp in partitions:
+            low, high = marks[tp]
+            start = starts[tp]
+            if start < low:
+                log.warning("%s[%d]: offset %d is gone (retention); the log now starts at %d",
+                            tp[0], tp[1], start, low)
+                start = low
+            end = min(ends[tp], high)
+            if ends[tp] > high:
+                log.warning("%s[%d]: --to offset %d is beyond the end (%d); stopping there",
+                            tp[0], tp[1], ends[tp], high)
+            out[tp] = (min(start, end), end)
+        return out
+
+    def _offsets(self, bound: Bound, partitions: list[TP], marks: Mapping[TP, tuple[int, int]],
+                 *, default_high: bool) -> dict[TP, int]:
+        if bound.kind == EARLIEST:
+            return {tp: marks[tp][0] for tp in partitions}
+        if bound.kind == NOW:
+            return {tp: marks[tp][1] for tp in partitions}
+        if bound.kind == "offsets":
+            return {tp: bound.offsets.get(tp, marks[tp][1] if default_high else marks[tp][0])
+                    for tp in partitions}
+        assert bound.time_ms is not None
+        found = self.worker.consumer.offsets_for_times(
+            [TopicPartition(t, p, bound.time_ms) for t, p in partitions],
+            timeout=REQUEST_TIMEOUT)
+        # -1: no record at or after that time: the partition's end.
+        return {(tp.topic, tp.partition): tp.offset if tp.offset >= 0
+                else marks[tp.topic, tp.partition][1] for tp in found}
+
+    # ------------------------------------------------------------------ the run
+
+    def run(self) -> ReplayReport:
+        report = self.report
+        try:
+            ranges = self.plan()
+        except BaseException:
+            self.worker.close(commit=False)
+            raise
+        report.starts = {tp: start for tp, (start, _) in ranges.items()}
+        report.ends = {tp: end for tp, (_, end) in ranges.items()}
+        report.reached = dict(report.starts)
+        self.planned.set()
+        log.info("replay%s: %d records on %d partition(s), group %s%s",
+                 " (dry run)" if self.dry_run else "", report.total, len(ranges), self.group,
+                 f", at most {self.rate:g}/s" if self.rate else "")
+        for (topic, partition), (start, end) in sorted(ranges.items()):
+            log.debug("%s[%d]: %d → %d", topic, partition, start, end)
+        try:
+            self._consume(report)
+        except (RetryBudgetExceeded, FatalError) as exc:
+            report.error = str(exc)
+            report.interrupted = True
+        except TransientError as exc:  # stopped while retrying an unavailable shard
+            log.warning("stopped while retrying: %s", exc)
+            report.interrupted = True
+        finally:
+            self.worker.close(commit=report.error is None)  # never commit while failing
+        report.interrupted = report.interrupted or bool(report.remaining())
+        return report
+
+    def _consume(self, report: ReplayReport) -> None:
+        consumer = self.worker.consumer
+        ends, reached = report.ends, report.reached
+        active = {tp for tp in ends if reached[tp] < ends[tp]}
+        if not active:
+            return
+        consumer.assign([TopicPartition(t, p, reached[t, p]) for t, p in sorted(active)])
+        bucket = TokenBucket(self.rate) if self.rate else None
+        chunk = self.settings.kafka.batch_size
+        if bucket is not None:
+            chunk = min(chunk, bucket.chunk)
+        timeout = self.settings.kafka.poll_timeout_seconds
+        progress = Progress(report.total, stream=self._progress_stream,
+                            interval=self._progress_interval,
+                            label="replay (dry run)" if self.dry_run else "replay")
+        began = time.monotonic()
+        try:
+            while active and not self._stop.is_set():
+                messages = consumer.consume(chunk, 0)
+                if not messages:  # wait for one record, then take what came with it
+                    messages = consumer.consume(1, timeout)
+                    if messages and chunk > 1:
+                        messages += consumer.consume(chunk - 1, 0)
+                batch: list[Message] = []
+                offsets: dict[TP, int] = {}
+                for message in messages:
+                    if message.error() is not None:
+                        batch.append(message)  # process() reports it, or raises if fatal
+                        continue
+                    tp: TP = (message.topic(), message.partition())  # type: ignore[assignment]
+                    offset: int = message.offset()  # type: ignore[assignment]
+                    if tp not in active or offset >= ends[tp]:
+                        continue  # past the end captured at start: not part of this replay
+                    batch.append(message)
+                    offsets[tp] = offset + 1
+                records = sum(1 for m in batch if m.error() is None)
+                if batch:
+                    if bucket is not None and records and not bucket.acquire(records,
+                                                                              self._stop):
+                        break  # stopped while waiting: this batch was not processed
+                    report.add(self.worker.process(batch))
+                    report.records += records
+                    for tp, offset in offsets.items():
+                        reached[tp] = max(reached[tp], offset)
+                elif active:
+                    self._advance_idle(active, reached)
+                for tp in [tp for tp in active if reached[tp] >= ends[tp]]:
+                    active.discard(tp)
+                    consumer.pause([TopicPartition(*tp)])
+                progress.update(sum(reached[tp] - report.starts[tp] for tp in ends))
+        finally:
+            report.elapsed = time.monotonic() - began
+            progress.finish(sum(reached[tp] - report.starts[tp] for tp in ends))
+
+    def _advance_idle(self, active: set[TP], reached: dict[TP, int]) -> None:
+        """Nothing arrived: a partition whose position is already past its last record
+        (transaction markers, compaction) is done up to that position."""
+        for tp in self.worker.consumer.position([TopicPartition(*tp) for tp in active]):
+            key = (tp.topic, tp.partition)
+            if tp.offset is not None and tp.offset > reached[key]:
+                reached[key] = tp.offset
+
+
+def resume_command(config: str | None, report: ReplayReport, *, rate: float | None,
+                   dry_run: bool) -> str:
+    """The command that replays exactly what this (interrupted) run did not."""
+    remaining = report.remaining()
+    argv = ["reconciler", "replay"]
+    if config:
+        argv += ["-c", config]
+    argv += ["--from", format_offsets(remaining),
+             "--to", format_offsets({tp: report.ends[tp] for tp in remaining}),
+             "--group", report.group]
+    if rate:
+        argv += ["--rate", f"{rate:g}"]
+    if dry_run:
+        argv.append("--dry-run")
+    return shlex.join(argv)
