@@ -1,0 +1,394 @@
+"""Audit: compare what the cache holds with Postgres, and optionally repair it.
+
+For each configured table, every versioned key template built only from primary-key
+columns (and naming all of them) can be read back into a row: its keys are found on
+every shard (``SCAN MATCH``, or a random sample), parsed back into primary-key
+values, and the rows' versions read from Postgres in batches (one statement per
+batch, rate-limited). Each entry is then:
+
+    fresh   data cached at the row's version
+    stale   data cached at an older version (or of unknown version: not a valid entry)
+    orphan  data cached for a row that no longer exists
+    ahead   data cached at a newer version than Postgres has (a lagging replica as the
+            DSN, or a row deleted and re-created: versions restart at 1)
+    fence   a fence (no data): not an entry to compare, counted apart
+    unparsed a key that does not name a row (does not parse, or is not a literal of
+            the primary key's type)
+
+Stale and orphan candidates are looked at again after a grace period, so a change the
+live worker is about to reconcile is not reported. ``repair`` then applies the
+reconciler's own protocol through ``Shard.apply``: a versioned op at the row's version
+for stale entries (the entry becomes a fence unless something newer was written
+meanwhile), a delete op for orphans. Nothing is written unless asked.
+
+Templates that cannot be read back (a non-key column, a missing key column) and
+unversioned templates are listed as not auditable.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import random
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import valkey
+from prometheus_client import CollectorRegistry
+
+from connectors.errors import ConnectorError
+from connectors.postgres import Postgres, Table
+from connectors.valkey.functions import translate
+from connectors.valkey.protocols import (
+    DATA_FIELD,
+    OP_DELETE,
+    OP_VERSIONED,
+    VERSION_FIELD,
+    parse_version,
+)
+from connectors.valkey.shard import Shard
+from reconciler.errors import ConfigError, FatalError
+from reconciler.findings import (
+    AHEAD,
+    FENCE,
+    FRESH,
+    ORPHAN,
+    PROBLEMS,
+    STALE,
+    UNPARSED,
+    AuditReport,
+    Finding,
+)
+from reconciler.keyparse import key_pattern, parse_key
+from reconciler.metrics import Metrics
+from reconciler.ratelimit import TokenBucket
+from reconciler.settings import Settings
+from reconciler.shards import ShardPool
+from reconciler.templates import KeyTemplate
+from shard_map import ShardMapError, load_shard_map
+
+log = logging.getLogger(__name__)
+
+SCAN_COUNT = 1000  # SCAN COUNT hint: keys examined per SCAN call
+READ_CHUNK = 500  # keys read from Valkey, and rows from Postgres, per round trip
+RANDOMKEY_TRIES = 20  # RANDOMKEY calls per wanted sample key before falling back to SCAN
+DEFAULT_ROWS_PER_SECOND = 5000.0  # Postgres rows read per second, by default
+DEFAULT_GRACE_SECONDS = 2.0  # wait before re-checking stale/orphan candidates
+GONE = "gone"  # a key that expired between SCAN and the read: not counted
+_TYPE_NONE, _TYPE_HASH = b"none", b"hash"  # TYPE replies
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One auditable key template of one table."""
+
+    table: str
+    template: KeyTemplate
+    primary_key: tuple[str, ...]
+    version_column: str
+    others: tuple[KeyTemplate, ...]  # every other configured template, to tell keys apart
+
+    def parse(self, key: str) -> tuple[str, ...] | None:
+        """The primary-key values a key names, or None (not parseable, ambiguous, or
+        the key of a more specific template)."""
+        values = parse_key(self.template, key, others=self.others)
+        if values is None:
+            return None
+        try:
+            return tuple(values[column] for column in self.primary_key)
+        except KeyError:
+            return None
+
+
+def targets(settings: Settings, tables: Sequence[str] | None
+            ) -> tuple[list[Target], dict[str, list[dict[str, str]]]]:
+    """The auditable templates of the chosen tables, and why the others are not."""
+    chosen = list(tables or settings.tables)
+    unknown = [t for t in chosen if t not in settings.tables]
+    if unknown:
+        raise ConfigError(f"--table {', '.join(unknown)}: not configured (tables: "
+                          f"{', '.join(settings.tables)})")
+    every = [t for spec in settings.tables.values() for t in spec.templates()]
+    out: list[Target] = []
+    skipped: dict[str, list[dict[str, str]]] = {}
+    for name in chosen:
+        spec = settings.tables[name]
+        primary_key = tuple(spec.primary_key)
+        for template in spec.templates():
+            reason = None
+            if not template.versioned:
+                reason = "unversioned (a derived key: nothing to compare)"
+            elif not set(template.columns) <= set(primary_key):
+                extra = sorted(set(template.columns) - set(primary_key))
+                reason = f"uses non-key column(s) {', '.join(extra)}: cannot name one row"
+            elif set(template.columns) != set(primary_key):
+                missing = sorted(set(primary_key) - set(template.columns))
+                reason = f"lacks primary-key column(s) {', '.join(missing)}"
+            if reason is not None:
+                skipped.setdefault(name, []).append({"template": template.source,
+                                                     "reason": reason})
+                continue
+            out.append(Target(name, template, primary_key, spec.version_column,
+                              tuple(t for t in every if t is not template)))
+    return out, skipped
+
+
+class Auditor:
+    """Runs an audit over some shards, reading Postgres through one session."""
+
+    def __init__(self, shards: dict[str, Shard], postgres: Postgres, *,
+                 sample: int | None = None, rows_per_second: float = DEFAULT_ROWS_PER_SECOND,
+                 grace_seconds: float = DEFAULT_GRACE_SECONDS, seed: int | None = None) -> None:
+        self.shards = shards
+        self.postgres = postgres
+        self.sample = sample
+        self.grace = grace_seconds
+        self._bucket = TokenBucket(rows_per_second)
+        self._random = random.Random(seed)
+        self._tables: dict[str, Table] = {}
+
+    def audit(self, chosen: Sequence[Target]) -> list[Finding]:
+        findings = []
+        for target in chosen:
+            table = self._table(target.table)
+            for shard_name, shard in self.shards.items():
+                finding = Finding(target.table, target.template.source, shard_name)
+                for keys in _chunks(self._keys(target, shard), READ_CHUNK):
+                    for state in self._classify(target, table, shard, keys, finding).values():
+                        if state != GONE:
+                            finding.counts[state] += 1
+                findings.append(finding)
+                log.info("audit %s %s on %s: %s", target.table, target.template.source,
+                         shard_name, dict(finding.counts) or "no entries")
+        self._recheck(chosen, findings)
+        return findings
+
+    def repair(self, findings: Sequence[Finding]) -> None:
+        """Stale → versioned op at the row's version; orphan → delete op."""
+        for finding in findings:
+            items = list(finding.problems.items())
+            for start in range(0, len(items), READ_CHUNK):
+                chunk = items[start:start + READ_CHUNK]
+                keys = [key for key, _ in chunk]
+                ops = [OP_DELETE if state == ORPHAN else OP_VERSIONED for _, (state, _) in chunk]
+                versions = [version or 0 for _, (_, version) in chunk]
+                try:
+                    results = self.shards[finding.shard].apply(keys, ops, versions)
+                except ConnectorError as exc:
+                    raise FatalError(f"audit repair on shard {finding.shard}: {exc}") from exc
+                for (_, (state, _)), _result in zip(chunk, results, strict=True):
+                    finding.repaired[state] += 1  # every result leaves nothing stale behind
+            if items:
+                log.info("audit %s %s on %s: repaired %s", finding.table, finding.template,
+                         finding.shard, dict(finding.repaired))
+
+    # ------------------------------------------------------------------ steps
+
+    def _table(self, name: str) -> Table:
+        if name not in self._tables:
+            schema, _, table_name = name.partition(".")
+            table = self._postgres(lambda: self.postgres.table(schema, table_name))
+            if table is None:
+                raise FatalError(f"audit: table {name} does not exist in Postgres (or is not "
+                                 "visible to this role); run `reconciler doctor`")
+            self._tables[name] = table
+        return self._tables[name]
+
+    def _keys(self, target: Target, shard: Shard) -> Iterator[str]:
+        pattern = target.template.pattern()
+        if self.sample is None:
+            yield from self._scan(shard, pattern)
+            return
+        yield from self._sample(target, shard, pattern, self.sample)
+
+    def _scan(self, shard: Shard, pattern: str) -> Iterator[str]:
+        client: Any = shard.client
+        cursor = 0
+        while True:
+            cursor, found = self._valkey(
+                shard, "SCAN", functools.partial(client.scan, cursor, match=pattern,
+                                                 count=SCAN_COUNT))
+            for raw in found:
+                yield raw.decode("utf-8", "surrogateescape")
+            if int(cursor) == 0:
+                return
+
+    def _sample(self, target: Target, shard: Shard, pattern: str, n: int) -> Iterator[str]:
+        """n random keys of the template: RANDOMKEY while the template's keys are common
+        enough in the keyspace, else reservoir sampling over a SCAN."""
+        client: Any = shard.client
+        size = int(self._valkey(shard, "DBSIZE", client.dbsize))
+        matches = key_pattern(target.template).fullmatch
+        found: set[str] = set()
+        if size > RANDOMKEY_TRIES * n:
+            for _ in range(RANDOMKEY_TRIES * n):
+                raw = self._valkey(shard, "RANDOMKEY", client.randomkey)
+                if raw is None:
+                    break
+                key = raw.decode("utf-8", "surrogateescape")
+                if matches(key):
+                    found.add(key)
+                    if len(found) >= n:
+                        yield from found
+                        return
+        reservoir: list[str] = []
+        for seen, key in enumerate(self._scan(shard, pattern)):
+            if len(reservoir) < n:
+                reservoir.append(key)
+            else:
+                slot = self._random.randint(0, seen)
+                if slot < n:
+                    reservoir[slot] = key
+        yield from reservoir
+
+    def _classify(self, target: Target, table: Table, shard: Shard, keys: list[str],
+                  finding: Finding) -> dict[str, str]:
+        """The state of each key; stale and orphan entries are kept in
+        `finding.problems` (with the row's version), the others removed from it."""
+        states: dict[str, str] = {}
+        lookups: list[tuple[str, int | None, tuple[str, ...]]] = []
+        for key, (kind, version) in zip(keys, self._read(shard, keys), strict=True):
+            values = target.parse(key) if kind == "data" else None
+            if kind != "data":
+                states[key] = kind
+            elif values is None:
+                states[key] = UNPARSED
+            else:
+                lookups.append((key, version, values))
+        if lookups:
+            self._bucket.acquire(len(lookups))
+            rows = self._postgres(lambda: self.postgres.versions(
+                table, target.primary_key, target.version_column,
+                [values for _, _, values in lookups]))
+            for (key, cached, _), row in zip(lookups, rows, strict=True):
+                if isinstance(row, str):  # INVALID: not a literal of the key's type
+                    states[key] = UNPARSED
+                elif row is None:
+                    states[key] = ORPHAN
+                elif cached is None or cached < row:
+                    states[key] = STALE
+                else:
+                    states[key] = AHEAD if cached > row else FRESH
+                if states[key] in PROBLEMS:
+                    finding.problems[key] = (states[key], row if isinstance(row, int) else None)
+        for key, state in states.items():
+            if state not in PROBLEMS:
+                finding.problems.pop(key, None)
+        return states
+
+    def _recheck(self, chosen: Sequence[Target], findings: list[Finding]) -> None:
+        """Look at stale/orphan candidates again after the grace period: a change in
+        flight (the worker reconciles it within a second) is not a finding."""
+        pending = [f for f in findings if f.problems]
+        if not pending or self.grace <= 0:
+            return
+        log.info("audit: %d stale/orphan candidate(s); checking them again in %.1fs",
+                 sum(len(f.problems) for f in pending), self.grace)
+        time.sleep(self.grace)
+        by_template = {(t.table, t.template.source): t for t in chosen}
+        for finding in pending:
+            target = by_template[finding.table, finding.template]
+            before = {key: state for key, (state, _) in finding.problems.items()}
+            for keys in _chunks(iter(before), READ_CHUNK):
+                states = self._classify(target, self._tables[finding.table],
+                                        self.shards[finding.shard], keys, finding)
+                for key, state in states.items():
+                    if state != before[key]:
+                        log.debug("audit: %s was %s, now %s", key, before[key], state)
+                        finding.counts[before[key]] -= 1
+                        if state != GONE:
+                            finding.counts[state] += 1
+
+    def _read(self, shard: Shard, keys: list[str]) -> list[tuple[str, int | None]]:
+        """Per key: (GONE | FENCE | "data", the cached version or None when unknown).
+        A non-hash value, or a hash without a valid version, is data of unknown
+        version: the protocol treats it as stale."""
+        def call() -> list[Any]:
+            pipe: Any = shard.client.pipeline(transaction=False)
+            for key in keys:
+                pipe.type(key)
+                pipe.hget(key, VERSION_FIELD)
+                pipe.hexists(key, DATA_FIELD)
+            replies: list[Any] = pipe.execute(raise_on_error=False)
+            return replies
+
+        replies = self._valkey(shard, "TYPE/HGET/HEXISTS", call)
+        out: list[tuple[str, int | None]] = []
+        for index in range(len(keys)):
+            kind, raw, has_data = replies[3 * index:3 * index + 3]
+            if kind == _TYPE_NONE:
+                out.append((GONE, None))
+            elif kind != _TYPE_HASH:
+                out.append(("data", None))
+            else:
+                version = parse_version(raw) if isinstance(raw, bytes) else None
+                has_data = has_data is True or has_data == 1
+                out.append((FENCE if version is not None and not has_data else "data",
+                            version))
+        return out
+
+    @staticmethod
+    def _valkey(shard: Shard, command: str, call: Callable[[], T]) -> T:
+        try:
+            return call()
+        except (valkey.ValkeyError, OSError) as exc:
+            raise FatalError(f"audit: {translate(exc, shard=shard.name, command=command)}") \
+                from exc
+
+    @staticmethod
+    def _postgres(call: Callable[[], T]) -> T:
+        try:
+            return call()
+        except ConnectorError as exc:
+            raise FatalError(f"audit: {exc}") from exc
+
+
+def _chunks(keys: Iterator[str], size: int) -> Iterator[list[str]]:
+    chunk: list[str] = []
+    for key in keys:
+        chunk.append(key)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def run_audit(settings: Settings, *, tables: Sequence[str] | None = None,
+              sample: int | None = None, repair: bool = False,
+              rows_per_second: float = DEFAULT_ROWS_PER_SECOND,
+              grace_seconds: float = DEFAULT_GRACE_SECONDS) -> AuditReport:
+    """Audit the chosen tables (all by default) on every shard of the shard map."""
+    dsn = settings.postgres.dsn_value()
+    if not dsn:
+        raise ConfigError("postgres.dsn (or postgres.dsn_file) is required for audit: the "
+                          "rows' versions are read from Postgres")
+    chosen, skipped = targets(settings, tables)
+    try:
+        shard_map = load_shard_map(settings.shard_map)
+    except ShardMapError as exc:
+        raise ConfigError(f"shard_map: {exc}") from exc
+    report = AuditReport(not_auditable=skipped, sample=sample, repair=repair)
+    pool = ShardPool(settings, Metrics.create(CollectorRegistry()))
+    pool.update(shard_map)
+    began = time.monotonic()
+    try:
+        postgres = Postgres(dsn)
+    except ConnectorError as exc:
+        pool.close()
+        raise FatalError(f"audit: {exc}") from exc
+    try:
+        auditor = Auditor(dict(pool.clients()), postgres, sample=sample,
+                          rows_per_second=rows_per_second, grace_seconds=grace_seconds)
+        report.findings = auditor.audit(chosen)
+        if repair:
+            auditor.repair(report.findings)
+    finally:
+        postgres.close()
+        pool.close()
+        report.elapsed = time.monotonic() - began
+    return report
