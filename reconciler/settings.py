@@ -197,6 +197,18 @@ class PostgresSettings(Strict):
         return None
 
 
+class ConnectSettings(Strict):
+    """Kafka Connect's REST API, for `reconciler doctor` (connector and task state)."""
+
+    url: str = Field(description="Kafka Connect REST URL, e.g. http://connect:8083")
+    connector: str | None = Field(
+        None, description="the Debezium connector's name; None: the one whose topic.prefix "
+                          "names the configured topics")
+    username: str | None = None  # HTTP basic auth
+    password: SecretStr | None = None
+    timeout_seconds: float = Field(10.0, gt=0)
+
+
 class LoggingSettings(Strict):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["json", "text"] = "text"
@@ -220,6 +232,7 @@ class Settings(BaseSettings):
     valkey: ValkeySettings = Field(default_factory=ValkeySettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     postgres: PostgresSettings = Field(default_factory=PostgresSettings)
+    connect: ConnectSettings | None = None  # optional: used by doctor
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
 
     @field_validator("tables")

@@ -1,0 +1,236 @@
+"""Doctor's Postgres checks: tables, version triggers, replica identity, publication, slot.
+
+Replica identity, against what the templates need (SPEC §3):
+
+- NOTHING: a delete carries no key at all → FAIL.
+- config says ``full`` but the table is not FULL: the planner would trust ``before``,
+  whose non-key columns are fake defaults (a neighbourhood of 0) → FAIL.
+- DEFAULT (or INDEX), and a *versioned* template needs a non-key column: the row's
+  cached data survives its delete (and a change of that column) → FAIL.
+- DEFAULT, and only derived (unversioned) templates need non-key columns, or the
+  shard key is not in the primary key (a row can move neighbourhood; its old shard is
+  not told): those keys are left to their TTL → WARN. The reconciler counts them as
+  unresolved; FULL closes the gap.
+
+Every FAIL and WARN says the ``ALTER TABLE … REPLICA IDENTITY FULL`` to run.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+from connectors.errors import ConnectorError
+from connectors.postgres import Postgres, Table, Trigger
+from reconciler.checklist import FAIL, OK, WARN, Check
+from reconciler.settings import Settings, TableSpec
+
+DEFAULT_MAX_RETAINED_WAL = 1 << 30  # bytes of WAL a slot may hold before a WARN
+INTEGER_TYPES = frozenset({"int2", "int4", "int8", "numeric"})  # usable version columns
+
+
+def postgres_checks(settings: Settings, connector: dict[str, str] | None, *,
+                    max_retained_wal_bytes: int = DEFAULT_MAX_RETAINED_WAL) -> Iterator[Check]:
+    dsn = settings.postgres.dsn_value()
+    if not dsn:
+        yield Check(WARN, "postgres", "postgres.dsn not set: table, trigger, replica identity "
+                                      "and replication slot checks skipped",
+                    "set postgres.dsn (or RECONCILER_POSTGRES__DSN); audit needs it too")
+        return
+    try:
+        postgres = Postgres(dsn)
+    except ConnectorError as exc:
+        yield Check(FAIL, "postgres", str(exc), "check postgres.dsn")
+        return
+    with postgres:
+        try:
+            yield Check(OK, "postgres", f"PostgreSQL {postgres.server_version()} as "
+                                        f"{postgres.current_user()}")
+            tables: dict[str, Table | None] = {}
+            for name, spec in settings.tables.items():
+                schema, _, table = name.partition(".")
+                tables[name] = postgres.table(schema, table)
+                yield from table_checks(name, spec, tables[name])
+            if connector is not None:
+                yield from _publication(postgres, connector, tables)
+            yield from _slot(postgres, connector, max_retained_wal_bytes)
+        except ConnectorError as exc:
+            yield Check(FAIL, "postgres", str(exc), "check the role's privileges")
+
+
+def table_checks(name: str, spec: TableSpec, table: Table | None) -> Iterator[Check]:
+    """Existence and keys, the version trigger, the replica identity."""
+    if table is None:
+        yield Check(FAIL, f"table {name}", "does not exist (or this role cannot see it)",
+                    "fix the name under `tables:` (schema.table), or GRANT USAGE on the "
+                    "schema to this role")
+        return
+    problems = []
+    if set(table.primary_key) != set(spec.primary_key):
+        problems.append(f"primary key is ({', '.join(table.primary_key) or 'none'}), the "
+                        f"config says [{', '.join(spec.primary_key)}]")
+    needed = {spec.shard_key, *(c for t in spec.templates() for c in t.columns)}
+    missing = sorted(c for c in needed if c not in table.columns)
+    if missing:
+        problems.append(f"no column(s) {', '.join(missing)} (used by shard_key or templates)")
+    if problems:
+        yield Check(FAIL, f"table {name}", "; ".join(problems),
+                    f"fix tables.{name} to match the table")
+    elif not table.can_select:
+        yield Check(WARN, f"table {name}", "exists, but this role may not SELECT from it "
+                                           "(audit reads versions)",
+                    f"GRANT SELECT ON {name} TO <this role>")
+    else:
+        yield Check(OK, f"table {name}", f"primary key ({', '.join(table.primary_key)}), "
+                                         f"columns present")
+    yield _trigger(name, spec.version_column, table)
+    yield _identity(name, spec, table)
+
+
+def _trigger(name: str, column: str, table: Table) -> Check:
+    check = f"table {name} version trigger"
+    found = table.columns.get(column)
+    if found is None:
+        return Check(FAIL, check, f"no column {column}",
+                     f"set tables.{name}.version_column, or ALTER TABLE {name} ADD COLUMN "
+                     f"{column} bigint NOT NULL DEFAULT 1 (with the trigger below)")
+    if found.base not in INTEGER_TYPES:
+        return Check(FAIL, check, f"{column} is {found.type}, not an integer",
+                     "use a bigint version column")
+    candidates = [t for t in table.triggers if t.before and t.row and t.on_update]
+    bumping = [t for t in candidates if _sets(t, column)]
+    if bumping and any(t.enabled for t in bumping):
+        trigger = next(t for t in bumping if t.enabled)
+        return Check(OK, check, f"{trigger.name} ({trigger.function}) sets NEW.{column} "
+                                "before every UPDATE")
+    if bumping:
+        return Check(FAIL, check, f"trigger {bumping[0].name} bumps {column} but is disabled",
+                     f"ALTER TABLE {name} ENABLE TRIGGER {bumping[0].name}")
+    if candidates:
+        return Check(WARN, check, "BEFORE UPDATE trigger(s) "
+                                  f"{', '.join(t.name for t in candidates)} exist, but none "
+                                  f"visibly sets NEW.{column}",
+                     f"make sure one increments {column} on every UPDATE")
+    function = f"{table.schema}.bump_{column}"
+    return Check(FAIL, check, f"no BEFORE UPDATE trigger bumps {column}: updates keep the old "
+                              "version, so stale cached data passes for fresh",
+                 f"CREATE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                 f"NEW.{column} := OLD.{column} + 1; RETURN NEW; END $$; CREATE TRIGGER "
+                 f"{table.name}_bump_{column} BEFORE UPDATE ON {name} FOR EACH ROW EXECUTE "
+                 f"FUNCTION {function}();")
+
+
+def _sets(trigger: Trigger, column: str) -> bool:
+    """Whether the trigger function visibly assigns NEW.<column> (or gets it as an
+    argument, as generic version-bump functions do)."""
+    assign = re.compile(rf'\bNEW\s*\.\s*"?{re.escape(column)}"?\s*:?=(?!=)', re.IGNORECASE)
+    return bool(assign.search(trigger.source)) or column in trigger.args
+
+
+def _identity(name: str, spec: TableSpec, table: Table) -> Check:
+    check = f"table {name} replica identity"
+    fix = f"ALTER TABLE {name} REPLICA IDENTITY FULL; and set tables.{name}.replica_identity: full"
+    identity = table.replica_identity.upper()
+    if table.replica_identity == "full":
+        if spec.replica_identity != "full":
+            return Check(WARN, check, "FULL in Postgres, but the config says default",
+                         f"set tables.{name}.replica_identity: full (moved rows are then "
+                         "invalidated on both shards, every template on deletes)")
+        return Check(OK, check, "FULL: deletes and updates carry the whole old row")
+    if table.replica_identity == "nothing":
+        return Check(FAIL, check, "NOTHING: deletes carry no key, nothing can be invalidated",
+                     fix)
+    if spec.replica_identity == "full":
+        return Check(FAIL, check, f"the config says full, but Postgres has {identity}: the "
+                                  "non-key columns of `before` are fake defaults "
+                                  "(neighbourhood 0), so deletes would be misrouted",
+                     f"ALTER TABLE {name} REPLICA IDENTITY FULL; (or set "
+                     f"tables.{name}.replica_identity: default)")
+    carried = set(table.identity_columns)
+    if not set(spec.primary_key) <= carried:
+        return Check(FAIL, check, f"{identity} carries ({', '.join(sorted(carried))}), not "
+                                  "the whole primary key: deletes cannot be resolved", fix)
+    severe: list[str] = []
+    mild: list[str] = []
+    for template in spec.templates():
+        extra = sorted(set(template.columns) - set(spec.primary_key))
+        if extra:
+            (severe if template.versioned else mild).append(
+                f"{template.source} needs {', '.join(extra)}")
+    if severe:
+        return Check(FAIL, check, f"{identity}, but versioned template(s) need non-key "
+                                  f"columns ({'; '.join(severe)}): cached rows survive their "
+                                  "delete and changes of those columns", fix)
+    if spec.shard_key not in spec.primary_key:
+        mild.append(f"shard key {spec.shard_key} is not in the primary key (a moved row's "
+                    "old shard is not told)")
+    if mild:
+        return Check(WARN, check, f"{identity}: {'; '.join(mild)}; those keys are left to "
+                                  "their TTL on deletes and moves", fix)
+    return Check(OK, check, f"{identity}: every template is built from the primary key")
+
+
+def _publication(postgres: Postgres, connector: dict[str, str],
+                 tables: dict[str, Table | None]) -> Iterator[Check]:
+    if connector.get("plugin.name", "pgoutput") != "pgoutput":
+        return
+    name = connector.get("publication.name", "dbz_publication")
+    members = postgres.publication_tables(name)
+    check = f"publication {name}"
+    if members is None:
+        autocreate = connector.get("publication.autocreate.mode", "all_tables")
+        if autocreate != "disabled":
+            yield Check(WARN, check, "does not exist yet",
+                        f"the connector creates it (publication.autocreate.mode={autocreate})")
+        else:
+            yield Check(FAIL, check, "does not exist and the connector does not create it",
+                        f"CREATE PUBLICATION {name} FOR TABLE {', '.join(tables)}")
+        return
+    missing = [t for t, found in tables.items() if found is not None and t not in members]
+    if missing:
+        yield Check(FAIL, check, f"does not include {', '.join(missing)}: their changes are "
+                                 "never streamed",
+                    f"ALTER PUBLICATION {name} ADD TABLE {', '.join(missing)}")
+    else:
+        yield Check(OK, check, "includes every configured table")
+
+
+def _slot(postgres: Postgres, connector: dict[str, str] | None, limit: int) -> Iterator[Check]:
+    slots = postgres.replication_slots()
+    wanted = connector.get("slot.name", "debezium") if connector is not None else None
+    database = postgres.database()
+    chosen = ([s for s in slots if s.name == wanted] if wanted is not None
+              else [s for s in slots if s.plugin is not None and s.database == database])
+    if not chosen:
+        yield Check(FAIL if wanted else WARN, "replication slot",
+                    f"{wanted or 'no logical replication slot'} not found",
+                    "the connector creates its slot when it starts: check its status")
+        return
+    for slot in chosen:
+        check = f"replication slot {slot.name}"
+        retained = _size(slot.retained_bytes)
+        if slot.wal_status == "lost":
+            yield Check(FAIL, check, "lost WAL it still needed: changes were skipped",
+                        "re-snapshot the connector, then run `reconciler audit --repair`")
+        elif not slot.active:
+            yield Check(WARN, check, f"inactive, retaining {retained} of WAL",
+                        "check the connector; drop the slot if it is gone for good "
+                        f"(SELECT pg_drop_replication_slot('{slot.name}'))")
+        elif slot.retained_bytes is not None and slot.retained_bytes > limit:
+            yield Check(WARN, check, f"active, but retaining {retained} of WAL (more than "
+                                     f"{_size(limit)})",
+                        "the connector is behind: check its throughput and Kafka, or raise "
+                        "--max-retained-wal-mb")
+        else:
+            yield Check(OK, check, f"active, retaining {retained} of WAL")
+
+
+def _size(count: int | None) -> str:
+    if count is None:
+        return "an unknown amount"
+    value = float(count)
+    for unit in ("B", "KiB", "MiB"):
+        if abs(value) < 1024:
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GiB"
