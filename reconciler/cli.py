@@ -60,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
                            "\"key\", \"value\", \"headers\"}")
     plan.set_defaults(handler=cmd_plan)
 
+    add_operations_commands(commands, config_arg)
+
     shard_map = commands.add_parser("shard-map", help="validate a shard map, or look up an id")
     shard_commands = shard_map.add_subparsers(dest="shard_command", required=True)
     check = shard_commands.add_parser("check", help="validate a shard map file")
@@ -199,3 +201,247 @@ def cmd_shard_map_lookup(args: argparse.Namespace) -> int:
         print(f"{exc}", file=sys.stderr)
         return 1
     return 0
+
+
+# --------------------------------------------------------------------------- replay, audit, doctor
+
+
+def add_operations_commands(commands: Any, config_arg: Any) -> None:
+    """The day-2 commands: replay, audit, doctor (see docs/operations.md)."""
+    replay = commands.add_parser(
+        "replay", help="backfill: re-process a topic range with its own consumer group",
+        description="Re-process the change topics from --from to --to (the end offsets seen "
+                    "at start by default) through the worker's own decode/plan/invalidate "
+                    "path, under a consumer group of its own. Exit 0 when done, 130 when "
+                    "stopped early (the command to resume is printed), 2 on failure.")
+    config_arg(replay)
+    replay.add_argument("--from", dest="start", required=True,
+                        metavar="TIME|earliest|T:P:O[,…]",
+                        help="where to start: `earliest`, an ISO 8601 time (UTC unless an "
+                             "offset is given; looked up per partition by record "
+                             "timestamp), or topic:partition:offset pairs (only those "
+                             "partitions are replayed)")
+    replay.add_argument("--to", dest="end", default="now", metavar="TIME|now|T:P:O[,…]",
+                        help="where to stop (exclusive): `now` = the end offsets seen at "
+                             "start (default), an ISO 8601 time, or topic:partition:offset "
+                             "pairs")
+    replay.add_argument("--rate", type=float, default=None, metavar="N",
+                        help="at most N records per second (token bucket); 0 = no limit")
+    replay.add_argument("--dry-run", action="store_true",
+                        help="plan and count the actions by table, shard and kind; touch "
+                             "neither Valkey nor the dead-letter topic")
+    replay.add_argument("--topic", dest="topics", action="append", default=None,
+                        metavar="TOPIC", help="replay only this configured topic (repeatable)")
+    replay.add_argument("--group", default=None,
+                        help="consumer group (default: <kafka.group_id>.replay.<UTC time>)")
+    replay.add_argument("--json", action="store_true",
+                        help="print the report as one JSON object on stdout")
+    replay.add_argument("--progress-interval", type=float, default=10.0, metavar="SECONDS",
+                        help="seconds between progress log lines when not on a terminal")
+    replay.set_defaults(handler=cmd_replay)
+
+    audit = commands.add_parser(
+        "audit", help="compare cache entries with Postgres: fresh / stale / orphan counts",
+        description="Read-only unless --repair. Exit 0 when nothing stale or orphaned "
+                    "remains, 1 when something does, 2 when Valkey or Postgres failed.")
+    config_arg(audit)
+    audit.add_argument("--table", dest="tables", action="append", default=None,
+                       metavar="SCHEMA.TABLE", help="audit this table (repeatable; default: "
+                                                    "every configured table)")
+    audit.add_argument("--sample", type=int, default=None, metavar="N",
+                       help="look at N random entries per key template and shard instead of "
+                            "scanning them all")
+    audit.add_argument("--repair", action="store_true",
+                       help="apply the reconciler's protocol to what is found: a versioned "
+                            "op at the row's version for stale entries, a delete for orphans")
+    audit.add_argument("--json", action="store_true",
+                       help="print the summary as one JSON object on stdout")
+    audit.add_argument("--rows-per-second", type=float, default=None, metavar="N",
+                       help="at most N rows read from Postgres per second (default 5000)")
+    audit.add_argument("--grace", type=float, default=None, metavar="SECONDS",
+                       help="re-check stale/orphan candidates after this long, so changes "
+                            "in flight are not reported (default 2; 0 = no re-check)")
+    audit.add_argument("--metrics-file", type=Path, default=None, metavar="PATH",
+                       help="write the result for the node-exporter textfile collector "
+                            "(reconciler_audit_entries{table,state}, "
+                            "reconciler_audit_last_run_timestamp_seconds)")
+    audit.add_argument("--pushgateway", default=None, metavar="URL",
+                       help="push the same metrics to a Prometheus Pushgateway "
+                            "(job cache-reconciler-audit)")
+    audit.set_defaults(handler=cmd_audit)
+
+    doctor = commands.add_parser(
+        "doctor", help="preflight checklist: Kafka, shards, Postgres, the Debezium connector",
+        description="One line per check: OK / WARN / FAIL <check>: <detail> — <what to do>. "
+                    "Exit 0 unless something FAILs (1).")
+    config_arg(doctor)
+    doctor.add_argument("--json", action="store_true",
+                        help="print the checks as one JSON object on stdout")
+    doctor.add_argument("--max-retained-wal-mb", type=float, default=1024.0, metavar="MB",
+                        help="WARN when the replication slot retains more WAL than this "
+                             "(default 1024)")
+    doctor.set_defaults(handler=cmd_doctor)
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    import signal
+
+    from reconciler.replay import Replay, parse_bound, resume_command
+
+    settings = _settings(args)
+    try:
+        start = parse_bound(args.start, start=True)
+        end = parse_bound(args.end, start=False)
+    except ValueError as exc:
+        print(f"reconciler replay: {exc}", file=sys.stderr)
+        return 1
+    replay = Replay(settings, start=start, end=end, rate=args.rate, dry_run=args.dry_run,
+                    group_id=args.group, topics=args.topics,
+                    progress_interval=args.progress_interval)
+
+    def stop(signum: int, _frame: Any) -> None:
+        log.warning("%s: finishing the batch in flight, then stopping",
+                    signal.Signals(signum).name)
+        replay.stop()
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        report = replay.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    resume = (resume_command(args.config, report, rate=args.rate, dry_run=args.dry_run)
+              if report.remaining() else None)
+    if args.json:
+        print(json.dumps(report.as_json() | {"resume": resume}))
+    else:
+        print_replay_report(report)
+    if report.error:
+        print(f"reconciler replay: {report.error}", file=sys.stderr)
+    if resume:
+        print(f"reconciler replay: stopped before the end; to resume run:\n  {resume}",
+              file=sys.stderr)
+    if report.error:
+        return 2
+    return 130 if report.interrupted else 0
+
+
+def print_replay_report(report: Any) -> None:
+    data = report.as_json()
+    rate = f", {data['rate']:.0f}/s" if data["rate"] else ""
+    state = "stopped" if report.interrupted else "done"
+    kind = "dry run" if report.dry_run else "replay"
+    print(f"{kind} {state}: {report.records} of {report.total} records in "
+          f"{report.elapsed:.1f}s{rate} (group {report.group})")
+    rows = [(a["table"], a["shard"], a["kind"], a["count"]) for a in data["actions"]]
+    if rows:
+        print(_table(("table", "shard", "action", "count"), rows))
+    if data["invalidations"]:
+        print(_table(("shard", "result", "count"),
+                     [(i["shard"], i["result"], i["count"]) for i in data["invalidations"]]))
+    for name in ("skipped", "dead_letters", "unresolved"):
+        if data[name]:
+            print(f"{name.replace('_', ' ')}: " + ", ".join(
+                f"{key} {count}" for key, count in data[name].items()))
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A plain, aligned text table (numbers right-aligned)."""
+    cells = [[str(c) for c in header]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    numeric = [all(isinstance(row[i], int) for row in rows) for i in range(len(header))]
+    lines = []
+    for row in cells:
+        lines.append("  ".join(cell.rjust(w) if num else cell.ljust(w)
+                               for cell, w, num in zip(row, widths, numeric, strict=True))
+                     .rstrip())
+    return "\n".join(lines)
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from reconciler.audit import (
+        DEFAULT_GRACE_SECONDS,
+        DEFAULT_ROWS_PER_SECOND,
+        run_audit,
+    )
+
+    settings = _settings(args)
+    if args.sample is not None and args.sample < 1:
+        print("reconciler audit: --sample must be at least 1", file=sys.stderr)
+        return 1
+    report = run_audit(
+        settings, tables=args.tables, sample=args.sample, repair=args.repair,
+        rows_per_second=args.rows_per_second or DEFAULT_ROWS_PER_SECOND,
+        grace_seconds=DEFAULT_GRACE_SECONDS if args.grace is None else args.grace)
+    if args.metrics_file is not None or args.pushgateway:
+        from prometheus_client import push_to_gateway, write_to_textfile
+
+        registry = report.registry()
+        if args.metrics_file is not None:
+            write_to_textfile(str(args.metrics_file), registry)
+        if args.pushgateway:
+            try:
+                push_to_gateway(args.pushgateway, job="cache-reconciler-audit",
+                                registry=registry, timeout=10)
+            except OSError as exc:
+                print(f"reconciler audit: pushing to {args.pushgateway} failed: {exc}",
+                      file=sys.stderr)
+                return 2
+    data = report.as_json()
+    if args.json:
+        print(json.dumps(data))
+    else:
+        print_audit_report(data)
+    remaining = sum(data["remaining"].values())
+    if remaining:
+        print(f"reconciler audit: {data['remaining'].get('stale', 0)} stale and "
+              f"{data['remaining'].get('orphan', 0)} orphaned entries remain"
+              + ("" if args.repair else "; run again with --repair to fix them"),
+              file=sys.stderr)
+    return 1 if remaining else 0
+
+
+def print_audit_report(data: dict[str, Any]) -> None:
+    from reconciler.findings import STATES
+
+    rows = []
+    for table, entry in data["tables"].items():
+        for shard, counts in sorted(entry["shards"].items()):
+            rows.append((table, shard, *(counts[state] for state in STATES)))
+    if rows:
+        print(_table(("table", "shard", *STATES), rows))
+    else:
+        print("no cache entries found for the audited templates")
+    for table, entry in data["tables"].items():
+        repaired = entry["repaired"]
+        if any(repaired.values()):
+            print(f"{table}: repaired {repaired['stale']} stale and {repaired['orphan']} "
+                  "orphaned entries")
+    for table, skipped in data["not_auditable"].items():
+        for item in skipped:
+            print(f"{table}: {item['template']} not audited: {item['reason']}")
+    totals = data["totals"]
+    print(f"total: {totals['fresh']} fresh, {totals['stale']} stale, {totals['orphan']} "
+          f"orphan, {totals['ahead']} ahead, {totals['fence']} fences, {totals['unparsed']} "
+          f"unparsed ({data['elapsed_seconds']:.1f}s"
+          + (f", sample of {data['sample']}" if data["sample"] else "") + ")")
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from reconciler.checklist import FAIL, OK, WARN
+    from reconciler.doctor import run_doctor
+
+    settings = load_settings(args.config)
+    configure_logging("ERROR", settings.logging.format == "json")  # the checklist says it all
+    logging.getLogger("kafka").setLevel(logging.CRITICAL)  # an unreachable broker is a FAIL line
+    checks = run_doctor(settings,
+                        max_retained_wal_bytes=int(args.max_retained_wal_mb * 1024 * 1024))
+    counts = {status: sum(1 for c in checks if c.status == status) for status in (OK, WARN, FAIL)}
+    if args.json:
+        print(json.dumps({"checks": [c.as_json() for c in checks], "counts": counts,
+                          "ok": counts[FAIL] == 0}))
+    else:
+        for check in checks:
+            print(check.line())
+        print(f"doctor: {counts[OK]} OK, {counts[WARN]} WARN, {counts[FAIL]} FAIL")
+    return 1 if counts[FAIL] else 0

@@ -1,0 +1,229 @@
+"""`reconciler audit` against the real stack: a cache corrupted behind the reconciler's
+back is reported with exact counts, repaired by `--repair`, and then audits clean.
+
+Each test uses key templates prefixed with its own id, so the entries it plants are
+the only ones its audit sees, whatever else runs against the shared shards.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import valkey
+import yaml
+
+from connectors.valkey.writer import CacheWriter
+from reconciler.cli import main
+from tests.conftest import Stack
+from tests.e2e.support import COMMENTS, POSTS, PROFILES, Rows, write_config
+
+pytestmark = pytest.mark.e2e
+MAX_VERSION = str(2**63 - 1).encode()  # the delete fence's version
+
+
+@dataclass
+class Cache:
+    prefix: str
+    a: valkey.Valkey
+    b: valkey.Valkey
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}{name}"
+
+    def writer(self, shard: str) -> CacheWriter:
+        return CacheWriter(self.a if shard == "a" else self.b)
+
+    def snapshot(self) -> dict[tuple[str, bytes], Any]:
+        out: dict[tuple[str, bytes], Any] = {}
+        for name, client in (("a", self.a), ("b", self.b)):
+            for key in client.scan_iter(f"{self.prefix}*"):
+                kind = client.type(key)
+                out[name, key] = client.hgetall(key) if kind == b"hash" else client.get(key)
+        return out
+
+
+@pytest.fixture
+def cache(stack: Stack, uid: str) -> Iterator[Cache]:
+    prefix = f"audit-{uid}:"
+    a = valkey.Valkey.from_url(stack.valkey["valkey-a"])
+    b = valkey.Valkey.from_url(stack.valkey["valkey-b"])
+    yield Cache(prefix, a, b)
+    for client in (a, b):
+        for key in client.scan_iter(f"{prefix}*"):
+            client.delete(key)
+        client.close()
+
+
+@pytest.fixture
+def config(stack: Stack, tmp_path: Path, uid: str, cache: Cache) -> Path:
+    path = write_config(tmp_path, stack, group=f"audit-{uid}", topics=[POSTS, COMMENTS, PROFILES])
+    data = yaml.safe_load(path.read_text())
+    for table in data["tables"].values():
+        for key in table["keys"]:
+            key["template"] = cache.prefix + key["template"]
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def db(stack: Stack) -> Iterator[Rows]:
+    rows = Rows(stack.postgres_dsn)
+    yield rows
+    rows.close()
+
+
+def audit(config: Path, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, Any]:
+    code = main(["audit", "-c", str(config), "--json", *args])
+    return code, json.loads(capsys.readouterr().out)
+
+
+def insert_profile(db: Rows, neighborhood_id: int) -> tuple[str, int]:
+    user_id = str(uuid.uuid4())
+    version = db.one("INSERT INTO profiles (user_id, neighborhood_id, display_name) "
+                     "VALUES (%s, %s, 'p') RETURNING system_version",
+                     (user_id, neighborhood_id))[0]
+    return user_id, int(version)
+
+
+def test_a_corrupted_cache_is_reported_exactly_repaired_and_then_clean(
+        config: Path, cache: Cache, db: Rows, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    a, b = cache.writer("a"), cache.writer("b")
+    # posts: one fresh entry, three stale (two behind the row, one not a valid entry at
+    # all), two for deleted rows, one fence, one key that names no row.
+    fresh, v_fresh = db.insert_post(7)
+    assert a.set_if_newer(cache.key(f"post:{fresh}"), v_fresh, {"t": "ok"}, 600)
+    behind, v1 = db.insert_post(7)
+    db.update_post(behind)
+    v_behind = db.update_post(behind)
+    assert a.set_if_newer(cache.key(f"post:{behind}"), v1, {"t": "old"}, 600)
+    behind_b, v1_b = db.insert_post(700)
+    v_behind_b = db.update_post(behind_b)
+    assert b.set_if_newer(cache.key(f"post:{behind_b}"), v1_b, {"t": "old on b"}, 600)
+    foreign, v_foreign = db.insert_post(7)
+    cache.a.set(cache.key(f"post:{foreign}"), b"written by something else")
+    gone, v_gone = db.insert_post(7)
+    assert a.set_if_newer(cache.key(f"post:{gone}"), v_gone, {"t": "deleted"}, 600)
+    gone_b, v_gone_b = db.insert_post(700)
+    assert b.set_if_newer(cache.key(f"post:{gone_b}"), v_gone_b, {"t": "deleted"}, 600)
+    db.delete_post(gone)
+    db.delete_post(gone_b)
+    cache.a.hset(cache.key("post:123456789012"), b"v", b"5")  # a fence: not data
+    cache.a.pexpire(cache.key("post:123456789012"), 600_000)
+    cache.a.hset(cache.key("post:not-a-number"), mapping={b"v": b"1", b"d": b"\x01x"})
+    # comments (FULL identity, on b): one stale entry.
+    comment, c1 = db.insert_comment(behind_b, 700)
+    db.update_comment(comment, body="edited")
+    assert b.set_if_newer(cache.key(f"comment:{comment}"), c1, {"b": "old"}, 600)
+    # profiles (uuid primary key): one fresh, one orphan.
+    profile, p1 = insert_profile(db, 7)
+    assert a.set_if_newer(cache.key(f"profile:{profile}"), p1, {"n": "p"}, 600)
+    lost, lost_v = insert_profile(db, 7)
+    db.conn.execute("DELETE FROM profiles WHERE user_id = %s", (lost,))
+    assert a.set_if_newer(cache.key(f"profile:{lost}"), lost_v, {"n": "gone"}, 600)
+
+    before = cache.snapshot()
+    code, found = audit(config, capsys, "--grace", "0.2")
+    assert code == 1  # stale and orphaned entries remain
+    assert cache.snapshot() == before, "audit without --repair must not write"
+    posts, comments, profiles = (found["tables"][t] for t in
+                                 ("public.posts", "public.comments", "public.profiles"))
+    counts = ("fresh", "stale", "orphan", "ahead", "fence", "unparsed")
+    assert [posts[s] for s in counts] == [1, 3, 2, 0, 1, 1]
+    assert posts["shards"]["b"]["stale"] == 1 and posts["shards"]["b"]["orphan"] == 1
+    assert [comments[s] for s in counts] == [0, 1, 0, 0, 0, 0]
+    assert [profiles[s] for s in counts] == [1, 0, 1, 0, 0, 0]
+    assert found["remaining"] == {"stale": 4, "orphan": 3}
+    assert found["not_auditable"]["public.posts"] == [
+        {"template": cache.key("feed:{neighborhood_id}"),
+         "reason": "unversioned (a derived key: nothing to compare)"}]
+
+    metrics = tmp_path / "audit.prom"
+    code, repaired = audit(config, capsys, "--grace", "0", "--repair",
+                           "--metrics-file", str(metrics))
+    assert code == 0  # everything found was repaired
+    assert repaired["tables"]["public.posts"]["repaired"] == {"stale": 3, "orphan": 2}
+    assert repaired["remaining"] == {"stale": 0, "orphan": 0}
+    # The reconciler's own protocol: stale → a fence at the row's version, orphan → the
+    # delete fence; fresh data untouched.
+    assert cache.a.hgetall(cache.key(f"post:{behind}")) == {b"v": str(v_behind).encode()}
+    assert cache.b.hgetall(cache.key(f"post:{behind_b}")) == {b"v": str(v_behind_b).encode()}
+    assert cache.a.hgetall(cache.key(f"post:{foreign}")) == {b"v": str(v_foreign).encode()}
+    assert cache.a.hgetall(cache.key(f"post:{gone}")) == {b"v": MAX_VERSION}
+    assert cache.a.hgetall(cache.key(f"profile:{lost}")) == {b"v": MAX_VERSION}
+    assert a.get(cache.key(f"post:{fresh}")) == {"t": "ok"}
+    assert 0 < cache.a.pttl(cache.key(f"post:{behind}")) <= 60_000  # fences expire
+    text = metrics.read_text()
+    assert 'reconciler_audit_entries{state="stale",table="public.posts"} 3.0' in text
+    assert 'reconciler_audit_entries{state="orphan",table="public.profiles"} 1.0' in text
+    assert 'reconciler_audit_repaired_entries{state="orphan",table="public.posts"} 2.0' in text
+    assert "reconciler_audit_last_run_timestamp_seconds " in text
+
+    code, after = audit(config, capsys, "--grace", "0")
+    assert code == 0
+    assert after["totals"]["stale"] == 0 and after["totals"]["orphan"] == 0
+    assert after["tables"]["public.posts"]["fence"] == 1 + 5
+    assert after["tables"]["public.posts"]["fresh"] == 1
+    assert after["totals"]["fence"] == 6 + 1 + 1
+
+
+def test_a_sample_looks_at_n_entries_and_postgres_reads_are_rate_limited(
+        config: Path, cache: Cache, db: Rows, capsys: pytest.CaptureFixture[str]) -> None:
+    writer = cache.writer("a")
+    for _ in range(30):
+        post, version = db.insert_post(7)
+        writer.set_if_newer(cache.key(f"post:{post}"), version, {"t": "x"}, 600)
+    code, sampled = audit(config, capsys, "--table", "public.posts", "--sample", "5")
+    assert code == 0
+    shard_a = sampled["tables"]["public.posts"]["shards"]["a"]
+    assert sum(shard_a.values()) == 5 and shard_a["fresh"] == 5
+    assert sampled["sample"] == 5 and list(sampled["tables"]) == ["public.posts"]
+
+    started = time.monotonic()
+    code, full = audit(config, capsys, "--table", "public.posts", "--rows-per-second", "20")
+    elapsed = time.monotonic() - started
+    assert code == 0 and full["tables"]["public.posts"]["fresh"] == 30
+    assert elapsed >= 1.2, f"30 rows at 20/s took only {elapsed:.2f}s"
+
+
+def test_the_result_can_be_pushed_to_a_pushgateway(
+        config: Path, cache: Cache, db: Rows, capsys: pytest.CaptureFixture[str]) -> None:
+    """A minimal HTTP endpoint stands in for the Pushgateway (none runs in the stack):
+    what matters is the request the audit makes."""
+    received: list[tuple[str, str, bytes]] = []
+
+    class Gateway(http.server.BaseHTTPRequestHandler):
+        def do_PUT(self) -> None:  # the http.server API names it so
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.append(("PUT", self.path, body))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Gateway)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        post, _ = db.insert_post(7)
+        cache.writer("a").set_if_newer(cache.key(f"post:{post}"), 1, {"t": "x"}, 600)
+        db.update_post(post)
+        code, _ = audit(config, capsys, "--table", "public.posts", "--grace", "0",
+                        "--pushgateway", f"http://127.0.0.1:{server.server_port}")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert code == 1
+    assert [(method, path) for method, path, _ in received] == [
+        ("PUT", "/metrics/job/cache-reconciler-audit")]
+    body = received[0][2].decode()
+    assert 'reconciler_audit_entries{state="stale",table="public.posts"} 1.0' in body
