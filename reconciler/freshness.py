@@ -7,9 +7,15 @@ so heartbeats carry it forward: once the lag monitor has seen the partition caug
 up (position at the high watermark) *after* a heartbeat was consumed, everything
 committed before that heartbeat has been reconciled there.
 
+A table's watermark is the minimum over every assigned partition of the topics that
+carried its changes, including partitions that have carried none of them yet (a
+change waiting there must hold the table back). A table appears once one of its
+changes has been reconciled since the partitions were assigned; until then, the
+overall ``watermark_ms`` (every assigned partition) is the answer.
+
 Thread-safety: the worker thread records events and heartbeats, the lag monitor
-thread marks partitions caught up, the HTTP thread reads snapshots; one lock guards
-all of it (every call is O(partitions)).
+thread marks partitions caught up and publishes the gauge, the HTTP thread reads
+snapshots; one lock guards all of it (every call is O(partitions)).
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+
+from prometheus_client import Gauge
 
 TopicPartition = tuple[str, int]
 
@@ -36,6 +44,7 @@ class Freshness:
     _heartbeat_ms: int | None = None  # newest heartbeat ts_ms consumed
     _heartbeat_seen_at: float = 0.0  # monotonic time it was consumed
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _published: set[TopicPartition] = field(default_factory=set)  # partitions in the gauge
 
     def assigned(self, partitions: Iterable[TopicPartition]) -> None:
         with self._lock:
@@ -78,9 +87,24 @@ class Freshness:
                     state.watermark_ms = heartbeat
 
     def snapshot(self) -> dict[TopicPartition, PartitionState]:
+        """Every assigned partition; a partition that has carried no change yet takes
+        the table of its topic's other partitions."""
         with self._lock:
-            return {tp: PartitionState(s.watermark_ms, s.table)
+            tables = {topic: s.table for (topic, _), s in self._partitions.items()
+                      if s.table is not None}
+            return {tp: PartitionState(s.watermark_ms, s.table or tables.get(tp[0]))
                     for tp, s in self._partitions.items()}
+
+    def publish(self, gauge: Gauge) -> None:
+        """Set ``reconciler_freshness_watermark_seconds`` per partition (from the lag
+        monitor's thread); partitions no longer assigned lose their series."""
+        marks = {tp: state.watermark_ms for tp, state in self.snapshot().items()
+                 if state.watermark_ms is not None}
+        for topic, partition in self._published - marks.keys():
+            gauge.remove(topic, str(partition))
+        for (topic, partition), watermark_ms in marks.items():
+            gauge.labels(topic, str(partition)).set(watermark_ms / 1000)
+        self._published = set(marks)
 
     def as_json(self) -> dict[str, object]:
         """What GET /freshness answers."""
@@ -89,12 +113,12 @@ class Freshness:
         for state in snapshot.values():
             if state.table is None:
                 continue
-            current = tables.get(state.table, -1)
-            if state.watermark_ms is None or current is None:
-                tables[state.table] = None
+            if state.table not in tables:
+                tables[state.table] = state.watermark_ms
             else:
-                tables[state.table] = state.watermark_ms if current == -1 else min(
-                    current, state.watermark_ms)
+                current = tables[state.table]
+                tables[state.table] = (None if current is None or state.watermark_ms is None
+                                       else min(current, state.watermark_ms))
         marks = [s.watermark_ms for s in snapshot.values() if s.watermark_ms is not None]
         complete = bool(marks) and len(marks) == len(snapshot)
         return {

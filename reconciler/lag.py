@@ -5,7 +5,8 @@ invalidations were acknowledged (what it has stored for commit), or, before it h
 processed anything from a partition, the group's committed offset (the earliest
 offset for a new group: that is where it will start). Refreshed from a background
 thread with an admin client, so the gauge stays true while the worker is idle,
-paused, or stuck retrying an unavailable shard.
+paused, or stuck retrying an unavailable shard. The same thread publishes the
+freshness gauge.
 """
 
 from __future__ import annotations
@@ -43,6 +44,14 @@ class LagMonitor:
         self.last: dict[TP, int] = {}  # the lag last published, for /readyz and tests
 
     def refresh(self) -> None:
+        """Publish the lag of every assigned partition, then the freshness gauge (which
+        the lag just checked may have moved: see ``Freshness.caught_up``)."""
+        try:
+            self._refresh_lag()
+        finally:
+            self._freshness.publish(self._metrics.freshness)
+
+    def _refresh_lag(self) -> None:
         positions = dict(self._positions())
         for tp in self._published - positions.keys():
             self._metrics.lag.remove(tp[0], str(tp[1]))

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from reconciler import __version__
+
 # End-to-end delay buckets (seconds): Debezium alone adds ~0.3 s, so the interesting
 # range is 10 ms to a few seconds; the tail catches backlogs and replays.
 END_TO_END_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0,
@@ -18,6 +20,16 @@ END_TO_END_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 
 # Batch processing time buckets (seconds).
 BATCH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 RESULTS = ("repaired", "fresh", "absent", "fenced")  # invalidation results (SPEC §2)
+# Label values known in advance, created at zero so that `increase()` sees the first
+# occurrence (a series born at 1 looks like no increase) and panels show before traffic.
+# tests/unit/reconciler/test_metrics.py checks them against the code that raises them.
+SKIP_REASONS = ("tombstone", "heartbeat", "transaction", "message", "unknown_table",
+                "dead_letter_topic")
+DEAD_LETTER_REASONS = ("empty_record", "invalid_json", "invalid_key", "invalid_envelope",
+                       "unknown_op", "oversized", "unknown_table", "invalid_version",
+                       "invalid_shard_key", "unroutable")
+RELOAD_RESULTS = ("ok", "error")  # reconciler_shard_map_reloads_total{result}
+RETRY_TARGETS = ("valkey",)  # reconciler_retries_total{target} that the worker counts
 
 
 @dataclass(frozen=True)
@@ -33,12 +45,14 @@ class Metrics:
     batch: Histogram
     shard_map_version: Gauge
     shard_map_reloads: Counter
+    shard_map_reload_failed: Gauge
     shard_up: Gauge
     freshness: Gauge
     truncated_keys: Counter
     retries: Counter
     assigned_partitions: Gauge
     ready: Gauge
+    build_info: Gauge
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> Metrics:
@@ -48,7 +62,7 @@ class Metrics:
         def gauge(name: str, doc: str, labels: tuple[str, ...] = ()) -> Gauge:
             return Gauge(name, doc, labels, registry=registry)
 
-        return cls(
+        metrics = cls(
             registry=registry,
             events=counter("reconciler_events_total",
                            "Change events processed, by table and op (c, u, d, r, t).",
@@ -82,6 +96,10 @@ class Metrics:
             shard_map_reloads=counter("reconciler_shard_map_reloads_total",
                                       "Shard map file changes seen, by result (ok, error).",
                                       ("result",)),
+            shard_map_reload_failed=gauge(
+                "reconciler_shard_map_reload_failed",
+                "1 while the shard map file on disk is rejected (the previous version "
+                "stays in use), else 0."),
             shard_up=gauge("reconciler_shard_up",
                            "1 when the shard answered its last call or probe, else 0.",
                            ("shard",)),
@@ -98,7 +116,20 @@ class Metrics:
             assigned_partitions=gauge("reconciler_assigned_partitions",
                                       "Partitions currently assigned to this worker."),
             ready=gauge("reconciler_ready", "1 when /readyz answers ready, else 0."),
+            build_info=gauge("reconciler_build_info",
+                             "Always 1; the labels say which version is running.",
+                             ("version",)),
         )
+        metrics.build_info.labels(__version__).set(1)
+        for reason in SKIP_REASONS:
+            metrics.skipped.labels(reason)
+        for reason in DEAD_LETTER_REASONS:
+            metrics.dead_letters.labels(reason)
+        for result in RELOAD_RESULTS:
+            metrics.shard_map_reloads.labels(result)
+        for target in RETRY_TARGETS:
+            metrics.retries.labels(target)
+        return metrics
 
     def init_shard(self, shard: str) -> None:
         """Create a shard's series at zero so dashboards show them before traffic."""

@@ -1,0 +1,75 @@
+"""The metrics bundle: SPEC §6 names and labels, created against an injected
+registry, with the label values known in advance created at zero."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+
+from reconciler import __version__, planner
+from reconciler.metrics import DEAD_LETTER_REASONS, SKIP_REASONS, Metrics
+
+ROOT = Path(__file__).resolve().parents[3]
+SPEC = {  # SPEC §6: name -> (type, labels)
+    "reconciler_events": ("counter", ("table", "op")),
+    "reconciler_skipped": ("counter", ("reason",)),
+    "reconciler_invalidations": ("counter", ("shard", "result")),
+    "reconciler_unresolved_keys": ("counter", ("table",)),
+    "reconciler_dead_letters": ("counter", ("reason",)),
+    "reconciler_consumer_lag_messages": ("gauge", ("topic", "partition")),
+    "reconciler_end_to_end_seconds": ("histogram", ()),
+    "reconciler_batch_seconds": ("histogram", ()),
+    "reconciler_shard_map_version": ("gauge", ()),
+}
+
+
+def test_the_spec_metrics_exist_with_their_types_and_labels() -> None:
+    metrics = Metrics.create(CollectorRegistry())
+    families = {family.name: family for family in metrics.registry.collect()}
+    for name, (kind, _labels) in SPEC.items():
+        assert families[name].type == kind, name
+    for field in ("events", "skipped", "invalidations", "unresolved", "dead_letters", "lag"):
+        collector = getattr(metrics, field)
+        name = collector._name  # the family name
+        assert tuple(collector._labelnames) == SPEC[name][1], name
+
+
+def test_nothing_is_registered_at_import_and_bundles_do_not_collide() -> None:
+    first, second = CollectorRegistry(), CollectorRegistry()
+    Metrics.create(first)
+    Metrics.create(second)  # a second bundle on its own registry: no duplicate error
+
+
+def test_known_label_values_start_at_zero() -> None:
+    metrics = Metrics.create(CollectorRegistry())
+    metrics.init_shard("a")
+    value = metrics.registry.get_sample_value
+    for reason in DEAD_LETTER_REASONS:
+        assert value("reconciler_dead_letters_total", {"reason": reason}) == 0
+    for reason in SKIP_REASONS:
+        assert value("reconciler_skipped_total", {"reason": reason}) == 0
+    for result in ("repaired", "fresh", "absent", "fenced"):
+        assert value("reconciler_invalidations_total", {"shard": "a", "result": result}) == 0
+    for result in ("ok", "error"):
+        assert value("reconciler_shard_map_reloads_total", {"result": result}) == 0
+    assert value("reconciler_build_info", {"version": __version__}) == 1
+    assert value("reconciler_shard_map_reload_failed") == 0
+
+
+def test_every_dead_letter_reason_the_code_raises_is_created_at_zero() -> None:
+    sources = (ROOT / "connectors" / "debezium" / "decode.py").read_text()
+    sources += (ROOT / "reconciler" / "planner.py").read_text()
+    raised = set(re.findall(r'(?:InvalidEvent|PoisonRecordError|DeadLetter)\(\s*"(\w+)"',
+                            sources))
+    raised.add(planner.UNKNOWN_TABLE)  # raised by name
+    assert len(raised) >= 8, raised
+    assert raised <= set(DEAD_LETTER_REASONS), raised - set(DEAD_LETTER_REASONS)
+
+
+def test_every_skip_reason_is_created_at_zero() -> None:
+    worker = (ROOT / "reconciler" / "worker.py").read_text()
+    reasons = set(planner.SKIP_REASONS.values()) | {planner.UNKNOWN_TABLE}
+    reasons |= set(re.findall(r'result\.skipped\["(\w+)"\]', worker))
+    assert reasons <= set(SKIP_REASONS), reasons - set(SKIP_REASONS)
