@@ -2,6 +2,8 @@
 
 Records about a message carry ``topic[partition]@offset`` in their text; JSON records
 carry the standard fields plus any ``extra={...}`` fields given at the call site.
+Python warnings and uncaught exceptions (main thread and others) go through the same
+handler, so a JSON log stays one object per line even when something crashes.
 """
 
 from __future__ import annotations
@@ -9,7 +11,9 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 import time
+from types import TracebackType
 from typing import Any
 
 # Attributes every LogRecord has; anything else on a record came from `extra=`.
@@ -33,6 +37,8 @@ class JsonFormatter(logging.Formatter):
                 entry[name] = value
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            entry["stack"] = self.formatStack(record.stack_info)
         return json.dumps(entry, default=str, ensure_ascii=False)
 
 
@@ -52,3 +58,24 @@ def configure_logging(level: str = "INFO", json_format: bool = False) -> None:
     root.setLevel(level)
     # librdkafka's own log lines arrive through the `kafka` logger; keep them quieter.
     logging.getLogger("kafka").setLevel(max(logging.WARNING, logging.getLevelName(level)))
+    logging.captureWarnings(True)
+    sys.excepthook = _log_uncaught
+    threading.excepthook = _log_uncaught_in_thread
+
+
+def _log_uncaught(kind: type[BaseException], value: BaseException,
+                  traceback: TracebackType | None) -> None:
+    if issubclass(kind, KeyboardInterrupt):
+        sys.__excepthook__(kind, value, traceback)
+        return
+    logging.getLogger("reconciler").critical("uncaught exception: %s", value,
+                                             exc_info=(kind, value, traceback))
+
+
+def _log_uncaught_in_thread(args: threading.ExceptHookArgs) -> None:
+    if args.exc_type is SystemExit or args.exc_value is None:
+        return
+    name = args.thread.name if args.thread is not None else "?"
+    logging.getLogger("reconciler").error(
+        "thread %s died: %s", name, args.exc_value,
+        exc_info=(args.exc_type, args.exc_value, args.exc_traceback))

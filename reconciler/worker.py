@@ -92,6 +92,8 @@ class BatchResult:
     invalidations: Counter[tuple[str, str]] = field(default_factory=Counter)
     actions: Counter[tuple[str, str, str]] = field(default_factory=Counter)  # table, shard, kind
     unresolved: Counter[str] = field(default_factory=Counter)
+    # table -> the first record of the batch with unresolved templates, and those templates
+    unresolved_at: dict[str, tuple[str, tuple[str, ...]]] = field(default_factory=dict)
 
 
 class Worker:
@@ -300,6 +302,12 @@ class Worker:
             result.events[table, event.op or ""] += 1
             if plan.unresolved:
                 result.unresolved[table] += len(plan.unresolved)
+                if table not in result.unresolved_at:
+                    result.unresolved_at[table] = (f"{topic}[{partition}]@{offset}",
+                                                   plan.unresolved)
+            if event.op == "t":
+                log.info("%s[%d]@%d: %s truncated: removing every key of its templates on "
+                         "every shard", topic, partition, offset, table)
             actions.extend(plan.actions)
             if self.count_actions:
                 for action in plan.actions:
@@ -355,9 +363,10 @@ class Worker:
             metrics.dead_letters.labels(reason).inc(n)
         for table, n in result.unresolved.items():
             metrics.unresolved.labels(table).inc(n)
-            log.info("%s: %d key template(s) unresolved in this batch (a column the event "
-                     "does not carry: see `reconciler doctor` about REPLICA IDENTITY FULL)",
-                     table, n)
+            where, templates = result.unresolved_at.get(table, ("?", ()))
+            log.info("%s: %d key template(s) unresolved in this batch, first %s: %s (a column "
+                     "the event does not carry: see `reconciler doctor` about REPLICA "
+                     "IDENTITY FULL)", table, n, where, ", ".join(templates))
         for (shard, outcome), n in result.invalidations.items():
             metrics.invalidations.labels(shard, outcome).inc(n)
         if not self.dry_run:
@@ -382,7 +391,7 @@ class Worker:
                     self.consumer.store_offsets(offsets=[tp])
                     stored.append(tp)
                 except KafkaException as exc:
-                    log.info("%s[%d]: offset %d not stored (partition no longer assigned: "
+                    log.info("%s[%d]@%d: offset not stored (partition no longer assigned: "
                              "%s)", tp.topic, tp.partition, tp.offset, exc)
         for tp in stored:
             key = (tp.topic, tp.partition)
@@ -450,12 +459,14 @@ class Worker:
             return
         if not reloaded.ok:
             self.metrics.shard_map_reloads.labels("error").inc()
+            self.metrics.shard_map_reload_failed.set(1)
             log.error("shard map %s rejected, keeping version %d: %s", self.settings.shard_map,
                       reloaded.shard_map.version, reloaded.error)
             return
         self.planner = self.planner.with_shard_map(reloaded.shard_map)
         self.shards.update(reloaded.shard_map)
         self.metrics.shard_map_reloads.labels("ok").inc()
+        self.metrics.shard_map_reload_failed.set(0)
         self.metrics.shard_map_version.set(reloaded.shard_map.version)
         log.info("shard map reloaded: version %d", reloaded.shard_map.version)
 
