@@ -92,9 +92,13 @@ def secret(name: str) -> str:
         # URL-, base64- and shell-significant characters on purpose: the tests check
         # that no encoded form of a secret leaks either.
         value = f"{secrets.token_urlsafe(18)}+/{secrets.token_hex(3)}=@%"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write(value + "\n")
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass  # made by another process just now: use that one
+        else:
+            with os.fdopen(fd, "w") as out:
+                out.write(value + "\n")
     return path.read_text().strip()
 
 
