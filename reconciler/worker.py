@@ -59,6 +59,7 @@ log = logging.getLogger(__name__)
 
 TP = tuple[str, int]
 LIVENESS_SLACK = 60.0  # seconds the loop may stall beyond the retry budget before /healthz fails
+UNRESOLVED_LOG_EVERY = 60.0  # seconds between "unresolved" lines per table (the metric counts all)
 DEAD_LETTER_LOGS_PER_BATCH = 10  # dead letters logged one by one per batch; the rest summed
 EXIT_OK = 0  # clean shutdown
 EXIT_FAILED = 2  # a dependency stayed unavailable, or refused us: see the last log line
@@ -126,6 +127,8 @@ class Worker:
         self._joined = False
         self._positions: dict[TP, int | None] = {}
         self._tick = time.monotonic()
+        self._unresolved_logged: dict[str, float] = {}  # table → when last logged
+        self._unresolved_since_log: dict[str, int] = {}  # table → count since then
         self._rdkafka_log = logging.getLogger("kafka")
         security = kafka_security(settings)
         kafka = settings.kafka
@@ -363,10 +366,15 @@ class Worker:
             metrics.dead_letters.labels(reason).inc(n)
         for table, n in result.unresolved.items():
             metrics.unresolved.labels(table).inc(n)
+            self._unresolved_since_log[table] = self._unresolved_since_log.get(table, 0) + n
+            if time.monotonic() < self._unresolved_logged.get(table, 0.0) + UNRESOLVED_LOG_EVERY:
+                continue
+            self._unresolved_logged[table] = time.monotonic()
             where, templates = result.unresolved_at.get(table, ("?", ()))
-            log.info("%s: %d key template(s) unresolved in this batch, first %s: %s (a column "
-                     "the event does not carry: see `reconciler doctor` about REPLICA "
-                     "IDENTITY FULL)", table, n, where, ", ".join(templates))
+            log.info("%s: %d key template(s) unresolved since the last such line, latest %s: "
+                     "%s (a column the event does not carry: see `reconciler doctor` about "
+                     "REPLICA IDENTITY FULL)", table, self._unresolved_since_log.pop(table), where,
+                     ", ".join(templates))
         for (shard, outcome), n in result.invalidations.items():
             metrics.invalidations.labels(shard, outcome).inc(n)
         if not self.dry_run:
