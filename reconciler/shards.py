@@ -12,8 +12,9 @@ import contextlib
 import logging
 import threading
 from collections.abc import Mapping
+from urllib.parse import urlsplit
 
-from connectors.valkey.shard import Shard
+from connectors.valkey.shard import TLS_SCHEMES, Shard, redact
 from reconciler.metrics import Metrics
 from reconciler.settings import Settings
 from shard_map import ShardMap
@@ -31,6 +32,15 @@ class ShardPool:
         self._urls: dict[str, str] = {}
         self._up: dict[str, bool] = {}
         self._lock = threading.Lock()
+
+    def problems(self, shard_map: ShardMap) -> list[str]:
+        """Why this shard map cannot be used with these settings (empty: it can)."""
+        if not self._settings.valkey.tls.enabled:
+            return []
+        return [f"shard {name}: valkey.tls.enabled is true but its URL "
+                f"{redact(shard_map.url(name))} is not TLS (use valkeys:// or rediss://)"
+                for name in shard_map.shard_names()
+                if urlsplit(shard_map.url(name)).scheme.lower() not in TLS_SCHEMES]
 
     def update(self, shard_map: ShardMap) -> None:
         valkey = self._settings.valkey

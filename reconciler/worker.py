@@ -119,6 +119,9 @@ class Worker:
                                unknown_tables_error=settings.unknown_tables == "error")
         self.decoder = Decoder(heartbeat_prefix=settings.kafka.heartbeat_topic_prefix)
         self.shards = ShardPool(settings, self.metrics)
+        problems = self.shards.problems(shard_map)
+        if problems:
+            raise ConfigError(f"shard_map {settings.shard_map}: " + "; ".join(problems))
         self.shards.update(shard_map)
         self.freshness = Freshness()
         self._stopping = threading.Event()
@@ -470,6 +473,13 @@ class Worker:
             self.metrics.shard_map_reload_failed.set(1)
             log.error("shard map %s rejected, keeping version %d: %s", self.settings.shard_map,
                       reloaded.shard_map.version, reloaded.error)
+            return
+        problems = self.shards.problems(reloaded.shard_map)
+        if problems:
+            self.metrics.shard_map_reloads.labels("error").inc()
+            self.metrics.shard_map_reload_failed.set(1)
+            log.error("shard map %s version %d rejected, keeping the one in use: %s",
+                      self.settings.shard_map, reloaded.shard_map.version, "; ".join(problems))
             return
         self.planner = self.planner.with_shard_map(reloaded.shard_map)
         self.shards.update(reloaded.shard_map)
