@@ -13,6 +13,7 @@ import os
 import re
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -32,7 +33,9 @@ from reconciler.templates import KeyTemplate, TemplateError
 CONFIG_ENV = "RECONCILER_CONFIG"  # environment variable naming the config file
 DEFAULT_CONFIG = "reconciler.yaml"  # config file used when neither --config nor the env names one
 TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*\.[A-Za-z_][A-Za-z0-9_$]*")  # schema.table
-SECRET_WORDS = ("password", "secret", "token", "credential", "key.pem")  # masked in client props
+# Client property names whose values are masked when settings are printed.
+SECRET_WORDS = ("password", "secret", "token", "credential", "key.pem", "oauthbearer.config",
+                "jaas")
 # librdkafka properties the worker owns: a passthrough value would break its guarantees.
 RESERVED_CLIENT_PROPERTIES = {
     "group.id": "set kafka.group_id instead",
@@ -261,7 +264,17 @@ class Settings(BaseSettings):
         data["kafka"]["client"] = masked_client(data["kafka"]["client"])
         if self.postgres.dsn is not None:
             data["postgres"]["dsn"] = "**********"
+        if data.get("connect") and data["connect"].get("url"):
+            data["connect"]["url"] = _without_userinfo(data["connect"]["url"])
         return data
+
+
+def _without_userinfo(url: str) -> str:
+    """A URL with any user:password@ replaced by ***@."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]).geturl()
 
 
 def masked_client(client: dict[str, Any]) -> dict[str, Any]:

@@ -77,11 +77,14 @@ class ShardPool:
         return self._shards
 
     def mark(self, shard: str, up: bool) -> None:
-        if self._up.get(shard) != up:
+        was = self._up.get(shard)
+        if was != up:
             self._up[shard] = up
             self._metrics.shard_up.labels(shard).set(1 if up else 0)
             if not up:
                 log.warning("shard %s is unreachable", shard)
+            elif was is not None:
+                log.info("shard %s is reachable again", shard)
 
     def probe(self) -> None:
         """Ping every shard (from the housekeeping thread)."""

@@ -15,6 +15,7 @@ partitions), SIGUSR2 resumes.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import signal
 import threading
@@ -193,7 +194,7 @@ class Worker:
 
     def run(self) -> int:
         """Consume until stopped; the exit code says whether it ended cleanly."""
-        log.info("effective configuration: %s", self.settings.masked())
+        log.info("effective configuration: %s", json.dumps(self.settings.masked(), default=str))
         if self._http is not None:
             self._http.start()
             log.info("metrics, /healthz, /readyz and /freshness on %s:%d",

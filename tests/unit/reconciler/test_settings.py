@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
 import shutil
 from collections.abc import Callable
@@ -472,3 +473,15 @@ def test_validation_error_does_not_echo_a_secret(tmp_path: Path) -> None:
     message = config_error(tmp_path, bad)
     assert "valkey.password" in message
     assert "hunter2-valkey" not in message
+
+
+def test_masked_hides_oauthbearer_jaas_and_connect_userinfo(tmp_path: Path) -> None:
+    def change(data: dict[str, Any]) -> None:
+        data["kafka"]["client"] = {"sasl.oauthbearer.config": "clientSecret=s3cr3t-oauth",
+                                   "sasl.jaas.config": "password=s3cr3t-jaas"}
+        data["connect"] = {"url": "http://admin:s3cr3t-connect@connect:8083"}
+
+    text = json.dumps(load_settings(write_config(tmp_path, change)).masked())
+    for secret in ("s3cr3t-oauth", "s3cr3t-jaas", "s3cr3t-connect"):
+        assert secret not in text
+    assert "connect:8083" in text
