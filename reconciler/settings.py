@@ -84,6 +84,10 @@ class TableSpec(Strict):
             template = KeyTemplate.compile(entry.template, versioned=entry.versioned)
             if not template.columns:
                 raise ValueError(f"template {entry.template!r} has no {{column}} placeholder")
+            if not "".join(template.literals):
+                raise ValueError(
+                    f"template {entry.template!r} has no literal text: its truncate pattern "
+                    "would be `*`, every key on every shard (write e.g. post:{id})")
         for column, kind in self.column_types.items():
             if not re.fullmatch(r"decimal:\d+|date|timestamp-(ms|us|ns)|string|int", kind):
                 raise ValueError(

@@ -7,6 +7,7 @@ hot path is a handful of string concatenations.
 
 from __future__ import annotations
 
+import fnmatch
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -76,3 +77,21 @@ class KeyTemplate:
         """A SCAN MATCH pattern for every key of this template (for a truncate)."""
         escaped = [GLOB_SPECIAL.sub(r"\\\1", literal) for literal in self.literals]
         return "*".join(escaped)
+
+
+def overlapping_patterns(tables: dict[str, tuple[KeyTemplate, ...]]) -> list[str]:
+    """Truncating one table would also remove another table's keys: e.g. `post:*` (from
+    post:{id}) matches post:comments:{id}. One line per overlap, for a warning."""
+    samples = {
+        (table, template.source): template.render(dict.fromkeys(template.columns, "0"))
+        for table, templates in tables.items() for template in templates
+    }
+    found = []
+    for table, templates in tables.items():
+        for template in templates:
+            pattern = template.pattern()
+            for (other, source), sample in samples.items():
+                if other != table and fnmatch.fnmatchcase(sample, pattern):
+                    found.append(f"a truncate of {table} removes keys matching {pattern!r}, "
+                                 f"which also match {other}'s {source!r}")
+    return found

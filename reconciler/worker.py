@@ -54,6 +54,7 @@ from reconciler.metrics import Metrics
 from reconciler.planner import Action, DeadLetter, Plan, Planner, plan_record
 from reconciler.settings import Settings, read_secret_file
 from reconciler.shards import ShardPool
+from reconciler.templates import overlapping_patterns
 from shard_map import ShardMapError, ShardMapWatcher
 
 log = logging.getLogger(__name__)
@@ -195,6 +196,9 @@ class Worker:
     def run(self) -> int:
         """Consume until stopped; the exit code says whether it ended cleanly."""
         log.info("effective configuration: %s", json.dumps(self.settings.masked(), default=str))
+        for overlap in overlapping_patterns({name: rules.templates
+                                             for name, rules in self.planner.tables.items()}):
+            log.warning("key templates overlap: %s", overlap)
         if self._http is not None:
             self._http.start()
             log.info("metrics, /healthz, /readyz and /freshness on %s:%d",

@@ -485,3 +485,11 @@ def test_masked_hides_oauthbearer_jaas_and_connect_userinfo(tmp_path: Path) -> N
     for secret in ("s3cr3t-oauth", "s3cr3t-jaas", "s3cr3t-connect"):
         assert secret not in text
     assert "connect:8083" in text
+
+
+def test_a_template_without_literal_text_is_refused(tmp_path: Path) -> None:
+    def change(data: dict[str, Any]) -> None:
+        posts(data)["keys"] = [{"template": "{id}", "versioned": True}]
+
+    message = config_error(tmp_path, change)
+    assert "tables.public.posts" in message and "no literal text" in message

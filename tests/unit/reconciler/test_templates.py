@@ -204,3 +204,15 @@ def test_render_agrees_with_str_format(tokens: list[str]) -> None:
     source = "".join(tokens) or "x"
     template = compile_(source)
     assert template.render({"id": "42", "n": "7"}) == source.format(id="42", n="7")
+
+
+def test_overlapping_truncate_patterns_are_reported() -> None:
+    from reconciler.templates import overlapping_patterns
+
+    posts = (KeyTemplate.compile("post:{id}", versioned=True),)
+    comments = (KeyTemplate.compile("post:comments:{id}", versioned=True),)
+    profiles = (KeyTemplate.compile("profile:{user_id}", versioned=True),)
+    found = overlapping_patterns({"public.posts": posts, "public.comments": comments,
+                                  "public.profiles": profiles})
+    assert found == ["a truncate of public.posts removes keys matching 'post:*', which also "
+                     "match public.comments's 'post:comments:{id}'"]
