@@ -103,8 +103,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         shard_map = load_shard_map(settings.shard_map)
     except ShardMapError as exc:
         raise ConfigError(f"shard_map: {exc}") from exc
-    planner = Planner(settings.tables, shard_map,
-                      unknown_tables_error=settings.unknown_tables == "error")
+    planner = Planner.for_settings(settings, shard_map)
     decoder = Decoder(heartbeat_prefix=settings.kafka.heartbeat_topic_prefix)
     try:
         source: IO[str] = args.input.open(encoding="utf-8") if args.input else sys.stdin

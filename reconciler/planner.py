@@ -33,7 +33,7 @@ from connectors.debezium.decode import Decoder, InvalidEvent
 from connectors.debezium.model import Event
 from connectors.debezium.values import LogicalType, format_value, hint_type
 from reconciler.errors import PoisonRecordError
-from reconciler.settings import TableSpec
+from reconciler.settings import Settings, TableSpec
 from reconciler.templates import KeyTemplate
 from shard_map import ShardMap, ShardResolutionError
 
@@ -51,6 +51,7 @@ SKIP_REASONS = {
     model.MESSAGE: "message",
 }
 UNKNOWN_TABLE = "unknown_table"
+HEARTBEAT = "heartbeat"  # a heartbeat record, or a change to the heartbeat table
 MAX_VERSION = 2**63 - 1  # the delete fence; the cache functions refuse anything larger
 
 
@@ -129,19 +130,29 @@ class TableRules:
 class Planner:
     """Turns events into plans, for a fixed set of tables and a shard map."""
 
-    __slots__ = ("_tables", "shard_map", "unknown_tables_error")
+    __slots__ = ("_tables", "heartbeat_tables", "shard_map", "unknown_tables_error")
 
     def __init__(self, tables: Mapping[str, TableSpec], shard_map: ShardMap, *,
-                 unknown_tables_error: bool = False) -> None:
+                 unknown_tables_error: bool = False,
+                 heartbeat_tables: frozenset[str] = frozenset()) -> None:
         self._tables = {name: TableRules.compile(name, spec) for name, spec in tables.items()}
         self.shard_map = shard_map
         self.unknown_tables_error = unknown_tables_error
+        self.heartbeat_tables = heartbeat_tables  # Debezium's heartbeat.action.query table
+
+    @classmethod
+    def for_settings(cls, settings: Settings, shard_map: ShardMap) -> Planner:
+        heartbeat = settings.freshness.heartbeat_table
+        return cls(settings.tables, shard_map,
+                   unknown_tables_error=settings.unknown_tables == "error",
+                   heartbeat_tables=frozenset([heartbeat] if heartbeat else []))
 
     def with_shard_map(self, shard_map: ShardMap) -> Planner:
         planner = Planner.__new__(Planner)
         planner._tables = self._tables
         planner.shard_map = shard_map
         planner.unknown_tables_error = self.unknown_tables_error
+        planner.heartbeat_tables = self.heartbeat_tables
         return planner
 
     @property
@@ -156,6 +167,8 @@ class Planner:
         assert event.table is not None
         rules = self._tables.get(event.table)
         if rules is None:
+            if event.table in self.heartbeat_tables:
+                return Plan(event, skip=HEARTBEAT)
             if self.unknown_tables_error:
                 raise PoisonRecordError(
                     UNKNOWN_TABLE,

@@ -216,6 +216,23 @@ class ConnectSettings(Strict):
     timeout_seconds: float = Field(10.0, gt=0)
 
 
+class FreshnessSettings(Strict):
+    """What advances the freshness watermark of quiet partitions."""
+
+    # A table Debezium writes through the WAL on every heartbeat (heartbeat.action.query):
+    # its change's source.ts_ms is a real commit time, streamed in WAL order, so it proves
+    # Debezium has read everything committed before it. Without one, the heartbeat
+    # topic's ts_ms (wall time) is used, which runs ahead while Debezium lags the WAL.
+    heartbeat_table: str | None = None
+
+    @field_validator("heartbeat_table")
+    @classmethod
+    def _table_name(cls, value: str | None) -> str | None:
+        if value is not None and not TABLE_NAME.fullmatch(value):
+            raise ValueError(f"{value!r}: write it as schema.table, e.g. public.debezium_heartbeat")
+        return value
+
+
 class LoggingSettings(Strict):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["json", "text"] = "text"
@@ -241,6 +258,7 @@ class Settings(BaseSettings):
     postgres: PostgresSettings = Field(default_factory=PostgresSettings)
     connect: ConnectSettings | None = None  # optional: used by doctor
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
+    freshness: FreshnessSettings = Field(default_factory=FreshnessSettings)
 
     @field_validator("tables")
     @classmethod

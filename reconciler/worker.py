@@ -51,7 +51,7 @@ from reconciler.health import HealthServer, Status
 from reconciler.invalidator import Invalidator
 from reconciler.lag import LagMonitor
 from reconciler.metrics import Metrics
-from reconciler.planner import Action, DeadLetter, Plan, Planner, plan_record
+from reconciler.planner import HEARTBEAT, Action, DeadLetter, Plan, Planner, plan_record
 from reconciler.settings import Settings, read_secret_file
 from reconciler.shards import ShardPool
 from reconciler.templates import overlapping_patterns
@@ -117,8 +117,7 @@ class Worker:
         shard_map = self._watcher.current
         self._next_reload = time.monotonic() + settings.shard_map_reload_seconds
         self.metrics.shard_map_version.set(shard_map.version)
-        self.planner = Planner(settings.tables, shard_map,
-                               unknown_tables_error=settings.unknown_tables == "error")
+        self.planner = Planner.for_settings(settings, shard_map)
         self.decoder = Decoder(heartbeat_prefix=settings.kafka.heartbeat_topic_prefix)
         self.shards = ShardPool(settings, self.metrics)
         problems = self.shards.problems(shard_map)
@@ -265,8 +264,11 @@ class Worker:
             prefixes = dict.fromkeys(t.split(".", 1)[0] for t in topics if "." in t)
             heartbeat = self.settings.kafka.heartbeat_topic_prefix
             existing = self._topics()
-            topics += [f"{heartbeat}.{p}" for p in prefixes
-                       if f"{heartbeat}.{p}" in existing and f"{heartbeat}.{p}" not in topics]
+            wanted = [f"{heartbeat}.{p}" for p in prefixes]
+            table = self.settings.freshness.heartbeat_table
+            if table:
+                wanted += [f"{p}.{table}" for p in prefixes]
+            topics += [t for t in wanted if t in existing and t not in topics]
         return topics
 
     # ------------------------------------------------------------------ one batch
@@ -277,6 +279,8 @@ class Worker:
         decoder, planner = self.decoder, self.planner
         max_bytes = self.settings.max_event_bytes
         dead_letter_topic = self.dead_letters.topic
+        # With a heartbeat table, only its WAL-ordered changes vouch for freshness.
+        heartbeat_table = self.settings.freshness.heartbeat_table
         positions: dict[TP, int] = {}
         actions: list[Action] = []
         commits: list[int] = []  # source commit times of the changes in this batch
@@ -306,7 +310,8 @@ class Worker:
             event = plan.event
             if plan.skip is not None:
                 result.skipped[plan.skip] += 1
-                if event.kind == model.HEARTBEAT and event.ts_ms is not None:
+                if plan.skip == HEARTBEAT and event.ts_ms is not None and (
+                        event.kind == model.CHANGE or not heartbeat_table):
                     heartbeat = max(heartbeat or 0, event.ts_ms)
                 continue
             table: str = event.table or ""

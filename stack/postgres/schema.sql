@@ -48,6 +48,14 @@ CREATE TABLE IF NOT EXISTS profiles (
     system_version   bigint      NOT NULL DEFAULT 1
 );
 
+-- Debezium writes this row on every heartbeat (heartbeat.action.query): the change
+-- travels through the WAL like any other, so its commit time tells the reconciler how
+-- far Debezium has read (the freshness watermark of quiet partitions).
+CREATE TABLE IF NOT EXISTS debezium_heartbeat (
+    id  integer     PRIMARY KEY,
+    ts  timestamptz NOT NULL
+);
+
 ALTER TABLE posts    REPLICA IDENTITY DEFAULT;
 ALTER TABLE comments REPLICA IDENTITY FULL;
 ALTER TABLE profiles REPLICA IDENTITY DEFAULT;
@@ -72,14 +80,25 @@ $$;
 DO $$
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = 'nd_publication') THEN
-        CREATE PUBLICATION nd_publication FOR TABLE posts, comments, profiles;
+        CREATE PUBLICATION nd_publication FOR TABLE posts, comments, profiles, debezium_heartbeat;
     END IF;
 END;
 $$;
 
--- Least privilege: Debezium reads (SELECT for the snapshot) and replicates, nothing else.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_publication_tables
+                   WHERE pubname = 'nd_publication' AND tablename = 'debezium_heartbeat') THEN
+        ALTER PUBLICATION nd_publication ADD TABLE debezium_heartbeat;
+    END IF;
+END;
+$$;
+
+-- Least privilege: Debezium reads (SELECT for the snapshot) and replicates; it writes
+-- only its heartbeat row.
 GRANT USAGE ON SCHEMA public TO debezium;
-GRANT SELECT ON posts, comments, profiles TO debezium;
+GRANT SELECT ON posts, comments, profiles, debezium_heartbeat TO debezium;
+GRANT INSERT, UPDATE ON debezium_heartbeat TO debezium;
 -- The reconciler's own role (audit, doctor): read-only.
 GRANT USAGE ON SCHEMA public TO reconciler;
 GRANT SELECT ON posts, comments, profiles TO reconciler;
