@@ -152,6 +152,10 @@ def _row_types(schema: msgspec.Raw) -> ColumnTypes:
         parsed = _ANY.decode(schema)
     except (msgspec.DecodeError, RecursionError):
         return {}
+    except UnicodeDecodeError as exc:
+        # The envelope decoder leaves `schema` raw, so its bytes are checked only here.
+        raise InvalidEvent("invalid_json", f"value is not valid UTF-8: {exc.reason} at byte "
+                           f"{exc.start} of `$.schema`", path="$.schema") from None
     types: ColumnTypes = {}
     fields = parsed.get("fields") if isinstance(parsed, dict) else None
     for envelope_field in fields if isinstance(fields, list) else []:

@@ -376,7 +376,8 @@ class Oracle:
 
     def wait_committed(self, group: str, ends: Mapping[tuple[str, int], int],
                        timeout: float = 120.0) -> None:
-        wait_until(lambda: all(committed(self.stack, group, TOPICS).get(tp, -1) >= end
+        topics = sorted({topic for topic, _ in ends})
+        wait_until(lambda: all(committed(self.stack, group, topics).get(tp, -1) >= end
                                for tp, end in ends.items() if end > 0),
                    timeout, f"group {group} to commit up to {dict(ends)}", interval=0.3)
 

@@ -324,6 +324,18 @@ def test_invalid_utf8_in_value_is_invalid_json(file: str) -> None:
     assert f"not valid UTF-8: invalid start byte at byte {where}" in caught.value.message
 
 
+def test_invalid_utf8_in_the_embedded_schema_is_invalid_json_not_a_crash() -> None:
+    # The envelope decoder leaves `schema` raw: its bytes were first read when the column
+    # types were parsed, where a UnicodeDecodeError escaped and stopped the worker.
+    rec = record(SCHEMAS_TRUE, POSTS_UPDATE_TITLE)
+    raw = rec.text().encode().replace(b'"field":"op"', b'"field":"o\xff\xfep"', 1)
+    with pytest.raises(InvalidEvent) as caught:
+        Decoder().decode(rec.topic, 0, 0, rec.key_bytes(), raw)
+    assert caught.value.reason == "invalid_json"
+    assert "not valid UTF-8" in caught.value.message
+    assert "$.schema" in caught.value.message
+
+
 @pytest.mark.parametrize("file", FILES)
 def test_value_nested_100k_levels_deep_is_invalid_json(file: str) -> None:
     deep = "[" * 100_000 + "]" * 100_000

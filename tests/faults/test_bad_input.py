@@ -1,0 +1,135 @@
+"""Bad input at scale: thousands of malformed and hostile records, made by mutating
+the recorded real events, interleaved with valid ones, produced to a topic.
+
+Every poison record is dead-lettered with the reason written down for its kind of
+damage (expected vs found, per reason and per record: the dead letter keeps the
+record's own headers), none stops the worker, and every valid record around them is
+applied (each leaves its exact cache entry).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from reconciler.deadletter import HEADER_OFFSET, HEADER_REASON
+from tests.conftest import Stack
+from tests.e2e.support import create_topic, end_offsets
+from tests.faults.conftest import REPEAT
+from tests.faults.corpus import HEADER_EXPECT, HEADER_SEQ, VALID, Corpus, Record
+from tests.faults.oracle import MAX_VERSION, Figures, Oracle
+from tests.faults.workers import Worker, fault_config
+
+pytestmark = [pytest.mark.faults, pytest.mark.e2e]
+MAX_EVENT_BYTES = 256 * 1024  # max_event_bytes of this test: near-limit and oversized records
+VALID_PER_ROUND = 2000
+POISON_PER_ROUND = 2000
+
+
+def produce(stack: Stack, topic: str, records: list[Record]) -> None:
+    producer = Producer({"bootstrap.servers": stack.kafka_bootstrap,
+                         "message.max.bytes": 4 * 1024 * 1024, "linger.ms": 20})
+    for record in records:
+        while True:
+            try:
+                producer.produce(topic, key=record.key, value=record.value,
+                                 headers=record.headers())
+                break
+            except BufferError:
+                producer.poll(0.1)
+        producer.poll(0)
+    assert producer.flush(60) == 0
+
+
+def dead_letters(stack: Stack, topic: str) -> list[dict[str, str]]:
+    """The headers of every record on the dead-letter topic."""
+    ends = end_offsets(stack, [topic])
+    consumer = Consumer({"bootstrap.servers": stack.kafka_bootstrap, "group.id": "cr-dlq-read",
+                         "enable.auto.commit": False, "fetch.message.max.bytes": 4 << 20})
+    consumer.assign([TopicPartition(t, p, 0) for (t, p) in ends])
+    found: list[dict[str, str]] = []
+    remaining = dict(ends)
+    try:
+        while any(offset > 0 for offset in remaining.values()):
+            for message in consumer.consume(1000, 2.0):
+                if message.error() is not None:
+                    continue
+                found.append({k: (v or b"").decode(errors="replace")
+                              for k, v in message.headers() or []})
+                tp = (message.topic(), message.partition())
+                if message.offset() + 1 >= ends[tp]:
+                    remaining[tp] = 0
+    finally:
+        consumer.close()
+    return found
+
+
+def test_thousands_of_hostile_records_are_dead_lettered_and_the_valid_applied(
+        stack: Stack, tmp_path: Path, uid: str, oracle: Oracle) -> None:
+    topic = create_topic(stack, f"fbad-{uid}", partitions=3)
+    group = f"fbad-{uid}"
+    config = fault_config(tmp_path, stack, group, batch_size=500, topics=[topic], overrides={
+        "unknown_tables": "error", "max_event_bytes": MAX_EVENT_BYTES})
+    corpus = Corpus(uid, max_event_bytes=MAX_EVENT_BYTES)
+    records: list[Record] = []
+    worker = Worker(config, tmp_path / "worker.log")
+    try:
+        worker.wait_ready()
+        for _round in range(REPEAT):
+            batch = corpus.build(VALID_PER_ROUND, POISON_PER_ROUND)
+            records += batch
+            produce(stack, topic, batch)
+        oracle.wait_committed(group, end_offsets(stack, [topic]), timeout=300)
+        assert worker.alive(), worker.log()[-3000:]
+        samples = worker.metrics()
+    finally:
+        code = worker.stop()
+    assert code == 0, worker.log()[-3000:]
+
+    by_seq = {record.seq: record for record in records}
+    poison = [r for r in records if r.expect != VALID]
+    expected = Counter(r.expect for r in poison)
+    letters = dead_letters(stack, f"{group}.dlq")
+    found = Counter(letter[HEADER_REASON] for letter in letters)
+    wrong = [f"record {letter[HEADER_SEQ]} ({by_seq[int(letter[HEADER_SEQ])].kind}) at offset "
+             f"{letter[HEADER_OFFSET]}: dead-lettered as {letter[HEADER_REASON]}, expected "
+             f"{letter[HEADER_EXPECT]}"
+             for letter in letters if letter[HEADER_REASON] != letter[HEADER_EXPECT]]
+    missing = {r.seq for r in poison} - {int(letter[HEADER_SEQ]) for letter in letters}
+    metric = {reason: n for (name, labels), n in samples.items()
+              if name == "reconciler_dead_letters_total" for _, reason in labels}
+
+    # The valid records around them were applied: each left its exact entry.
+    stale = []
+    shards = oracle.workload.shards
+    checked = 0
+    for record in records:
+        for shard, key, version in record.entries:
+            checked += 1
+            entry = shards[shard].hgetall(key)
+            want = {b"v": str(MAX_VERSION if version is None else version).encode()}
+            if entry != want:
+                stale.append(f"{shard} {key} ({record.kind}): holds {entry!r}, expected {want!r}")
+
+    figures: Figures = oracle.figures
+    figures.changes = sum(1 for r in records if r.expect == VALID)
+    figures.records = len(records)
+    figures.entries_checked = checked
+    figures.stale = len(stale)
+    figures.dead_letters_expected = len(poison)
+    figures.dead_letters_found = len(letters)
+    figures.faults = len(poison)
+    figures.seconds = round(time.monotonic() - oracle.started, 1)
+    figures.extra.update(expected_by_reason=dict(expected), found_by_reason=dict(found),
+                         kinds=dict(Counter(r.kind for r in poison)))
+    assert wrong == [], f"{len(wrong)} wrong reasons, e.g.:\n" + "\n".join(wrong[:20])
+    assert not missing, f"{len(missing)} poison records not dead-lettered, e.g. " + ", ".join(
+        f"{by_seq[s].kind}" for s in sorted(missing)[:20])
+    assert found == expected
+    assert len(letters) == len(poison)
+    assert metric == {reason: float(n) for reason, n in expected.items()}
+    assert stale == [], f"{len(stale)} valid records not applied, e.g.:\n" + "\n".join(stale[:20])
