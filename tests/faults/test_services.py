@@ -1,0 +1,212 @@
+"""Scenarios 3, 4 and 5: the services around the worker fail mid-stream.
+
+3. A Valkey shard restarts while the worker has a backlog (its data, fences and
+   functions are gone: it comes back empty), and FUNCTION FLUSH runs on both shards
+   mid-stream: the worker retries and reloads its functions transparently.
+4. The Kafka broker restarts mid-stream, with changes made while it is down.
+5. Kafka Connect restarts with a transaction open across the restart (insert, BEGIN a
+   long transaction on another connection, restart Connect, COMMIT — and, every other
+   cycle, COMMIT while Connect is down): the change still arrives and is reconciled.
+
+Every stopped service is started again in a finally block (and by the suite's
+``healthy_stack`` fixture).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from stack import services
+from tests.conftest import Stack
+from tests.e2e.support import start_group_at_end, wait_until
+from tests.faults.conftest import REPEAT, wait_connector_running
+from tests.faults.oracle import SHARD_A, TOPICS, Change, Oracle, Row, Workload, shards_of
+from tests.faults.workers import Load, Worker, fault_config
+
+pytestmark = [pytest.mark.faults, pytest.mark.e2e]
+
+
+@contextlib.contextmanager
+def stopped(name: str) -> Iterator[None]:
+    """Stop a service of the stack; start it again however the block ends."""
+    services.SERVICES[name].stop()
+    try:
+        yield
+    finally:
+        services.SERVICES[name].start()
+
+
+def on_shard_a(rows: list[Row]) -> list[Row]:
+    return [r for r in rows if SHARD_A in shards_of(r.neighbourhood)]
+
+
+# --------------------------------------------------------------------------- 3: Valkey
+
+
+def test_valkey_shard_restart_mid_stream_loses_no_change(
+        stack: Stack, tmp_path: Path, uid: str, workload: Workload, oracle: Oracle) -> None:
+    group = f"fvkr-{uid}"
+    start_group_at_end(stack, group, TOPICS)
+    config = fault_config(tmp_path, stack, group, batch_size=20)
+    worker = Worker(config, tmp_path / "worker.log")
+    try:
+        worker.wait_ready()
+        for _cycle in range(REPEAT):
+            before = workload.create(posts=30, comments=20)
+            workload.update(before)
+            pending = workload.create(posts=30, comments=20)  # changed while a is down
+            oracle.wait_committed(group, oracle.published())
+            with stopped("valkey-a"):
+                workload.update(pending)
+                workload.delete(pending[::7])
+                oracle.published()
+                wait_until(lambda: worker.get("/readyz")[0] == 503, 30,
+                           "/readyz to report the shard unreachable", interval=0.2)
+                time.sleep(2)  # the worker retries its batch meanwhile
+                assert worker.alive(), worker.log()[-3000:]
+            oracle.figures.faults += 1
+            # Shard a came back empty: the application caches its rows again, at their
+            # current version, before their next change.
+            again = [r for r in on_shard_a(before) if not r.deleted]
+            for row in again:
+                workload.cache(row, row.version)
+            workload.update(again)
+            workload.move([r for r in before if r.table == "comments"][::4])
+        figures = oracle.account(group)
+        samples = worker.metrics()
+        figures.extra["valkey_retries"] = worker.total("reconciler_retries_total", samples)
+        assert figures.extra["valkey_retries"] > 0
+        assert "library cache_reconciler" in worker.log()  # reloaded on the empty shard
+    finally:
+        assert worker.stop() == 0
+
+
+def test_function_flush_mid_stream_is_reloaded_transparently(
+        stack: Stack, tmp_path: Path, uid: str, workload: Workload, oracle: Oracle) -> None:
+    group = f"fvkf-{uid}"
+    start_group_at_end(stack, group, TOPICS)
+    config = fault_config(tmp_path, stack, group, batch_size=10)
+    flushes = 0
+    for _cycle in range(REPEAT):
+        rows = workload.create(posts=60, comments=40)
+        workload.update(rows)
+        workload.move([r for r in rows if r.table == "comments"][::3])
+        workload.delete(rows[::6])
+        oracle.published()
+        worker = Worker(config, tmp_path / "worker.log")  # starts with a backlog
+        try:
+            worker.metrics_port()
+            deadline = time.monotonic() + 4
+            while time.monotonic() < deadline:
+                for client in workload.shards.values():
+                    client.function_flush("SYNC")
+                    flushes += 1
+                time.sleep(0.05)
+            oracle.wait_committed(group, oracle.published())
+            assert worker.log().count("reloading it") > 0
+        finally:
+            assert worker.stop() == 0
+    oracle.figures.faults = flushes
+    final = Worker(config, tmp_path / "worker.log")
+    try:
+        oracle.account(group)
+    finally:
+        assert final.stop() == 0
+
+
+# --------------------------------------------------------------------------- 4: Kafka
+
+
+def test_kafka_broker_restart_mid_stream_loses_no_change(
+        stack: Stack, tmp_path: Path, uid: str, workload: Workload, oracle: Oracle) -> None:
+    group = f"fkaf-{uid}"
+    start_group_at_end(stack, group, TOPICS)
+    config = fault_config(tmp_path, stack, group, batch_size=20)
+    worker = Worker(config, tmp_path / "worker.log")
+    task_restarts = 0
+    try:
+        worker.wait_ready()
+        for _cycle in range(REPEAT):
+            rows = workload.create(posts=40, comments=30)
+            workload.update(rows)
+            oracle.published()
+            # Changes keep coming before, during and after the outage: Debezium holds
+            # those made while the broker is down until it is back.
+            with Load(workload, pause=0.1):
+                time.sleep(1)
+                with stopped("kafka"):
+                    time.sleep(2)
+                    assert worker.alive(), worker.log()[-3000:]
+                oracle.figures.faults += 1
+                task_restarts += wait_connector_running()
+                time.sleep(1)
+            workload.move([r for r in rows if r.table == "comments"][::4])
+            workload.delete(rows[1::9])
+            oracle.wait_committed(group, oracle.published(timeout=240), timeout=240)
+            assert worker.alive(), worker.log()[-3000:]
+        figures = oracle.account(group, timeout=240)
+    finally:
+        assert worker.stop() == 0
+    figures.extra["connector_task_restarts"] = task_restarts
+
+
+# --------------------------------------------------------------------------- 5: Connect
+
+
+def test_connect_restart_with_a_transaction_open_across_it(
+        stack: Stack, tmp_path: Path, uid: str, workload: Workload, oracle: Oracle) -> None:
+    group = f"fcon-{uid}"
+    start_group_at_end(stack, group, TOPICS)
+    config = fault_config(tmp_path, stack, group, batch_size=50)
+    worker = Worker(config, tmp_path / "worker.log")
+    task_restarts = 0
+    try:
+        worker.wait_ready()
+        for cycle in range(REPEAT):
+            rows = workload.create(posts=20, comments=10)  # inserts, reconciled
+            oracle.wait_committed(group, oracle.published())
+            in_tx, outside = rows[::2], rows[1::2]
+            with psycopg.connect(stack.postgres_dsn) as long_tx:  # BEGIN
+                tx_changes = update_in(long_tx, in_tx)
+                workload.update(outside)  # committed while the transaction stays open
+                commit_while_down = cycle % 2 == 1
+                with stopped("connect"):
+                    if commit_while_down:
+                        long_tx.commit()
+                        apply(workload, in_tx, tx_changes)
+                oracle.figures.faults += 1
+                task_restarts += wait_connector_running()
+                if not commit_while_down:
+                    workload.update(outside[::2])
+                    long_tx.commit()
+                    apply(workload, in_tx, tx_changes)
+        figures = oracle.account(group, timeout=240)
+    finally:
+        assert worker.stop() == 0
+    figures.extra["connector_task_restarts"] = task_restarts
+
+
+def update_in(conn: psycopg.Connection, rows: list[Row]) -> list[int]:
+    versions = []
+    for row in rows:
+        table = "posts" if row.table == "posts" else "comments"
+        column = "title" if table == "posts" else "body"
+        found = conn.execute(f"UPDATE {table} SET {column} = 'in a long transaction' "
+                             "WHERE id = %s RETURNING system_version", (row.id,)).fetchone()
+        assert found is not None
+        versions.append(int(found[0]))
+    return versions
+
+
+def apply(workload: Workload, rows: list[Row], versions: list[int]) -> None:
+    """Record the committed transaction's changes in the workload (for the oracle)."""
+    for row, version in zip(rows, versions, strict=True):
+        row.version = version
+        workload.changes.append(Change(row.table, row.id, "u", version))
+        workload._derived_changed(row, shards_of(row.neighbourhood))
