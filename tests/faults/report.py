@@ -1,0 +1,61 @@
+"""`python -m tests.faults.report FIGURES.jsonl`: the fault suite's figures, summed per
+scenario over every run, as a Markdown table (what docs/reliability.md quotes)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+COLUMNS = ("runs", "passed", "repetitions", "faults", "changes", "records", "checked",
+           "stale", "dlq expected", "dlq found", "seconds")
+
+
+def summarise(lines: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    table: dict[str, dict[str, float]] = defaultdict(lambda: dict.fromkeys(COLUMNS, 0))
+    for data in lines:
+        row = table[data["scenario"]]
+        row["runs"] += 1
+        row["passed"] += data.get("outcome") == "passed"
+        row["repetitions"] += data.get("repeat", 1)
+        row["faults"] += data["faults"]
+        row["changes"] += data["changes"]
+        row["records"] += data["records"]
+        row["checked"] += data["entries_checked"]
+        row["stale"] += data["stale"]
+        row["dlq expected"] += data["dead_letters_expected"]
+        row["dlq found"] += data["dead_letters_found"]
+        row["seconds"] += data["seconds"]
+    return table
+
+
+def markdown(table: dict[str, dict[str, float]]) -> str:
+    out = ["| scenario | " + " | ".join(COLUMNS) + " |",
+           "|---|" + "---:|" * len(COLUMNS)]
+    totals = dict.fromkeys(COLUMNS, 0.0)
+    for scenario, row in table.items():
+        out.append(f"| {scenario.removeprefix('test_')} | "
+                   + " | ".join(f"{row[c]:g}" for c in COLUMNS) + " |")
+        for column in COLUMNS:
+            totals[column] += row[column]
+    out.append("| **total** | " + " | ".join(f"{totals[c]:g}" for c in COLUMNS) + " |")
+    return "\n".join(out)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print(__doc__, file=sys.stderr)
+        return 2
+    path = Path(argv[0])
+    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if not lines:
+        print(f"no figures in {path}", file=sys.stderr)
+        return 1
+    print(markdown(summarise(lines)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
