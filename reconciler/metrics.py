@@ -7,9 +7,16 @@ registered at import time; tests pass a fresh ``CollectorRegistry``.
 
 from __future__ import annotations
 
+import math
+import threading
+import time
+from bisect import bisect_left
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import HistogramMetricFamily, Metric
+from prometheus_client.utils import floatToGoString
 
 from reconciler import __version__
 
@@ -32,6 +39,54 @@ RELOAD_RESULTS = ("ok", "error")  # reconciler_shard_map_reloads_total{result}
 RETRY_TARGETS = ("valkey",)  # reconciler_retries_total{target} that the worker counts
 
 
+class BatchHistogram:
+    """A histogram observed a batch at a time: one lock per batch instead of one per
+    value (prometheus_client's Histogram.observe locks per call — a microsecond per
+    event on the worker's hot path). Exposed exactly as a Histogram is."""
+
+    def __init__(self, name: str, documentation: str, buckets: Sequence[float],
+                 registry: CollectorRegistry) -> None:
+        self._name = name
+        self._documentation = documentation
+        self._bounds = (*sorted(buckets), math.inf)
+        self._counts = [0] * len(self._bounds)
+        self._sum = 0.0
+        self._created = time.time()
+        self._lock = threading.Lock()
+        registry.register(self)
+
+    def observe(self, value: float) -> None:
+        self.observe_many((value,))
+
+    def observe_many(self, values: Iterable[float]) -> None:
+        bounds = self._bounds
+        counts = [0] * len(bounds)
+        total = 0.0
+        for value in values:
+            counts[bisect_left(bounds, value)] += 1  # the first bucket whose le >= value
+            total += value
+        with self._lock:
+            for index, n in enumerate(counts):
+                if n:
+                    self._counts[index] += n
+            self._sum += total
+
+    def describe(self) -> list[Metric]:
+        return [HistogramMetricFamily(self._name, self._documentation)]
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            counts, total = list(self._counts), self._sum
+        cumulative, buckets = 0, []
+        for bound, n in zip(self._bounds, counts, strict=True):
+            cumulative += n
+            buckets.append((floatToGoString(bound), cumulative))  # type: ignore[no-untyped-call]
+        family = HistogramMetricFamily(self._name, self._documentation, buckets=buckets,
+                                       sum_value=total)
+        family.add_sample(self._name + "_created", {}, self._created)
+        yield family
+
+
 @dataclass(frozen=True)
 class Metrics:
     registry: CollectorRegistry
@@ -41,7 +96,7 @@ class Metrics:
     unresolved: Counter
     dead_letters: Counter
     lag: Gauge
-    end_to_end: Histogram
+    end_to_end: BatchHistogram
     batch: Histogram
     shard_map_version: Gauge
     shard_map_reloads: Counter
@@ -84,10 +139,10 @@ class Metrics:
             lag=gauge("reconciler_consumer_lag_messages",
                       "High watermark minus the group's position, per assigned partition.",
                       ("topic", "partition")),
-            end_to_end=Histogram(
+            end_to_end=BatchHistogram(
                 "reconciler_end_to_end_seconds",
                 "Source commit (source.ts_ms) to invalidation acknowledged by Valkey.",
-                buckets=END_TO_END_BUCKETS, registry=registry),
+                END_TO_END_BUCKETS, registry),
             batch=Histogram("reconciler_batch_seconds",
                             "Time to decode, plan, invalidate and store one consumed batch.",
                             buckets=BATCH_BUCKETS, registry=registry),

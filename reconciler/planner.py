@@ -28,6 +28,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
+
 from connectors.debezium import model
 from connectors.debezium.decode import Decoder, InvalidEvent
 from connectors.debezium.model import Event
@@ -55,9 +57,8 @@ HEARTBEAT = "heartbeat"  # a heartbeat record, or a change to the heartbeat tabl
 MAX_VERSION = 2**63 - 1  # the delete fence; the cache functions refuse anything larger
 
 
-@dataclass(frozen=True, slots=True)
-class Action:
-    """One cache operation on one shard."""
+class Action(msgspec.Struct, frozen=True, gc=False):
+    """One cache operation on one shard (a hashable msgspec Struct: cheap to build)."""
 
     shard: str
     key: str  # the key, or the SCAN pattern of a truncate
@@ -76,8 +77,7 @@ class Action:
         return out
 
 
-@dataclass(frozen=True, slots=True)
-class Plan:
+class Plan(msgspec.Struct, frozen=True, gc=False):
     """What one event means for the cache."""
 
     event: Event
@@ -209,7 +209,9 @@ class Planner:
             self._emit(event, rules, before,
                        self._shards(rules, before.get(rules.shard_key), event),
                        rules.templates, version, True, VERSIONED, actions, unresolved)
-        return Plan(event, _unique(actions), tuple(dict.fromkeys(unresolved)))
+            # The before and after images usually name the same keys on the same shard.
+            return Plan(event, _unique(actions), _sources(unresolved))
+        return Plan(event, tuple(actions), _sources(unresolved))
 
     # ------------------------------------------------------------------ d
 
@@ -222,7 +224,7 @@ class Planner:
             shards = self._shards(rules, before.get(rules.shard_key), event)
             self._emit(event, rules, before, shards, rules.templates, None, True, DELETE,
                        actions, unresolved)
-            return Plan(event, _unique(actions), tuple(dict.fromkeys(unresolved)))
+            return Plan(event, tuple(actions), _sources(unresolved))
         # DEFAULT identity: only the primary-key columns of `before` are real.
         known = {column: before[column] for column in rules.primary_key if column in before}
         if event.key:
@@ -234,7 +236,7 @@ class Planner:
         self._emit(event, rules, known, shards, rules.key_templates, None, True, DELETE,
                    actions, unresolved)
         unresolved.extend(t.source for t in rules.templates if t not in rules.key_templates)
-        return Plan(event, _unique(actions), tuple(dict.fromkeys(unresolved)))
+        return Plan(event, tuple(actions), _sources(unresolved))
 
     # ------------------------------------------------------------------ helpers
 
@@ -245,23 +247,35 @@ class Planner:
         types = event.column_types
         hints = rules.hints
         for template in templates:
-            values: dict[str, str] = {}
-            for column in template.columns:
-                logical = types.get(column) if types is not None else hints.get(column)
-                text = format_value(row.get(column), logical)
+            columns = template.columns
+            if len(columns) == 1:  # the common case, without the intermediate mapping
+                column = columns[0]
+                text = format_value(row.get(column),
+                                    types.get(column) if types is not None else hints.get(column))
                 if text is None:
-                    break
-                values[column] = text
+                    unresolved.append(template.source)
+                    continue
+                literals = template.literals
+                key = literals[0] + text + literals[1]
             else:
-                key = template.render(values)
-                if template.versioned:
-                    for shard in shards:
-                        actions.append(Action(shard, key, versioned_kind, version, fence))
+                values: dict[str, str] = {}
+                for column in columns:
+                    logical = types.get(column) if types is not None else hints.get(column)
+                    text = format_value(row.get(column), logical)
+                    if text is None:
+                        break
+                    values[column] = text
                 else:
-                    for shard in shards:
-                        actions.append(Action(shard, key, UNVERSIONED))
-                continue
-            unresolved.append(template.source)
+                    key = template.render(values)
+                if len(values) < len(columns):
+                    unresolved.append(template.source)
+                    continue
+            if template.versioned:
+                for shard in shards:
+                    actions.append(Action(shard, key, versioned_kind, version, fence))
+            else:
+                for shard in shards:
+                    actions.append(Action(shard, key, UNVERSIONED))
 
     def _shards(self, rules: TableRules, value: Any, event: Event) -> tuple[str, ...]:
         if type(value) is not int:
@@ -290,6 +304,10 @@ def _neighbourhood(rules: TableRules, value: Any, event: Event) -> int | None:
         ) from None
 
 
+def _sources(unresolved: list[str]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(unresolved)) if unresolved else ()
+
+
 def _unique(actions: list[Action]) -> tuple[Action, ...]:
     return tuple(dict.fromkeys(actions)) if len(actions) > 1 else tuple(actions)
 
@@ -299,8 +317,7 @@ def _show(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
+class DeadLetter(msgspec.Struct, frozen=True, gc=False):
     """A record that goes to the dead-letter topic, and why."""
 
     reason: str  # low-cardinality label

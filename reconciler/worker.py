@@ -391,9 +391,8 @@ class Worker:
         for (shard, outcome), n in result.invalidations.items():
             metrics.invalidations.labels(shard, outcome).inc(n)
         if not self.dry_run:
-            observe = metrics.end_to_end.observe
-            for commit_ms in commits:
-                observe(max(0.0, acknowledged - commit_ms / 1000))
+            metrics.end_to_end.observe_many(
+                [max(0.0, acknowledged - commit_ms / 1000) for commit_ms in commits])
 
     def _store(self, positions: dict[TP, int]) -> None:
         if not positions:

@@ -5,12 +5,11 @@ are wrong fails to decode with a JSON path. Both converter settings are covered 
 one struct: with ``schemas.enable=true`` a value is ``{"schema": …, "payload": …}``,
 without it the envelope fields sit at the top level.
 
-Inside, a record is an ``Event``: a frozen, slotted dataclass.
+Inside, a record is an ``Event``: a frozen struct.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -76,9 +75,9 @@ class WireKey(msgspec.Struct, frozen=True):
 ColumnTypes = dict[str, LogicalType]  # column → logical type, from the embedded schema
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
-    """One decoded Kafka record."""
+class Event(msgspec.Struct, frozen=True, gc=False):
+    """One decoded Kafka record (a msgspec Struct: ~10x cheaper to build than a frozen
+    dataclass, and built once per record on the hot path)."""
 
     kind: str  # CHANGE, TRUNCATE, TOMBSTONE, HEARTBEAT, TRANSACTION or MESSAGE
     topic: str

@@ -9,7 +9,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from reconciler import __version__, planner
-from reconciler.metrics import DEAD_LETTER_REASONS, SKIP_REASONS, Metrics
+from reconciler.metrics import DEAD_LETTER_REASONS, END_TO_END_BUCKETS, SKIP_REASONS, Metrics
 
 ROOT = Path(__file__).resolve().parents[3]
 SPEC = {  # SPEC §6: name -> (type, labels)
@@ -73,3 +73,23 @@ def test_every_skip_reason_is_created_at_zero() -> None:
     reasons = set(planner.SKIP_REASONS.values()) | {planner.UNKNOWN_TABLE}
     reasons |= set(re.findall(r'result\.skipped\["(\w+)"\]', worker))
     assert reasons <= set(SKIP_REASONS), reasons - set(SKIP_REASONS)
+
+
+def test_the_batch_histogram_exposes_what_a_histogram_would() -> None:
+    from prometheus_client import Histogram, generate_latest
+
+    values = [0.0, 0.004, 0.005, 0.0051, 0.3, 2.0, 9999.0]
+    ours, theirs = CollectorRegistry(), CollectorRegistry()
+    Metrics.create(ours).end_to_end.observe_many(values)
+    reference = Histogram("reconciler_end_to_end_seconds", "x", registry=theirs,
+                          buckets=END_TO_END_BUCKETS)
+    for value in values:
+        reference.observe(value)
+
+    def samples(registry: CollectorRegistry) -> dict[tuple[str, str], float]:
+        return {(s.name, s.labels.get("le", "")): s.value
+                for family in registry.collect() if family.name == "reconciler_end_to_end_seconds"
+                for s in family.samples if not s.name.endswith("_created")}
+
+    assert samples(ours) == samples(theirs)
+    assert b"reconciler_end_to_end_seconds_bucket" in generate_latest(ours)
