@@ -24,6 +24,7 @@ FIXTURE = ROOT / "tests" / "fixtures" / "debezium" / "schemas_true.jsonl"
 HEADER_SEQ = "cr-fault-seq"  # the record's number in the corpus
 HEADER_EXPECT = "cr-fault-expect"  # the dead-letter reason expected, or "valid"
 VALID = "valid"
+ANY = "any"  # a randomly corrupted record: dead-lettered for any reason, or processed
 ID_BASE = 10**15  # ids of cloned rows: far above any real row's
 
 
@@ -133,13 +134,32 @@ class Corpus:
         raw_key, raw_value = mutate(self, key, value)
         return self._record(name, expect, raw_key, raw_value)
 
+    def corrupted(self) -> Record:
+        """A real event with a few bytes inserted, deleted or flipped, in its value or key:
+        whatever it has become, it is dead-lettered or processed, never a crash."""
+        key, value, _, _ = self.clone()
+        raw_key, raw_value = bytearray(_dump(key)), bytearray(_dump(value))
+        target = raw_value if self.rng.random() < 0.8 else raw_key
+        for _ in range(self.rng.randint(1, 3)):
+            at = self.rng.randrange(len(target))
+            roll = self.rng.random()
+            if roll < 0.4:
+                target[at:at] = self.rng.choice(
+                    [b"\xff", b"\xc3", b"\xed\xa0\x80", b"\x00", b"\\", b'"', b"{", b"]"])
+            elif roll < 0.7:
+                del target[at:at + self.rng.randint(1, 10)]
+            else:
+                target[at] = self.rng.randrange(256)
+        return self._record("corrupted_bytes", ANY, bytes(raw_key), bytes(raw_value))
+
     def _record(self, kind: str, expect: str, key: bytes | None, value: bytes | None,
                 entries: tuple[tuple[str, str, int | None], ...] = ()) -> Record:
         self.seq += 1
         return Record(self.seq, kind, expect, key, value, entries)
 
-    def build(self, valid: int, poison: int) -> list[Record]:
+    def build(self, valid: int, poison: int, corrupted: int = 0) -> list[Record]:
         records = [self.valid() for _ in range(valid)]
+        records += [self.corrupted() for _ in range(corrupted)]
         records += [self.near_limit() for _ in range(max(1, valid // 500))]
         records += [self.skip() for _ in range(max(1, valid // 50))]
         records += [self.poison() for _ in range(poison)]
@@ -189,6 +209,12 @@ def _invalid_utf8(corpus: Corpus, key: Any, value: Any) -> Raw:
     raw = _dump(value)
     at = raw.index(b'"op"')
     return _dump(key), raw[:at + 1] + b"\xff\xfe" + raw[at + 1:]
+
+
+def _invalid_utf8_in_payload(corpus: Corpus, key: Any, value: Any) -> Raw:
+    raw = _dump(value)
+    at = raw.rindex(b'"op"')  # the payload's, after the schema's
+    return _dump(key), raw[:at + 1] + b"\xc3\x28" + raw[at + 1:]
 
 
 def _garbage(corpus: Corpus, key: Any, value: Any) -> Raw:
@@ -254,7 +280,8 @@ MUTATIONS: list[tuple[str, str, Callable[[Corpus, Any, Any], Raw]]] = [
     ("shard_key_not_a_number", "invalid_shard_key", _set("after.neighborhood_id", "abc")),
     ("shard_key_outside_ranges", "unroutable", _set("after.neighborhood_id", 5000)),
     ("unknown_table", "unknown_table", _set("source.table", "ghosts")),
-    ("invalid_utf8", "invalid_json", _invalid_utf8),
+    ("invalid_utf8_in_schema", "invalid_json", _invalid_utf8),
+    ("invalid_utf8_in_payload", "invalid_json", _invalid_utf8_in_payload),
     ("binary_garbage", "invalid_json", _garbage),
     ("deep_nesting", "invalid_json", _deep_value),
     ("oversized", "oversized", _oversized),

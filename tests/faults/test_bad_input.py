@@ -20,7 +20,7 @@ from reconciler.deadletter import HEADER_OFFSET, HEADER_REASON
 from tests.conftest import Stack
 from tests.e2e.support import create_topic, end_offsets
 from tests.faults.conftest import REPEAT
-from tests.faults.corpus import HEADER_EXPECT, HEADER_SEQ, VALID, Corpus, Record
+from tests.faults.corpus import ANY, HEADER_EXPECT, HEADER_SEQ, VALID, Corpus, Record
 from tests.faults.oracle import MAX_VERSION, Figures, Oracle
 from tests.faults.workers import Worker, fault_config
 
@@ -28,6 +28,7 @@ pytestmark = [pytest.mark.faults, pytest.mark.e2e]
 MAX_EVENT_BYTES = 256 * 1024  # max_event_bytes of this test: near-limit and oversized records
 VALID_PER_ROUND = 2000
 POISON_PER_ROUND = 2000
+CORRUPTED_PER_ROUND = 500  # bytes flipped at random: any reason, or processed
 
 
 def produce(stack: Stack, topic: str, records: list[Record]) -> None:
@@ -80,7 +81,7 @@ def test_thousands_of_hostile_records_are_dead_lettered_and_the_valid_applied(
     try:
         worker.wait_ready()
         for _round in range(REPEAT):
-            batch = corpus.build(VALID_PER_ROUND, POISON_PER_ROUND)
+            batch = corpus.build(VALID_PER_ROUND, POISON_PER_ROUND, CORRUPTED_PER_ROUND)
             records += batch
             produce(stack, topic, batch)
         oracle.wait_committed(group, end_offsets(stack, [topic]), timeout=300)
@@ -91,17 +92,20 @@ def test_thousands_of_hostile_records_are_dead_lettered_and_the_valid_applied(
     assert code == 0, worker.log()[-3000:]
 
     by_seq = {record.seq: record for record in records}
-    poison = [r for r in records if r.expect != VALID]
+    poison = [r for r in records if r.expect not in (VALID, ANY)]
     expected = Counter(r.expect for r in poison)
-    letters = dead_letters(stack, f"{group}.dlq")
+    every_letter = dead_letters(stack, f"{group}.dlq")
+    letters = [letter for letter in every_letter if letter[HEADER_EXPECT] != ANY]
+    corrupted = Counter(letter[HEADER_REASON] for letter in every_letter
+                        if letter[HEADER_EXPECT] == ANY)
     found = Counter(letter[HEADER_REASON] for letter in letters)
     wrong = [f"record {letter[HEADER_SEQ]} ({by_seq[int(letter[HEADER_SEQ])].kind}) at offset "
              f"{letter[HEADER_OFFSET]}: dead-lettered as {letter[HEADER_REASON]}, expected "
              f"{letter[HEADER_EXPECT]}"
              for letter in letters if letter[HEADER_REASON] != letter[HEADER_EXPECT]]
     missing = {r.seq for r in poison} - {int(letter[HEADER_SEQ]) for letter in letters}
-    metric = {reason: n for (name, labels), n in samples.items()
-              if name == "reconciler_dead_letters_total" for _, reason in labels}
+    metric = Counter({reason: n for (name, labels), n in samples.items()
+                      if name == "reconciler_dead_letters_total" for _, reason in labels})
 
     # The valid records around them were applied: each left its exact entry.
     stale = []
@@ -125,11 +129,13 @@ def test_thousands_of_hostile_records_are_dead_lettered_and_the_valid_applied(
     figures.faults = len(poison)
     figures.seconds = round(time.monotonic() - oracle.started, 1)
     figures.extra.update(expected_by_reason=dict(expected), found_by_reason=dict(found),
-                         kinds=dict(Counter(r.kind for r in poison)))
+                         kinds=dict(Counter(r.kind for r in poison)),
+                         corrupted=sum(r.expect == ANY for r in records),
+                         corrupted_dead_lettered=dict(corrupted))
     assert wrong == [], f"{len(wrong)} wrong reasons, e.g.:\n" + "\n".join(wrong[:20])
     assert not missing, f"{len(missing)} poison records not dead-lettered, e.g. " + ", ".join(
         f"{by_seq[s].kind}" for s in sorted(missing)[:20])
     assert found == expected
     assert len(letters) == len(poison)
-    assert metric == {reason: float(n) for reason, n in expected.items()}
+    assert metric == expected + corrupted
     assert stale == [], f"{len(stale)} valid records not applied, e.g.:\n" + "\n".join(stale[:20])
