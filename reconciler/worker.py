@@ -22,6 +22,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,7 +49,7 @@ from reconciler.errors import (
 )
 from reconciler.freshness import Freshness
 from reconciler.health import HealthServer, Status
-from reconciler.invalidator import Invalidator
+from reconciler.invalidator import Invalidator, Outcome
 from reconciler.lag import LagMonitor
 from reconciler.metrics import Metrics
 from reconciler.planner import HEARTBEAT, Action, DeadLetter, Plan, Planner, plan_record
@@ -97,6 +98,20 @@ class BatchResult:
     unresolved: Counter[str] = field(default_factory=Counter)
     # table -> the first record of the batch with unresolved templates, and those templates
     unresolved_at: dict[str, tuple[str, tuple[str, ...]]] = field(default_factory=dict)
+
+
+@dataclass
+class Prepared:
+    """A decoded and planned batch, between planning and its acknowledged completion."""
+
+    started: float  # perf_counter at the start of the batch
+    result: BatchResult
+    positions: dict[TP, int]  # offset to store per partition, once the batch is done
+    actions: list[Action]
+    commits: list[int]  # source commit times of the changes in the batch
+    latest: dict[TP, tuple[int, str | None]]  # last change per partition, for freshness
+    dead: list[tuple[Message, str, str]]
+    heartbeat: int | None
 
 
 class Worker:
@@ -164,6 +179,9 @@ class Worker:
                 live=self._live, ready=self._ready, freshness=self.freshness.as_json)
         self._housekeeper = threading.Thread(target=self._housekeeping, name="housekeeping",
                                              daemon=True)
+        # Runs the in-flight batch's Valkey calls while the next batch is planned.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="invalidate")
+        self._in_flight: tuple[Prepared, Future[Outcome] | None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -221,17 +239,43 @@ class Worker:
         return code
 
     def loop(self, until: Callable[[], bool]) -> None:
+        """Consume until `until()`. One batch is in flight while the next is decoded and
+        planned: its Valkey calls run on a background thread, and it completes (acks
+        awaited, dead letters confirmed, offsets stored) before the next one's calls are
+        sent — so each shard still sees every key's operations in order, and no offset
+        is stored before its work is acknowledged."""
         batch_size = self.settings.kafka.batch_size
         timeout = self.settings.kafka.poll_timeout_seconds
         while not until():
             self._tick = time.monotonic()
             if self._tick >= self._next_reload:
+                self._finish_in_flight()  # never swap shard clients under a call
                 self._reload_shard_map()
             if self._pause_wanted != self._paused:
                 self._set_paused(self._pause_wanted)
             messages = self._next_batch(batch_size, timeout)
-            if messages:
-                self.process(messages)
+            if not messages:
+                self._finish_in_flight()
+                continue
+            prepared = self.prepare(messages)
+            self._finish_in_flight()
+            if faults.STOP_AT:
+                faults.checkpoint("decoded")
+            self._in_flight = (prepared, self._start(prepared))
+        # Stopping: the batch in flight completes. (On an error it is abandoned with its
+        # offsets unstored, and processed again after a restart.)
+        self._finish_in_flight()
+
+    def _start(self, prepared: Prepared) -> Future[Outcome] | None:
+        if not prepared.actions or self.dry_run:
+            return None
+        return self._executor.submit(self.invalidator.execute, prepared.actions)
+
+    def _finish_in_flight(self) -> None:
+        if self._in_flight is not None:
+            prepared, future = self._in_flight
+            self._in_flight = None
+            self.complete(prepared, future)
 
     def _next_batch(self, batch_size: int, timeout: float) -> list[Message]:
         """Whatever is ready now, up to batch_size; else wait up to `timeout` for one
@@ -252,6 +296,7 @@ class Worker:
         with contextlib.suppress(Exception):
             self.consumer.close()  # leaves the group: its partitions move at once
         self._producer.flush(5)
+        self._executor.shutdown(wait=True, cancel_futures=True)
         self.invalidator.close()
         self.shards.close()
         if self._http is not None:
@@ -274,6 +319,14 @@ class Worker:
     # ------------------------------------------------------------------ one batch
 
     def process(self, messages: list[Message]) -> BatchResult:
+        """One batch, start to finish (what replay and the tests call)."""
+        prepared = self.prepare(messages)
+        if faults.STOP_AT:
+            faults.checkpoint("decoded")
+        return self.complete(prepared, self._start(prepared))
+
+    def prepare(self, messages: list[Message]) -> Prepared:
+        """Decode and plan a batch: CPU only, nothing sent anywhere."""
         started = time.perf_counter()
         result = BatchResult(records=len(messages))
         decoder, planner = self.decoder, self.planner
@@ -331,28 +384,32 @@ class Worker:
             if event.ts_ms is not None:
                 commits.append(event.ts_ms)
                 latest[tp] = (event.ts_ms, event.table)
-        if faults.STOP_AT:
-            faults.checkpoint("decoded")
-        if actions and not self.dry_run:
-            outcome = self.invalidator.execute(actions)
+        return Prepared(started, result, positions, actions, commits, latest, dead, heartbeat)
+
+    def complete(self, prepared: Prepared, execution: Future[Outcome] | None) -> BatchResult:
+        """Wait for the batch's invalidations, confirm its dead letters, then store its
+        offsets and publish its counts."""
+        result = prepared.result
+        if execution is not None:
+            outcome = execution.result()
             result.invalidations = outcome.results
             for shard, removed in outcome.truncated.items():
                 self.metrics.truncated_keys.labels(shard).inc(removed)
-        if dead:
-            self._dead_letter(dead, result)
+        if prepared.dead:
+            self._dead_letter(prepared.dead, result)
         acknowledged = time.time()
         if faults.STOP_AT:
             faults.checkpoint("acknowledged")
         if not self.dry_run:
-            self._store(positions)
+            self._store(prepared.positions)
             if faults.STOP_AT:
                 faults.checkpoint("stored")
-        self._publish(result, commits, acknowledged)
-        for tp, (commit_ms, source_table) in latest.items():
+        self._publish(result, prepared.commits, acknowledged)
+        for tp, (commit_ms, source_table) in prepared.latest.items():
             self.freshness.reconciled(tp, commit_ms, source_table)
-        if heartbeat is not None:
-            self.freshness.heartbeat(heartbeat)
-        self.metrics.batch.observe(time.perf_counter() - started)
+        if prepared.heartbeat is not None:
+            self.freshness.heartbeat(prepared.heartbeat)
+        self.metrics.batch.observe(time.perf_counter() - prepared.started)
         return result
 
     def _dead_letter(self, dead: list[tuple[Message, str, str]], result: BatchResult) -> None:
@@ -433,8 +490,9 @@ class Worker:
             log.info("assigned %s", _names(partitions))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        # Callbacks run inside consume(): no batch is in flight, every stored offset is
-        # done work. Commit it before the partitions move.
+        # Callbacks run inside consume(), between batches: complete the batch in flight,
+        # so its offsets are stored, and commit before the partitions move.
+        self._finish_in_flight()
         self._commit()
         self._forget(partitions)
         if partitions:

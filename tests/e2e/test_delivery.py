@@ -160,8 +160,10 @@ def test_two_workers_split_partitions_and_one_takes_over_without_loss(
         wait_until(lambda: first.ready()["assigned_partitions"] > 0
                    and second.ready()["assigned_partitions"] > 0, 60,
                    "both workers to own partitions")
-        # The configured topics, plus the heartbeat topic the worker adds for freshness.
-        partitions = len(end_offsets(stack, [*TOPICS, "__debezium-heartbeat.nd"]))
+        # The configured topics, plus the heartbeat topic and the heartbeat table's topic
+        # that the worker adds for freshness.
+        partitions = len(end_offsets(stack, [*TOPICS, "__debezium-heartbeat.nd",
+                                             "nd.public.debezium_heartbeat"]))
         assert (first.ready()["assigned_partitions"]
                 + second.ready()["assigned_partitions"]) == partitions
 
