@@ -213,8 +213,8 @@ def _invalid_utf8(corpus: Corpus, key: Any, value: Any) -> Raw:
 
 def _invalid_utf8_in_payload(corpus: Corpus, key: Any, value: Any) -> Raw:
     raw = _dump(value)
-    at = raw.rindex(b'"op"')  # the payload's, after the schema's
-    return _dump(key), raw[:at + 1] + b"\xc3\x28" + raw[at + 1:]
+    image = b'"after":{'  # a column value: the decoder reads every one
+    return _dump(key), raw.replace(image, image + b'"note":"caf\xc3\x28",', 1)
 
 
 def _garbage(corpus: Corpus, key: Any, value: Any) -> Raw:

@@ -31,9 +31,16 @@ pytestmark = [pytest.mark.faults, pytest.mark.e2e]
 SESSION_TIMEOUT = 10.0  # connectors.kafka.SESSION_TIMEOUT_MS, the worker's default
 
 
-def partitions_of(stack: Stack) -> int:
-    """Partitions a worker is assigned: the topics plus the Debezium heartbeat topic."""
-    return len(end_offsets(stack, [*TOPICS, "__debezium-heartbeat.nd"]))
+def first_assignment(worker: Worker) -> int:
+    """How many partitions the worker's first `assigned` log line names: all of them,
+    for a worker that started alone (its topics plus the heartbeat topics it adds)."""
+    def found() -> int:
+        for line in worker.log().splitlines():
+            if "reconciler.worker: assigned " in line:
+                return line.split("assigned ", 1)[1].count("[")
+        return 0
+
+    return int(wait_until(found, 60, "the worker's first assignment", interval=0.1))
 
 
 def test_stopped_worker_resumed_after_reassignment_never_rewinds_the_group(
@@ -42,7 +49,6 @@ def test_stopped_worker_resumed_after_reassignment_never_rewinds_the_group(
     start_group_at_end(stack, group, TOPICS)
     config = fault_config(tmp_path, stack, group, batch_size=20)
     rng = random.Random(uid)
-    total = partitions_of(stack)
     workers: list[Worker] = []
     with CommitMonitor(stack, group, TOPICS) as monitor:
         try:
@@ -56,13 +62,14 @@ def test_stopped_worker_resumed_after_reassignment_never_rewinds_the_group(
                     "RECONCILER_FAULT_STOP_AT": point,
                     "RECONCILER_FAULT_STOP_ON": str(rng.randint(2, 4))})
                 workers.append(sleeper)
+                total = first_assignment(sleeper)
                 sleeper.wait_fault_stop()
                 stopped = time.monotonic()
                 # A second worker joins; the sleeper's partitions are reassigned to it once
                 # the sleeper's session expires, and it catches up past the sleeper.
                 taker = Worker(config, tmp_path / f"taker{cycle}.log")
                 workers.append(taker)
-                wait_until(lambda t=taker: t.ready().get("assigned_partitions") == total,  # type: ignore[misc]
+                wait_until(lambda t=taker, n=total: t.ready().get("assigned_partitions") == n,  # type: ignore[misc]
                            SESSION_TIMEOUT * 4, "the second worker to take every partition",
                            interval=0.3)
                 more = workload.create(posts=10, comments=10)
@@ -161,8 +168,9 @@ def test_rolling_restart_of_three_workers_under_load(
     group = f"froll-{uid}"
     start_group_at_end(stack, group, TOPICS)
     config = fault_config(tmp_path, stack, group, batch_size=50)
-    total = partitions_of(stack)
-    workers = [Worker(config, tmp_path / f"w{i}.log") for i in range(3)]
+    workers = [Worker(config, tmp_path / "w0.log")]
+    total = first_assignment(workers[0])
+    workers += [Worker(config, tmp_path / f"w{i}.log") for i in (1, 2)]
     everyone = list(workers)
     with CommitMonitor(stack, group, TOPICS) as monitor:
         try:

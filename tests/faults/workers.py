@@ -53,7 +53,8 @@ class Worker:
         self.proc = subprocess.Popen(
             [*prefix, sys.executable, "-m", "reconciler", "run", "-c", str(config)],
             stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT,
-            env={**os.environ, **(env or {})})
+            # A crash in C code (librdkafka, the Valkey client) leaves a Python trace.
+            env={**os.environ, "PYTHONFAULTHANDLER": "1", **(env or {})})
         self.port: int | None = None
         self.last_metrics: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
 
