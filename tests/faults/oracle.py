@@ -112,6 +112,7 @@ class Workload:
         self.shards = dict(shards)
         self.writers = {name: CacheWriter(client) for name, client in self.shards.items()}
         self.rows: list[Row] = []
+        self.retired: list[Row] = []  # rows checked already, no longer checked
         self.changes: list[Change] = []
         # Derived keys the app cached, per shard, and those a later update must remove.
         self.seeded: dict[str, set[str]] = {SHARD_A: set(), SHARD_B: set()}
@@ -157,6 +158,14 @@ class Workload:
         for shard in shards:
             if row.derived_key in self.seeded[shard]:
                 self.due[shard].add(row.derived_key)
+
+    def retire(self) -> None:
+        """Stop checking the rows so far (a scenario that wipes a shard checks each
+        cycle's rows before the next wipe, then retires them)."""
+        self.retired.extend(self.rows)
+        self.rows = []
+        for keys in (*self.seeded.values(), *self.due.values()):
+            keys.clear()
 
     def live(self, table: str | None = None) -> list[Row]:
         return [r for r in self.rows if not r.deleted and (table is None or r.table == table)]
@@ -388,8 +397,8 @@ class Oracle:
                 checked += 1
                 if self.workload.shards[shard].exists(key):
                     wrong.append(f"{shard} {key}: derived key still cached")
-        self.figures.entries_checked = checked
-        self.figures.rows = len(self.workload.rows)
+        self.figures.entries_checked += checked
+        self.figures.rows += len(self.workload.rows)
         return wrong
 
     # ------------------------------------------------------------------ accounting
