@@ -4,9 +4,15 @@ The position is the worker's own: the next offset after the last record whose
 invalidations were acknowledged (what it has stored for commit), or, before it has
 processed anything from a partition, the group's committed offset (the earliest
 offset for a new group: that is where it will start). Refreshed from a background
-thread with an admin client, so the gauge stays true while the worker is idle,
-paused, or stuck retrying an unavailable shard. The same thread publishes the
-freshness gauge.
+thread with a consumer of its own that never subscribes, so the gauge stays true while
+the worker is idle, paused, or stuck retrying an unavailable shard. The same thread
+publishes the freshness gauge.
+
+Not librdkafka's admin API: its requests that time out while a broker restarts can
+abort the whole process (``rd_kafka_enq_once_del_source_return: Assertion
+`eonce->refcnt > 0' failed``, librdkafka#4605 and #3663, seen with 2.16 by
+tests/faults/test_services.py); a consumer's watermark and committed-offset queries
+do not go through that code.
 """
 
 from __future__ import annotations
@@ -14,10 +20,8 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
 
-from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
-from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from reconciler.freshness import Freshness
 from reconciler.metrics import Metrics
@@ -25,17 +29,15 @@ from reconciler.metrics import Metrics
 log = logging.getLogger(__name__)
 
 TP = tuple[str, int]
-REQUEST_TIMEOUT = 10.0  # seconds for one admin request
-LATEST = OffsetSpec.latest()  # type: ignore[no-untyped-call]  # the high watermark
-EARLIEST = OffsetSpec.earliest()  # type: ignore[no-untyped-call]  # the log start offset
+REQUEST_TIMEOUT = 10.0  # seconds for one request to the cluster
 
 
 class LagMonitor:
     """Computes lag for the partitions the worker owns and publishes the gauge."""
 
-    def __init__(self, admin: AdminClient, group_id: str, metrics: Metrics,
+    def __init__(self, client: Consumer, group_id: str, metrics: Metrics,
                  freshness: Freshness, positions: Callable[[], Mapping[TP, int | None]]) -> None:
-        self._admin = admin
+        self._client = client  # a consumer of `group_id` that never subscribes
         self._group = group_id
         self._metrics = metrics
         self._freshness = freshness
@@ -60,15 +62,16 @@ class LagMonitor:
         if not positions:
             return
         checked_at = time.monotonic()
-        high = self._offsets(positions, LATEST)
+        watermarks = self._watermarks(positions)
+        high = {tp: top for tp, (_, top) in watermarks.items()}
         unknown = [tp for tp, position in positions.items() if position is None]
         if unknown:
             committed = self._committed(unknown)
-            missing = [tp for tp in unknown if committed.get(tp) is None]
-            earliest = self._offsets(dict.fromkeys(missing), EARLIEST) if missing else {}
             for tp in unknown:
                 known = committed.get(tp)
-                positions[tp] = known if known is not None else earliest.get(tp)
+                if known is None and tp in watermarks:
+                    known = watermarks[tp][0]  # a new group starts at the log start
+                positions[tp] = known
         caught_up = []
         for tp, position in positions.items():
             top = high.get(tp)
@@ -82,23 +85,24 @@ class LagMonitor:
                 caught_up.append(tp)
         self._freshness.caught_up(caught_up, checked_at)
 
-    def _offsets(self, partitions: Mapping[TP, object], spec: Any) -> dict[TP, int]:
-        request = {TopicPartition(topic, partition): spec for topic, partition in partitions}
-        out: dict[TP, int] = {}
-        futures = self._admin.list_offsets(request, request_timeout=REQUEST_TIMEOUT)
-        for tp, future in futures.items():
+    def _watermarks(self, partitions: Mapping[TP, object]) -> dict[TP, tuple[int, int]]:
+        """(log start, high watermark) per partition; stops at the first failure (the
+        cluster is away: the next refresh asks again)."""
+        out: dict[TP, tuple[int, int]] = {}
+        for topic, partition in partitions:
             try:
-                out[tp.topic, tp.partition] = future.result().offset
-            except Exception as exc:  # noqa: BLE001 - one partition's failure is logged, not fatal
-                log.debug("list_offsets %s[%d] failed: %s", tp.topic, tp.partition, exc)
+                found = self._client.get_watermark_offsets(
+                    TopicPartition(topic, partition), timeout=REQUEST_TIMEOUT, cached=False)
+            except KafkaException as exc:
+                log.debug("watermarks of %s[%d] failed: %s", topic, partition, exc)
+                break
+            if found is None:  # timed out
+                break
+            out[topic, partition] = (found[0], found[1])
         return out
 
     def _committed(self, partitions: list[TP]) -> dict[TP, int | None]:
-        request = [ConsumerGroupTopicPartitions(
-            self._group, [TopicPartition(t, p) for t, p in partitions])]
-        out: dict[TP, int | None] = {}
-        for future in self._admin.list_consumer_group_offsets(
-                request, request_timeout=REQUEST_TIMEOUT).values():
-            for tp in future.result().topic_partitions:
-                out[tp.topic, tp.partition] = tp.offset if tp.offset >= 0 else None
-        return out
+        found = self._client.committed([TopicPartition(t, p) for t, p in partitions],
+                                       timeout=REQUEST_TIMEOUT)
+        return {(tp.topic, tp.partition): tp.offset if tp.offset >= 0 else None
+                for tp in found}

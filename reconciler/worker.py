@@ -50,6 +50,7 @@ from reconciler.errors import (
 from reconciler.freshness import Freshness
 from reconciler.health import HealthServer, Status
 from reconciler.invalidator import Invalidator, Outcome
+from reconciler.lag import REQUEST_TIMEOUT as LAG_REQUEST_TIMEOUT
 from reconciler.lag import LagMonitor
 from reconciler.metrics import Metrics
 from reconciler.planner import HEARTBEAT, Action, DeadLetter, Plan, Planner, plan_record
@@ -164,7 +165,13 @@ class Worker:
         self._admin = AdminClient(admin_config(  # type: ignore[arg-type]
             kafka.bootstrap_servers, security, kafka.client, logger=self._rdkafka_log)
             | refused)
-        self.lag = LagMonitor(self._admin, self.group_id, self.metrics, self.freshness,
+        # The lag monitor asks with a consumer of its own that never subscribes, not the
+        # admin client: see reconciler.lag about librdkafka's admin API and broker restarts.
+        self._lag_client = Consumer(consumer_config(
+            kafka.bootstrap_servers, self.group_id, security, kafka.client,
+            logger=self._rdkafka_log) | {"enable.auto.commit": False,
+                                         "client.id": f"cache-reconciler-{self.group_id}-lag"})
+        self.lag = LagMonitor(self._lag_client, self.group_id, self.metrics, self.freshness,
                               lambda: dict(self._positions))
         self.invalidator = Invalidator(
             self.shards.clients, retry_budget_seconds=settings.valkey.retry_budget_seconds,
@@ -297,6 +304,11 @@ class Worker:
             self.consumer.close()  # leaves the group: its partitions move at once
         self._producer.flush(5)
         self._executor.shutdown(wait=True, cancel_futures=True)
+        if self._housekeeper.is_alive():
+            self._housekeeper.join(2 * LAG_REQUEST_TIMEOUT)
+        if not self._housekeeper.is_alive():  # never close it under the thread using it
+            with contextlib.suppress(Exception):
+                self._lag_client.close()
         self.invalidator.close()
         self.shards.close()
         if self._http is not None:

@@ -37,7 +37,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -409,11 +409,17 @@ class Oracle:
         return end_offsets(self.stack, TOPICS)
 
     def wait_committed(self, group: str, ends: Mapping[tuple[str, int], int],
-                       timeout: float = 120.0) -> None:
+                       timeout: float = 120.0, *, alive: Callable[[], bool] | None = None) -> None:
+        """Wait for `group` to commit up to `ends`; fail at once if `alive()` turns False
+        (the worker that should get there has died)."""
         topics = sorted({topic for topic, _ in ends})
-        wait_until(lambda: all(committed(self.stack, group, topics).get(tp, -1) >= end
-                               for tp, end in ends.items() if end > 0),
-                   timeout, f"group {group} to commit up to {dict(ends)}", interval=0.3)
+
+        def done() -> bool:
+            assert alive is None or alive(), "the worker died (see its log)"
+            return all(committed(self.stack, group, topics).get(tp, -1) >= end
+                       for tp, end in ends.items() if end > 0)
+
+        wait_until(done, timeout, f"group {group} to commit up to {dict(ends)}", interval=0.3)
 
     def account(self, group: str, *, dead_letter_topic: str | None = None,
                 dead_letters: int = 0, allow_data: bool = False,

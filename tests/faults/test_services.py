@@ -138,7 +138,10 @@ def test_kafka_broker_restart_mid_stream_loses_no_change(
         stack: Stack, tmp_path: Path, uid: str, workload: Workload, oracle: Oracle) -> None:
     group = f"fkaf-{uid}"
     start_group_at_end(stack, group, TOPICS)
-    config = fault_config(tmp_path, stack, group, batch_size=20)
+    # The lag monitor's Kafka requests run every 50 ms, so that many are in flight (and
+    # time out) while the broker is away: that is where librdkafka's admin API crashed.
+    config = fault_config(tmp_path, stack, group, batch_size=20, overrides={
+        "metrics": {"host": "127.0.0.1", "port": 0, "lag_refresh_seconds": 0.05}})
     worker = Worker(config, tmp_path / "worker.log")
     task_restarts = 0
     try:
@@ -159,7 +162,8 @@ def test_kafka_broker_restart_mid_stream_loses_no_change(
                 time.sleep(1)
             workload.move([r for r in rows if r.table == "comments"][::4])
             workload.delete(rows[1::9])
-            oracle.wait_committed(group, oracle.published(timeout=240), timeout=240)
+            oracle.wait_committed(group, oracle.published(timeout=240), timeout=240,
+                                  alive=worker.alive)
             assert worker.alive(), worker.log()[-3000:]
         figures = oracle.account(group, timeout=240)
     finally:
