@@ -15,6 +15,7 @@ Every stopped service is started again in a finally block (and by the suite's
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -104,26 +105,36 @@ def test_function_flush_mid_stream_is_reloaded_transparently(
     start_group_at_end(stack, group, TOPICS)
     config = fault_config(tmp_path, stack, group, batch_size=10)
     flushes = 0
+    reloads = 0
     for _cycle in range(REPEAT):
         rows = workload.create(posts=60, comments=40)
         workload.update(rows)
         workload.move([r for r in rows if r.table == "comments"][::3])
         workload.delete(rows[::6])
-        oracle.published()
-        worker = Worker(config, tmp_path / "worker.log")  # starts with a backlog
-        try:
-            worker.metrics_port()
-            deadline = time.monotonic() + 4
-            while time.monotonic() < deadline:
+        ends = oracle.published()
+        done = threading.Event()
+
+        def flush(done: threading.Event = done) -> None:
+            nonlocal flushes
+            while not done.is_set():
                 for client in workload.shards.values():
                     client.function_flush("SYNC")
                     flushes += 1
-                time.sleep(0.05)
-            oracle.wait_committed(group, oracle.published())
-            assert worker.log().count("reloading it") > 0
+                done.wait(0.02)
+
+        flusher = threading.Thread(target=flush, daemon=True)
+        flusher.start()  # flushing before the worker starts, until it has caught up
+        worker = Worker(config, tmp_path / "worker.log")  # starts with a backlog
+        try:
+            oracle.wait_committed(group, ends, alive=worker.alive)
         finally:
+            done.set()
+            flusher.join(10)
             assert worker.stop() == 0
+        reloads += worker.log().count("reloading it")
     oracle.figures.faults = flushes
+    oracle.figures.extra["reloads"] = reloads
+    assert reloads > 0
     final = Worker(config, tmp_path / "worker.log")
     try:
         oracle.account(group)
