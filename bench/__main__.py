@@ -1,0 +1,90 @@
+"""`python -m bench throughput|latency|backlog [options]` (see docs/benchmarks.md)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from bench.env import Endpoints
+from bench.report import RESULTS_DIR
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR,
+                        help="where results are written (default: bench/results)")
+    sub = parser.add_subparsers(dest="kind", required=True)
+
+    tp = sub.add_parser("throughput", help="ceiling vs naive vs our worker, same data")
+    tp.add_argument("--events", type=int, default=500_000, help="Kafka records (default 500k)")
+    tp.add_argument("--keys", type=int, default=100_000, help="rows at the start")
+    tp.add_argument("--partitions", type=int, default=6)
+    tp.add_argument("--envelope", choices=("schema", "bare"), default="schema",
+                    help="JSON converter schemas.enable true (the local connector) or false")
+    tp.add_argument("--compression", default="lz4", help="producer compression.type")
+    tp.add_argument("--naive-events", type=int, default=20_000)
+    tp.add_argument("--naive-seconds", type=float, default=60.0)
+    tp.add_argument("--runs", type=int, default=1, help="repeat the measurements N times")
+    tp.add_argument("--profile", choices=("pyinstrument", "py-spy"), action="append",
+                    default=[], help="one more worker run under this profiler (repeatable)")
+    tp.add_argument("--seed", type=int, default=1)
+    tp.add_argument("--keep-topic", action="store_true")
+
+    lat = sub.add_parser("latency", help="Kafka append -> invalidated, and Postgres commit -> "
+                                         "invalidated, at fixed offered rates")
+    lat.add_argument("--rates", default="1000,5000,20000", help="records/s, comma-separated")
+    lat.add_argument("--seconds", type=float, default=20.0, help="per rate")
+    lat.add_argument("--debezium-rate", type=float, default=300.0,
+                     help="Postgres updates/s for the Debezium run (0: skip it)")
+    lat.add_argument("--debezium-seconds", type=float, default=20.0)
+
+    bl = sub.add_parser("backlog", help="catch-up time and RSS over a backlog")
+    bl.add_argument("--events", type=int, default=1_000_000)
+    bl.add_argument("--keys", type=int, default=100_000)
+    bl.add_argument("--partitions", type=int, default=6)
+    bl.add_argument("--compression", default="lz4")
+    bl.add_argument("--seed", type=int, default=1)
+
+    for command in (tp, bl):
+        command.add_argument("--worker-client", metavar="PROPERTY=VALUE", action="append",
+                             default=[], help="an extra librdkafka property in the worker's "
+                             "kafka.client (and the ceiling with the worker's settings); "
+                             "repeatable")
+    for command in (tp, lat, bl):
+        command.add_argument("--worker-ref", metavar="GIT_REF",
+                             help="measure the worker code of this commit (extracted with "
+                                  "git archive) instead of the working tree")
+    args = parser.parse_args(argv)
+    endpoints = Endpoints.load()
+    if args.kind == "throughput":
+        from bench.throughput import Options, run_throughput
+
+        run_throughput(endpoints, Options(
+            events=args.events, keys=args.keys, partitions=args.partitions,
+            schemas=args.envelope == "schema", compression=args.compression,
+            naive_records=args.naive_events, naive_seconds=args.naive_seconds, runs=args.runs,
+            seed=args.seed, profile=tuple(args.profile), keep_topic=args.keep_topic,
+            worker_ref=args.worker_ref,
+            worker_client=dict(item.split("=", 1) for item in args.worker_client)),
+            args.out_dir)
+    elif args.kind == "latency":
+        from bench.latency import LatencyOptions, run_latency
+
+        run_latency(endpoints, LatencyOptions(
+            rates=tuple(float(r) for r in args.rates.split(",") if r),
+            seconds=args.seconds, debezium_rate=args.debezium_rate,
+            debezium_seconds=args.debezium_seconds, worker_ref=args.worker_ref), args.out_dir)
+    else:
+        from bench.backlog import BacklogOptions, run_backlog
+
+        run_backlog(endpoints, BacklogOptions(
+            events=args.events, keys=args.keys, partitions=args.partitions,
+            compression=args.compression, seed=args.seed, worker_ref=args.worker_ref,
+            worker_client=dict(item.split("=", 1) for item in args.worker_client)),
+            args.out_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""Starting `bench.runner` processes and collecting their results."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from bench.env import ROOT
+from bench.runner import Spec, write_spec
+
+PY_SPY = Path(sys.executable).parent / "py-spy"  # `pip install py-spy` into the venv
+PY_SPY_RATE = 250  # samples per second
+
+
+class Runner:
+    """One `python -m bench.runner` child, importing the worker code in `code` (its
+    working directory); its output goes to `<workdir>/<name>.log`."""
+
+    def __init__(self, spec: Spec, workdir: Path, name: str, *, code: Path = ROOT,
+                 py_spy: Path | None = None) -> None:
+        self.spec = spec
+        self.log_path = workdir / f"{name}.log"
+        argv = [sys.executable, "-m", "bench.runner",
+                str(write_spec(spec, workdir / f"{name}.spec.json"))]
+        if py_spy is not None:
+            if not PY_SPY.exists():
+                raise SystemExit(f"{PY_SPY} is missing: `{sys.executable} -m pip install "
+                                 "py-spy` (a benchmark tool, not a project dependency)")
+            argv = [str(PY_SPY), "record", "--format", "raw", "--nolineno", "--gil",
+                    "--rate", str(PY_SPY_RATE), "--output", str(py_spy), "--", *argv]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RECONCILER_")}
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(argv, cwd=code, stdout=log, stderr=subprocess.STDOUT,
+                                         env=env)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def __enter__(self) -> Runner:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.kill()
+
+    def kill(self) -> None:
+        """Kill the child if it is still running (after a failure elsewhere)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(30)
+
+    def result(self, timeout: float) -> dict[str, Any]:
+        """Wait for the child and return its JSON result (fails with its log's tail)."""
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(30)
+            raise RuntimeError(f"{self.spec.kind} runner still running after {timeout:.0f}s; "
+                               f"log: {self.log_path}\n{self.tail()}") from None
+        out = Path(self.spec.out)
+        if code != 0 or not out.exists():
+            raise RuntimeError(f"{self.spec.kind} runner exited with {code}; log: "
+                               f"{self.log_path}\n{self.tail()}")
+        result: dict[str, Any] = json.loads(out.read_text())
+        return result
+
+    def tail(self, lines: int = 30) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def run(spec: Spec, workdir: Path, name: str, *, timeout: float, code: Path = ROOT,
+        py_spy: Path | None = None) -> dict[str, Any]:
+    with Runner(spec, workdir, name, code=code, py_spy=py_spy) as runner:
+        return runner.result(timeout)

@@ -1,0 +1,397 @@
+"""One measured consumer in a process of its own: `python -m bench.runner SPEC.json`.
+
+Kinds (each reads `topic` from the earliest offset with the config's fresh group):
+
+- `ceiling`: `consume()` batches of the worker's size with the worker's consumer
+  settings (plus `client` overrides), and discard them: the fastest a Python worker
+  with those settings can go on this topic.
+- `naive`: one message at a time, `json.loads`, one synchronous `FCALL cr1_apply` per
+  key, a synchronous commit per message; stops at `limit_records` / `limit_seconds`.
+- `worker`: our `Worker.run()` (serve_metrics off) until its counters account for every
+  record of the topic (`Measured`), or until SIGTERM when `ends` is empty (the
+  latency benchmark).
+
+The process writes one JSON result to `out`: records, seconds from the first record
+to the last, CPU seconds over that span (getrusage: every thread, librdkafka's
+included), peak RSS, and for the worker its own counters and histograms. Timing
+starts when the first batch arrives, so group joins and connections are left out.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import valkey
+import yaml
+from confluent_kafka import Consumer, Message
+from prometheus_client import CollectorRegistry
+
+from bench.cache import actions
+from bench.env import Router
+from bench.events import DELETE, Change
+from connectors.kafka import consumer_config
+from connectors.valkey.functions import APPLY_FUNCTION
+from reconciler.logs import configure_logging
+from reconciler.settings import Settings, load_settings
+from reconciler.worker import Worker, kafka_security
+
+PROGRESS_EVERY = 0.25  # seconds between rewrites of the progress file
+WATCH_EVERY = 0.05  # seconds between the watcher's looks at the worker's counters
+STALL_SECONDS = 60.0  # ceiling/naive: give up when nothing arrives for this long
+
+
+@dataclass(frozen=True, slots=True)
+class Spec:
+    kind: str  # ceiling | naive | worker
+    config: str  # reconciler.yaml written by bench.env.write_config
+    topic: str
+    out: str  # where the JSON result goes
+    ends: dict[int, int] = field(default_factory=dict)  # partition -> end offset
+    limit_records: int | None = None  # naive: stop after this many records
+    limit_seconds: float | None = None  # naive: or after this long
+    profile: str | None = None  # worker: write a pyinstrument profile here (.txt)
+    ready: str | None = None  # worker: touched once it has joined its group
+    progress: str | None = None  # worker: rewritten with the records processed so far
+    client: dict[str, Any] = field(default_factory=dict)  # ceiling: librdkafka overrides
+
+    @property
+    def records(self) -> int:
+        return sum(self.ends.values())
+
+
+@dataclass(slots=True)
+class Meter:
+    """Records, wall and CPU time from the first record to the last."""
+
+    records: int = 0
+    started: float | None = None
+    finished: float | None = None
+    cpu_started: float = 0.0
+    cpu_finished: float = 0.0
+
+    def start(self) -> None:
+        if self.started is None:
+            self.started = time.perf_counter()
+            self.cpu_started = _cpu()
+
+    def finish(self) -> None:
+        if self.finished is None:
+            self.finished = time.perf_counter()
+            self.cpu_finished = _cpu()
+
+    def as_json(self) -> dict[str, Any]:
+        seconds = (self.finished or 0.0) - (self.started or 0.0)
+        cpu = self.cpu_finished - self.cpu_started
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return {
+            "records": self.records,
+            "seconds": round(seconds, 3),
+            "events_per_second": round(self.records / seconds) if seconds > 0 else None,
+            "cpu_seconds": round(cpu, 3),
+            "cpu_seconds_per_100k": round(cpu * 100_000 / self.records, 3)
+            if self.records else None,
+            "cpu_seconds_total": round(usage.ru_utime + usage.ru_stime, 3),
+            "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),  # ru_maxrss is in KiB
+        }
+
+
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+# --------------------------------------------------------------------------- ceiling
+
+
+def ceiling(spec: Spec, settings: Settings) -> dict[str, Any]:
+    kafka = settings.kafka
+    consumer = Consumer(consumer_config(kafka.bootstrap_servers, kafka.group_id,
+                                        kafka_security(settings),
+                                        {**kafka.client, **spec.client}))
+    consumer.subscribe([spec.topic])
+    meter = Meter()
+    batch, timeout = kafka.batch_size, kafka.poll_timeout_seconds
+    last = time.perf_counter()
+    while meter.records < spec.records and time.perf_counter() - last < STALL_SECONDS:
+        messages = consumer.consume(batch, timeout)
+        if messages:
+            meter.start()
+            meter.records += len(messages)
+            last = time.perf_counter()
+    meter.finish()
+    consumer.close()
+    return meter.as_json()
+
+
+# --------------------------------------------------------------------------- naive
+
+
+def naive(spec: Spec, settings: Settings) -> dict[str, Any]:
+    consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap_servers,
+                         "group.id": settings.kafka.group_id,
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer.subscribe([spec.topic])
+    shard_map = yaml.safe_load(settings.shard_map.read_text())
+    clients: dict[str, Any] = {name: valkey.Valkey.from_url(shard["url"])
+                               for name, shard in shard_map["shards"].items()}
+    router = Router.load(settings.shard_map)
+    ttl_ms = settings.fence_ttl_seconds * 1000
+    results: Counter[tuple[str, str]] = Counter()
+    meter = Meter()
+    limit = min(spec.records, spec.limit_records or spec.records)
+    spent = {"parse_and_valkey": 0.0, "commit": 0.0, "shard_down": 0.0}  # seconds in each
+    clock = time.perf_counter
+    deadline = float("inf")
+    last = clock()
+    while meter.records < limit and clock() < deadline:
+        message = consumer.poll(1.0)
+        if message is None or message.error() is not None:
+            if clock() - last > STALL_SECONDS:
+                break
+            continue
+        if meter.started is None:
+            meter.start()
+            deadline = clock() + (spec.limit_seconds or float("inf"))
+        value = message.value()
+        last = clock()
+        if value is not None:
+            change = _naive_change(json.loads(value))
+            for shard, key, op, version in actions(change, router):
+                reply = _fcall(clients[shard], key, ttl_ms, op, version, spent)
+                results[shard, reply[0].decode()] += 1
+            spent["parse_and_valkey"] += clock() - last
+            last = clock()
+        consumer.commit(message=message, asynchronous=False)
+        spent["commit"] += clock() - last
+        last = clock()
+        meter.records += 1
+    meter.finish()
+    consumer.close()
+    return {**meter.as_json(), "capped": meter.records < spec.records,
+            "seconds_in": {k: round(v, 3) for k, v in spent.items()},
+            "invalidations": _nested(results)}
+
+
+def _fcall(client: Any, key: str, ttl_ms: int, op: str, version: int,
+           spent: dict[str, float]) -> Any:
+    """One FCALL; while the shard refuses connections (a test restarting it), wait."""
+    while True:
+        try:
+            return client.execute_command("FCALL", APPLY_FUNCTION, 1, key, ttl_ms, op, version)
+        except (valkey.ConnectionError, valkey.TimeoutError):
+            started = time.perf_counter()
+            time.sleep(0.5)
+            spent["shard_down"] += time.perf_counter() - started
+
+
+def _naive_change(event: dict[str, Any]) -> Change:
+    payload = event["payload"] if "schema" in event and "payload" in event else event
+    op = payload["op"]
+    row = payload["before"] if op == DELETE else payload["after"]
+    return Change(op, row["id"], row["neighborhood_id"], row["system_version"])
+
+
+# --------------------------------------------------------------------------- worker
+
+
+class TimedConsumer:
+    """The worker's consumer, noting when records first arrive and how long the worker
+    waits in consume(); everything else goes straight to the real consumer."""
+
+    def __init__(self, consumer: Consumer, meter: Meter, on_first: Callable[[], None],
+                 on_call: Callable[[], None]) -> None:
+        self._consumer = consumer
+        self._meter = meter
+        self._on_first = on_first
+        self._on_call = on_call
+        self.waiting = 0.0  # seconds inside consume()
+
+    def consume(self, num_messages: int = 1, timeout: float = -1) -> list[Message]:
+        self._on_call()
+        started = time.perf_counter()
+        messages = self._consumer.consume(num_messages, timeout)
+        self.waiting += time.perf_counter() - started
+        if messages and self._meter.started is None:
+            self._on_first()
+            self._meter.start()
+        return messages
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._consumer, name)
+
+
+class Measured:
+    """Our worker, unmodified, observed through its public seams only — its `consumer`
+    and its metrics (SPEC §6) — so that the harness keeps working while the worker's
+    internals change. Every record ends up counted once in reconciler_events_total,
+    reconciler_skipped_total or reconciler_dead_letters_total, after its offset is
+    stored: when they add up to the topic's records, the worker has caught up."""
+
+    def __init__(self, settings: Settings, spec: Spec) -> None:
+        self.spec = spec
+        self.worker = Worker(settings, registry=CollectorRegistry(), serve_metrics=False)
+        self.registry = self.worker.metrics.registry
+        self.meter = Meter()
+        self.consumer = TimedConsumer(self.worker.consumer, self.meter, self._start_profile,
+                                      self._check)
+        metrics = self.worker.metrics
+        self._counters = (metrics.events, metrics.skipped, metrics.dead_letters)
+        self.worker.consumer = self.consumer  # type: ignore[assignment]
+        self.invalidating = 0.0  # seconds inside Invalidator.execute (any thread)
+        self._wrap_invalidator()
+        self._profiler: Any = None
+
+    def run(self) -> int:
+        threading.Thread(target=self._watch, name="bench-watch", daemon=True).start()
+        code = self.worker.run()
+        self.meter.finish()
+        self._stop_profile()
+        return code
+
+    def processed(self) -> int:
+        """Records accounted for (events + skipped + dead letters)."""
+        return int(sum(sample.value for counter in self._counters
+                       for metric in counter.collect() for sample in metric.samples
+                       if sample.name.endswith("_total")))
+
+    def _check(self) -> None:
+        """Stop once caught up. Called before every consume() — exact for a worker that
+        finishes a batch before it asks for the next — and by the watcher thread, for
+        one that finishes it later."""
+        if self.spec.ends and self.meter.finished is None and self.meter.started is not None:
+            self.meter.records = self.processed()
+            if self.meter.records >= self.spec.records:
+                self.meter.finish()
+                self.worker.stop()
+
+    def _watch(self) -> None:
+        """Ready file on assignment; progress file; the backstop of `_check()`."""
+        ready = Path(self.spec.ready) if self.spec.ready else None
+        progress_at = 0.0
+        while self.meter.finished is None:
+            time.sleep(WATCH_EVERY)
+            if ready is not None and self.registry.get_sample_value(
+                    "reconciler_assigned_partitions"):
+                ready.write_text("joined\n")
+                ready = None
+            if not self.spec.ends and not self.spec.progress and ready is None:
+                return
+            self._check()
+            if self.spec.progress and time.monotonic() >= progress_at:
+                progress_at = time.monotonic() + PROGRESS_EVERY
+                Path(self.spec.progress).write_text(f"{self.processed()}\n")
+
+    def _wrap_invalidator(self) -> None:
+        invalidator = self.worker.invalidator
+        execute = invalidator.execute
+
+        def timed_execute(actions: Iterable[Any]) -> Any:  # no import of the worker's types
+            started = time.perf_counter()
+            try:
+                return execute(actions)
+            finally:
+                self.invalidating += time.perf_counter() - started
+
+        invalidator.execute = timed_execute  # type: ignore[method-assign]
+
+    def _start_profile(self) -> None:  # in the main thread, with the first records
+        if self.spec.profile:
+            from pyinstrument import Profiler
+
+            self._profiler = Profiler(interval=0.001)
+            self._profiler.start()
+
+    def _stop_profile(self) -> None:
+        if self._profiler is None or self.spec.profile is None:
+            return
+        self._profiler.stop()
+        tree = self._profiler.output_text(unicode=True, color=False)
+        flat = self._profiler.output_text(unicode=True, color=False, flat=True)
+        Path(self.spec.profile).write_text(f"{tree}\n\nThe same, flat (self time):\n{flat}")
+
+
+def worker(spec: Spec, settings: Settings) -> dict[str, Any]:
+    measured = Measured(settings, spec)
+    if not spec.ends:
+        measured.worker.install_signal_handlers()  # the latency benchmark sends SIGTERM
+    code = measured.run()
+    measured.meter.records = measured.processed()
+    registry = measured.registry
+    figures = measured.meter.as_json()
+    return {
+        **figures,
+        "wall_split": {  # where the measured seconds went
+            "waiting_in_consume": round(min(measured.consumer.waiting, figures["seconds"]), 3),
+            "rest_of_the_loop": round(max(0.0, figures["seconds"] - measured.consumer.waiting),
+                                      3),
+            "inside_invalidator_execute": round(measured.invalidating, 3)},
+        "exit_code": code,
+        "invalidations": _nested(_counter(registry, "reconciler_invalidations_total",
+                                          "shard", "result")),
+        "events": dict(_counter(registry, "reconciler_events_total", "op")),
+        "skipped": dict(_counter(registry, "reconciler_skipped_total", "reason")),
+        "unresolved": sum(_counter(registry, "reconciler_unresolved_keys_total").values()),
+        "dead_letters": sum(_counter(registry, "reconciler_dead_letters_total").values()),
+        "retries": sum(_counter(registry, "reconciler_retries_total").values()),  # disturbed?
+        "end_to_end_buckets": _buckets(registry, "reconciler_end_to_end_seconds"),
+        "batches": registry.get_sample_value("reconciler_batch_seconds_count"),
+        "batch_seconds": registry.get_sample_value("reconciler_batch_seconds_sum"),
+    }
+
+
+def _counter(registry: CollectorRegistry, name: str, *labels: str) -> Counter[Any]:
+    out: Counter[Any] = Counter()
+    for metric in registry.collect():
+        for sample in metric.samples:
+            if sample.name == name:
+                key = tuple(sample.labels.get(label, "") for label in labels)
+                out[key[0] if len(key) == 1 else key] += int(sample.value)
+    return out
+
+
+def _buckets(registry: CollectorRegistry, name: str) -> list[tuple[float, float]]:
+    """(upper bound, cumulative count) of a histogram."""
+    out = []
+    for metric in registry.collect():
+        for sample in metric.samples:
+            if sample.name == f"{name}_bucket":
+                out.append((float(sample.labels["le"]), sample.value))
+    return sorted(out)
+
+
+def _nested(counts: Counter[Any]) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    for (shard, result), n in sorted(counts.items()):
+        out.setdefault(shard, {})[result] = n
+    return out
+
+
+KINDS = {"ceiling": ceiling, "naive": naive, "worker": worker}
+
+
+def main(argv: list[str]) -> int:
+    spec_json = json.loads(Path(argv[0]).read_text())
+    spec = Spec(**{**spec_json, "ends": {int(p): e for p, e in spec_json["ends"].items()}})
+    settings = load_settings(spec.config)
+    configure_logging(settings.logging.level, settings.logging.format == "json")
+    result = {"kind": spec.kind, **KINDS[spec.kind](spec, settings)}
+    Path(spec.out).write_text(json.dumps(result, indent=2))
+    return 0
+
+
+def write_spec(spec: Spec, path: Path) -> Path:
+    path.write_text(json.dumps(asdict(spec)))
+    return path
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,327 @@
+"""Throughput: the ceiling, the naive baseline and our worker on the same topic.
+
+One topic of `events` records (the workload in `bench.events`) is written once; then,
+per run, with a fresh consumer group each and the cache reset to the same
+pre-populated state before the naive baseline and before the worker:
+
+1. ceiling — consume and discard, with the prefetch limits raised (`CEILING_CLIENT`):
+   the fastest a Python consumer goes on this topic; and ceiling_worker_settings —
+   the same with the worker's own consumer settings (its 64 MB prefetch bound);
+2. naive — capped (`naive_records` / `naive_seconds`), its rate extrapolated;
+3. worker — end to end until its stored positions reach the end offsets.
+
+An optional extra worker run is profiled (pyinstrument: the main thread, wall clock;
+py-spy: every thread, only while it holds the GIL); its figures are kept apart.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import valkey
+
+from bench import process
+from bench.cache import CacheMix, cached_rows, expected, populate
+from bench.env import (
+    Code,
+    Endpoints,
+    create_topic,
+    delete_topic,
+    end_offsets,
+    flush,
+    retrying,
+    server_stats,
+    shard_clients,
+    write_config,
+)
+from bench.events import Envelope, Workload
+from bench.producer import produce
+from bench.profile import summarize_py_spy
+from bench.report import (
+    RESULTS_DIR,
+    busy_percent,
+    cpu_ticks,
+    machine,
+    stamp,
+    table,
+    write_result,
+)
+from bench.runner import Spec
+
+CEILING_CLIENT = {  # librdkafka prefetch limits raised (the worker keeps 64 MB queued)
+    "queued.max.messages.kbytes": 256 * 1024,
+    "max.partition.fetch.bytes": 8 * 1024 * 1024,
+    "fetch.max.bytes": 64 * 1024 * 1024,
+}
+CONSUMERS = ("ceiling", "ceiling_worker_settings", "naive", "worker")
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    events: int = 500_000  # Kafka records, tombstones included
+    keys: int = 100_000  # rows at the start
+    partitions: int = 6
+    schemas: bool = True  # the JSON converter's schemas.enable (the local connector's)
+    compression: str = "lz4"
+    naive_records: int = 20_000  # the naive baseline stops after this many records…
+    naive_seconds: float = 60.0  # …or this long, and its rate is extrapolated
+    runs: int = 1
+    seed: int = 1
+    profile: tuple[str, ...] = ()  # one more worker run under each of these profilers
+    keep_topic: bool = False
+    worker_ref: str | None = None  # measure this commit's worker code, not the working tree
+    worker_client: dict[str, str] = field(default_factory=dict)  # librdkafka overrides
+    mix: CacheMix = field(default_factory=CacheMix)
+
+
+def run_throughput(endpoints: Endpoints, options: Options,
+                   out_dir: Path = RESULTS_DIR) -> Path:
+    workdir = Path(tempfile.mkdtemp(prefix="bench-throughput-"))
+    uid = uuid.uuid4().hex[:8]
+    topic = f"bench.throughput.{uid}"
+    workload = Workload(records=options.events, keys=options.keys, seed=options.seed)
+    envelope = Envelope(schemas=options.schemas, seed=options.seed)
+    info = machine()
+    code = Code.resolve(options.worker_ref)
+    router = code.router
+    print(f"throughput: {options.events:,} records into {topic} ({options.partitions} "
+          f"partitions, {options.compression}); work files in {workdir}")
+    create_topic(endpoints, topic, options.partitions)
+    try:
+        produced = produce(endpoints.kafka, topic, workload.changes(), envelope,
+                           compression=options.compression)
+        ends = end_offsets(endpoints, topic)
+        if sum(ends.values()) != options.events:
+            raise RuntimeError(f"{topic} holds {sum(ends.values())} records, expected "
+                               f"{options.events}")
+        print(f"produced in {produced.seconds:.1f}s ({produced.records / produced.seconds:,.0f}"
+              f"/s), mean value {produced.mean_value_bytes:,.0f} bytes")
+        rows = cached_rows(workload, options.mix)
+        want, ops = expected(workload, router, rows)
+        clients = shard_clients(endpoints)
+
+        def reset() -> int:
+            flush(clients)
+            return populate(clients, workload, router, rows)
+
+        def reset_cache() -> int:
+            return retrying(reset, "resetting the cache")
+
+        def spec(kind: str, label: str, **extra: Any) -> Spec:
+            config = write_config(workdir / label, endpoints, group=f"bench-{label}-{uid}",
+                                  topics=[topic], client=options.worker_client,
+                                  base=code.config)
+            return Spec(kind=kind, config=str(config), topic=topic, ends=ends,
+                        out=str(workdir / f"{label}.result.json"), **extra)
+
+        budget = 300 + options.events / 2000  # seconds: a very slow worker still ends
+
+        def measure(kind: str, label: str, *, reset_first: bool, timeout: float = budget,
+                    **extra: Any) -> dict[str, Any]:
+            """One measurement; tried twice, because the stack is shared (a test may
+            restart Kafka or a shard under us), with a fresh group and cache each time."""
+            for attempt in (1, 2):
+                if reset_first:
+                    reset_cache()
+                name = label if attempt == 1 else f"{label}-retry"
+                servers, ticks = _server_stats(clients), cpu_ticks()
+                try:
+                    result = process.run(spec(kind, name, **extra), workdir, name,
+                                         timeout=timeout, code=code.directory)
+                    return {**result, "machine_cpu_busy_percent": busy_percent(ticks, cpu_ticks()),
+                            "servers": _server_delta(servers, _server_stats(clients))}
+                except RuntimeError as exc:
+                    if attempt == 2:
+                        raise
+                    print(f"{label} failed, measuring it again: {str(exc)[:300]}")
+            raise AssertionError("unreachable")
+
+        entries = reset_cache()
+        runs = []
+        for index in range(options.runs):
+            ceiling = measure("ceiling", f"ceiling-{index}", reset_first=False,
+                              client=CEILING_CLIENT)
+            ceiling_worker = measure("ceiling", f"ceiling-ws-{index}", reset_first=False)
+            naive = measure("naive", f"naive-{index}", reset_first=True,
+                            timeout=options.naive_seconds + 300,
+                            limit_records=options.naive_records,
+                            limit_seconds=options.naive_seconds)
+            worker = measure("worker", f"worker-{index}", reset_first=True)
+            runs.append(_run_summary(
+                {"ceiling": ceiling, "ceiling_worker_settings": ceiling_worker, "naive": naive,
+                 "worker": worker}, want, options.events))
+            _print_run(index, runs[-1])
+        profiles = [_profile(profiler, options, spec, reset_cache, workdir, out_dir, code)
+                    for profiler in options.profile]
+    finally:
+        if not options.keep_topic:
+            delete_topic(endpoints, topic)
+    data = {
+        "kind": "throughput",
+        "options": {**asdict(options), "topic": topic},
+        "machine": info,
+        "code": code.as_json(),
+        "load_average_after": machine()["load_average"],
+        "produced": produced.as_json(),
+        "cache": {"entries": entries, **asdict(options.mix)},
+        "workload_ops": dict(ops),
+        "expected_invalidations": _nested(want),
+        "runs": runs,
+        "summary": _summary(runs),
+        "profiles": profiles,
+    }
+    path = write_result("throughput", data, out_dir)
+    _print_summary(data["summary"])
+    print(f"results: {path}")
+    return path
+
+
+def _run_summary(figures: dict[str, dict[str, Any]], want: Counter[tuple[str, str]],
+                 events: int) -> dict[str, Any]:
+    worker = figures["worker"]
+    seen = Counter({(shard, result): n for shard, results in worker["invalidations"].items()
+                    for result, n in results.items()})
+    by_result: Counter[str] = Counter()
+    for (_, result), n in seen.items():
+        by_result[result] += n
+    total = sum(by_result.values())
+    eps = {name: run["events_per_second"] for name, run in figures.items()}
+    disturbed = []  # signs that something else changed the stack under the measurement
+    if seen != want:
+        disturbed.append("invalidations differ from the expected ones (cache flushed?)")
+    if worker.get("retries"):
+        disturbed.append(f"the worker retried {worker['retries']} times (a shard down?)")
+    if (figures["naive"].get("seconds_in") or {}).get("shard_down"):
+        disturbed.append("a shard refused the naive baseline's connections for a while")
+    return {
+        **figures,
+        "disturbed": disturbed,
+        "worker_vs_ceiling": round(eps["worker"] / eps["ceiling"], 4),
+        "worker_vs_ceiling_worker_settings": round(
+            eps["worker"] / eps["ceiling_worker_settings"], 4),
+        "worker_vs_naive": round(eps["worker"] / eps["naive"], 1),
+        "worker_complete": worker["records"] == events and worker["exit_code"] == 0,
+        "invalidations_match_expected": seen == want,
+        "invalidation_fractions": {r: round(n / total, 4) for r, n in
+                                   sorted(by_result.items())} if total else {},
+    }
+
+
+def _summary(all_runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians over the undisturbed runs (over all of them if every run was)."""
+    runs = [run for run in all_runs if not run["disturbed"]] or all_runs
+
+    def median(path: tuple[str, ...]) -> float:
+        values = []
+        for run in runs:
+            value: Any = run
+            for part in path:
+                value = value[part]
+            values.append(value)
+        return float(statistics.median(values))
+
+    out: dict[str, Any] = {"runs": len(runs), "disturbed_runs_left_out": len(all_runs) - len(runs)
+                           if len(runs) < len(all_runs) else 0}
+    for name in CONSUMERS:
+        for figure in ("events_per_second", "cpu_seconds_per_100k", "peak_rss_mb"):
+            out[f"{name}_{figure}"] = median((name, figure))
+    out["worker_vs_ceiling"] = median(("worker_vs_ceiling",))
+    out["worker_vs_ceiling_worker_settings"] = median(("worker_vs_ceiling_worker_settings",))
+    out["worker_vs_naive"] = median(("worker_vs_naive",))
+    out["worker_cpu_us_per_event"] = round(out["worker_cpu_seconds_per_100k"] * 10, 2)
+    return out
+
+
+def _print_run(index: int, run: dict[str, Any]) -> None:
+    rows = []
+    for name in CONSUMERS:
+        figures = run[name]
+        note = ""
+        if name == "naive" and figures.get("capped"):
+            note = f"capped at {figures['records']:,} records: extrapolated"
+        rows.append([name, figures["events_per_second"], figures["records"],
+                     figures["seconds"], figures["cpu_seconds_per_100k"],
+                     figures["peak_rss_mb"], note])
+    print(f"\nrun {index + 1}")
+    print(table(["", "events/s", "records", "seconds", "CPU s/100k", "peak RSS MB", ""], rows))
+    print(f"worker / ceiling = {run['worker_vs_ceiling']:.1%} (with the worker's settings: "
+          f"{run['worker_vs_ceiling_worker_settings']:.1%})   worker / naive = "
+          f"{run['worker_vs_naive']:.1f}x   invalidations as expected: "
+          f"{run['invalidations_match_expected']}   seen: {run['invalidation_fractions']}")
+    for reason in run["disturbed"]:
+        print(f"DISTURBED: {reason}")
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    left_out = summary["disturbed_runs_left_out"]
+    print(f"\nmedian of {summary['runs']} run(s)"
+          + (f" ({left_out} disturbed run(s) left out)" if left_out else ""))
+    print(table(["", "events/s", "CPU s/100k", "peak RSS MB"],
+                [[name, summary[f"{name}_events_per_second"],
+                  summary[f"{name}_cpu_seconds_per_100k"], summary[f"{name}_peak_rss_mb"]]
+                 for name in CONSUMERS]))
+    print(f"worker / ceiling = {summary['worker_vs_ceiling']:.1%} (with the worker's settings: "
+          f"{summary['worker_vs_ceiling_worker_settings']:.1%})   worker / naive = "
+          f"{summary['worker_vs_naive']:.1f}x   worker CPU per event = "
+          f"{summary['worker_cpu_us_per_event']:.1f} µs")
+
+
+def _profile(profiler: str, options: Options, spec: Callable[..., Spec],
+             reset: Callable[[], int], workdir: Path, out_dir: Path,
+             code: Code) -> dict[str, Any]:
+    reset()
+    when = stamp()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if profiler == "pyinstrument":
+        path = out_dir / f"profile-pyinstrument-{when}.txt"
+        result = process.run(spec("worker", "worker-pyinstrument", profile=str(path)),
+                             workdir, "worker-pyinstrument", timeout=300 + options.events / 1000,
+                             code=code.directory)
+        print(f"pyinstrument profile: {path}")
+        return {"profiler": "pyinstrument", "file": path.name, "worker": result}
+    raw = workdir / "py-spy.raw"
+    result = process.run(spec("worker", "worker-py-spy"), workdir, "worker-py-spy",
+                         timeout=300 + options.events / 1000, py_spy=raw,
+                         code=code.directory)
+    path = out_dir / f"profile-py-spy-{when}.txt"
+    path.write_text(summarize_py_spy(raw))
+    print(f"py-spy profile: {path}")
+    return {"profiler": "py-spy", "file": path.name, "worker": result}
+
+
+def _server_stats(clients: dict[str, Any]) -> dict[str, dict[str, float]]:
+    try:
+        return server_stats(clients)
+    except (valkey.ConnectionError, valkey.TimeoutError):  # a shard restarting: no figures
+        return {}
+
+
+def _server_delta(before: dict[str, dict[str, float]], after: dict[str, dict[str, float]],
+                  ) -> dict[str, dict[str, float | None]]:
+    """Per shard, during one measurement: FCALLs, their server time, server CPU."""
+    out: dict[str, dict[str, float | None]] = {}
+    for shard, stats in after.items():
+        if shard not in before:
+            continue
+        delta = {k: v - before[shard][k] for k, v in stats.items()}
+        calls = delta["fcall_calls"]
+        out[shard] = {"fcall_calls": int(calls),
+                      "fcall_usec_per_call": round(delta["fcall_usec"] / calls, 1)
+                      if calls else None,
+                      "fcall_seconds": round(delta["fcall_usec"] / 1e6, 3),
+                      "server_cpu_seconds": round(delta["cpu_seconds"], 3)}
+    return out
+
+
+def _nested(counts: Counter[tuple[str, str]]) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    for (shard, result), n in sorted(counts.items()):
+        out.setdefault(shard, {})[result] = n
+    return out

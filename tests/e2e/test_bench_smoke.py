@@ -1,0 +1,77 @@
+"""The throughput benchmark at a tiny size: a well-formed result that measured real work.
+
+Not a timed test: it checks that the harness cannot silently measure nothing — every
+consumer read the topic, and our worker's invalidation counts are exactly what the
+workload's changes call for.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from bench.env import LOCAL_CONFIG, SMOKE_DB, Endpoints, Router
+from bench.events import DELETE, TOMBSTONE, Workload
+from bench.throughput import Options, run_throughput
+from tests.conftest import Stack
+
+pytestmark = pytest.mark.e2e
+
+EVENTS, KEYS, NAIVE = 2000, 500, 200
+FIGURES = ("records", "seconds", "events_per_second", "cpu_seconds", "cpu_seconds_per_100k",
+           "peak_rss_mb")
+
+
+def expected_actions(workload: Workload, router: Router) -> Counter[str]:
+    """Per shard: post:{id} and feed:{neighbourhood} on each shard of the row for a
+    create or update, post:{id} on every shard for a delete, nothing for a tombstone."""
+    out: Counter[str] = Counter()
+    for change in workload.changes():
+        if change.op == DELETE:
+            out.update(router.names)
+        elif change.op != TOMBSTONE:
+            for shard in router.shards(change.neighborhood_id):
+                out[shard] += 2
+    return out
+
+
+def test_throughput_harness_measures_the_work(stack: Stack, tmp_path: Path) -> None:
+    endpoints = Endpoints(stack.kafka_bootstrap, {"a": stack.valkey["valkey-a"],
+                                                  "b": stack.valkey["valkey-b"]},
+                          stack.postgres_dsn, db=SMOKE_DB)
+    path = run_throughput(endpoints, Options(events=EVENTS, keys=KEYS, naive_records=NAIVE,
+                                             naive_seconds=30), tmp_path)
+
+    data = json.loads(path.read_text())
+    assert path.parent == tmp_path and path.name.startswith("throughput-")
+    assert data["kind"] == "throughput"
+    assert {"nproc", "python", "librdkafka", "packages"} <= data["machine"].keys()
+    assert {"commit", "dirty", "digest"} <= data["code"].keys()
+    assert data["produced"]["records"] == EVENTS
+    (run,) = data["runs"]
+    for name in ("ceiling", "ceiling_worker_settings", "naive", "worker"):
+        assert all(run[name][figure] is not None for figure in FIGURES), (name, run[name])
+        assert run[name]["events_per_second"] > 0 and run[name]["peak_rss_mb"] > 0
+    assert run["ceiling"]["records"] == run["ceiling_worker_settings"]["records"] == EVENTS
+    assert run["naive"]["records"] == NAIVE and run["naive"]["capped"]
+    assert sum(sum(r.values()) for r in run["naive"]["invalidations"].values()) > 0
+    assert data["summary"]["worker_events_per_second"] == run["worker"]["events_per_second"]
+
+    worker = run["worker"]
+    assert worker["exit_code"] == 0 and worker["records"] == EVENTS and run["worker_complete"]
+    workload = Workload(records=EVENTS, keys=KEYS)
+    ops = Counter(change.op for change in workload.changes())
+    assert worker["events"] == {"u": ops["u"], "c": ops["c"], "d": ops["d"]}
+    assert worker["skipped"]["tombstone"] == ops[TOMBSTONE]
+    assert worker["dead_letters"] == 0
+    counted = {shard: sum(results.values()) for shard, results in
+               worker["invalidations"].items()}
+    assert counted == dict(expected_actions(workload, Router.load(LOCAL_CONFIG.parent /
+                                                                  "shard_map.yaml")))
+    assert worker["invalidations"] == data["expected_invalidations"]
+    assert run["invalidations_match_expected"]
+    seen = run["invalidation_fractions"]
+    assert all(seen[result] > 0 for result in ("repaired", "fresh", "absent", "fenced")), seen
