@@ -138,7 +138,11 @@ def test_lost_group_offsets_restart_from_earliest_never_latest(
                        f"the worker to count the {history} records of the topics")
             reprocessed.append((processed(worker), history))
             if cycle == REPEAT - 1:
-                figures = oracle.account(group)
+                # From the earliest offset the worker also replays every TRUNCATE comments
+                # in the topics' history (other tests'); a truncate has a null key, so it
+                # sits on any partition and may be processed after this test's rows,
+                # removing their fences: those entries may be absent (never stale).
+                figures = oracle.account(group, truncated=frozenset({"comments"}))
         finally:
             assert worker.stop() == 0
     figures.extra["reprocessed_vs_history"] = reprocessed
