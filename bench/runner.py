@@ -40,9 +40,10 @@ from bench.env import Router
 from bench.events import DELETE, Change
 from connectors.kafka import consumer_config
 from connectors.valkey.functions import APPLY_FUNCTION
+from reconciler.clients import kafka_security
 from reconciler.logs import configure_logging
 from reconciler.settings import Settings, load_settings
-from reconciler.worker import Worker, kafka_security
+from reconciler.worker import Worker
 
 PROGRESS_EVERY = 0.25  # seconds between rewrites of the progress file
 WATCH_EVERY = 0.05  # seconds between the watcher's looks at the worker's counters

@@ -35,11 +35,12 @@ from typing import Any, TextIO
 from confluent_kafka import Message, TopicPartition
 from prometheus_client import CollectorRegistry
 
+from reconciler.batch import BatchResult
 from reconciler.errors import ConfigError, FatalError, RetryBudgetExceeded, TransientError
 from reconciler.progress import Progress
 from reconciler.ratelimit import TokenBucket
 from reconciler.settings import Settings
-from reconciler.worker import BatchResult, Worker
+from reconciler.worker import Worker
 
 log = logging.getLogger(__name__)
 

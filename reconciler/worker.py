@@ -1,12 +1,13 @@
 """The long-running worker: consume, decode, plan, invalidate, then store offsets.
 
-One batch at a time: ``consume()`` up to ``kafka.batch_size`` records; decode and
-plan each; run every action (one pipelined round trip per shard); produce and
-confirm the dead letters; only then store the batch's offsets — the batch is done
-whole, so stored offsets are contiguous by construction. Auto-commit ships stored
-offsets every second; a revocation commits synchronously (rebalance callbacks run
-inside ``consume()``, when no batch is in flight); a shutdown finishes the batch in
-flight, commits and leaves the group.
+Batch by batch: ``consume()`` up to ``kafka.batch_size`` records; decode and plan them
+(``reconciler.batch``); run every action, one pipelined round trip per shard; produce
+and confirm the dead letters; only then store the batch's offsets — a batch completes
+whole, so stored offsets are contiguous by construction. While a batch's Valkey calls
+are in flight the next batch is decoded and planned, never sent before the first has
+completed. Auto-commit ships stored offsets every second; a revocation completes the
+batch in flight and commits synchronously (rebalance callbacks run inside
+``consume()``); a shutdown finishes the batch in flight, commits and leaves the group.
 
 Signals: SIGTERM/SIGINT stop gracefully; SIGUSR1 pauses consumption (keeping the
 partitions), SIGUSR2 resumes.
@@ -20,26 +21,24 @@ import logging
 import signal
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+from confluent_kafka.admin import AdminClient
 from prometheus_client import CollectorRegistry
 
-from connectors.debezium import model
 from connectors.debezium.decode import Decoder
 from connectors.kafka import (
-    Security,
     admin_config,
     consumer_config,
     is_fatal,
     producer_config,
 )
 from reconciler import faults
+from reconciler.batch import BatchMetrics, BatchResult, Prepared, prepare_batch
+from reconciler.clients import ensure_topic, kafka_security, subscription_topics
 from reconciler.deadletter import DeadLetters
 from reconciler.errors import (
     ConfigError,
@@ -53,8 +52,8 @@ from reconciler.invalidator import Invalidator, Outcome
 from reconciler.lag import REQUEST_TIMEOUT as LAG_REQUEST_TIMEOUT
 from reconciler.lag import LagMonitor
 from reconciler.metrics import Metrics
-from reconciler.planner import HEARTBEAT, Action, DeadLetter, Plan, Planner, plan_record
-from reconciler.settings import Settings, read_secret_file
+from reconciler.planner import Planner
+from reconciler.settings import Settings
 from reconciler.shards import ShardPool
 from reconciler.templates import overlapping_patterns
 from shard_map import ShardMapError, ShardMapWatcher
@@ -63,56 +62,10 @@ log = logging.getLogger(__name__)
 
 TP = tuple[str, int]
 LIVENESS_SLACK = 60.0  # seconds the loop may stall beyond the retry budget before /healthz fails
-UNRESOLVED_LOG_EVERY = 60.0  # seconds between "unresolved" lines per table (the metric counts all)
 DEAD_LETTER_LOGS_PER_BATCH = 10  # dead letters logged one by one per batch; the rest summed
 EXIT_OK = 0  # clean shutdown
 EXIT_FAILED = 2  # a dependency stayed unavailable, or refused us: see the last log line
 METADATA_TIMEOUT_SECONDS = 10.0  # start-up: how long the cluster may take to answer
-DLQ_TOPIC_CONFIG = {"max.message.bytes": str(16 * 1024 * 1024)}  # fits any record we consumed
-
-
-def kafka_security(settings: Settings) -> Security:
-    sec = settings.kafka.security
-    password = sec.sasl_password.get_secret_value() if sec.sasl_password else None
-    if sec.sasl_password_file is not None:
-        password = read_secret_file(sec.sasl_password_file, "kafka.security.sasl_password_file")
-    return Security(
-        protocol=sec.protocol, sasl_mechanism=sec.sasl_mechanism,
-        sasl_username=sec.sasl_username, sasl_password=password,
-        ssl_ca_file=sec.ssl_ca_file, ssl_cert_file=sec.ssl_cert_file,
-        ssl_key_file=sec.ssl_key_file,
-        ssl_key_password=sec.ssl_key_password.get_secret_value() if sec.ssl_key_password else None,
-        ssl_endpoint_identification=sec.ssl_endpoint_identification,
-    )
-
-
-@dataclass
-class BatchResult:
-    """Counts for one batch (also what `replay` reports)."""
-
-    records: int = 0
-    events: Counter[tuple[str, str]] = field(default_factory=Counter)
-    skipped: Counter[str] = field(default_factory=Counter)
-    dead_letters: Counter[str] = field(default_factory=Counter)
-    invalidations: Counter[tuple[str, str]] = field(default_factory=Counter)
-    actions: Counter[tuple[str, str, str]] = field(default_factory=Counter)  # table, shard, kind
-    unresolved: Counter[str] = field(default_factory=Counter)
-    # table -> the first record of the batch with unresolved templates, and those templates
-    unresolved_at: dict[str, tuple[str, tuple[str, ...]]] = field(default_factory=dict)
-
-
-@dataclass
-class Prepared:
-    """A decoded and planned batch, between planning and its acknowledged completion."""
-
-    started: float  # perf_counter at the start of the batch
-    result: BatchResult
-    positions: dict[TP, int]  # offset to store per partition, once the batch is done
-    actions: list[Action]
-    commits: list[int]  # source commit times of the changes in the batch
-    latest: dict[TP, tuple[int, str | None]]  # last change per partition, for freshness
-    dead: list[tuple[Message, str, str]]
-    heartbeat: int | None
 
 
 class Worker:
@@ -147,8 +100,7 @@ class Worker:
         self._joined = False
         self._positions: dict[TP, int | None] = {}
         self._tick = time.monotonic()
-        self._unresolved_logged: dict[str, float] = {}  # table → when last logged
-        self._unresolved_since_log: dict[str, int] = {}  # table → count since then
+        self._batch_metrics = BatchMetrics(self.metrics)
         self._rdkafka_log = logging.getLogger("kafka")
         security = kafka_security(settings)
         kafka = settings.kafka
@@ -316,17 +268,7 @@ class Worker:
         log.info("stopped")
 
     def subscription(self) -> list[str]:
-        topics = self.settings.kafka.subscription()
-        if self.settings.kafka.topics:
-            prefixes = dict.fromkeys(t.split(".", 1)[0] for t in topics if "." in t)
-            heartbeat = self.settings.kafka.heartbeat_topic_prefix
-            existing = self._topics()
-            wanted = [f"{heartbeat}.{p}" for p in prefixes]
-            table = self.settings.freshness.heartbeat_table
-            if table:
-                wanted += [f"{p}.{table}" for p in prefixes]
-            topics += [t for t in wanted if t in existing and t not in topics]
-        return topics
+        return subscription_topics(self.settings, self._topics())
 
     # ------------------------------------------------------------------ one batch
 
@@ -339,64 +281,11 @@ class Worker:
 
     def prepare(self, messages: list[Message]) -> Prepared:
         """Decode and plan a batch: CPU only, nothing sent anywhere."""
-        started = time.perf_counter()
-        result = BatchResult(records=len(messages))
-        decoder, planner = self.decoder, self.planner
-        max_bytes = self.settings.max_event_bytes
-        dead_letter_topic = self.dead_letters.topic
-        # With a heartbeat table, only its WAL-ordered changes vouch for freshness.
-        heartbeat_table = self.settings.freshness.heartbeat_table
-        positions: dict[TP, int] = {}
-        actions: list[Action] = []
-        commits: list[int] = []  # source commit times of the changes in this batch
-        latest: dict[TP, tuple[int, str | None]] = {}
-        dead: list[tuple[Message, str, str]] = []
-        heartbeat: int | None = None
-        for message in messages:
-            error = message.error()
-            if error is not None:
-                self._consumer_error(error)
-                continue
-            # Never None for a message without an error.
-            topic: str = message.topic()  # type: ignore[assignment]
-            partition: int = message.partition()  # type: ignore[assignment]
-            offset: int = message.offset()  # type: ignore[assignment]
-            tp = (topic, partition)
-            positions[tp] = offset + 1
-            if topic == dead_letter_topic:
-                result.skipped["dead_letter_topic"] += 1
-                continue
-            plan = plan_record(decoder, planner, max_bytes, topic, partition, offset,
-                               message.key(), message.value())
-            if type(plan) is DeadLetter:
-                dead.append((message, plan.reason, plan.message))
-                continue
-            assert type(plan) is Plan
-            event = plan.event
-            if plan.skip is not None:
-                result.skipped[plan.skip] += 1
-                if plan.skip == HEARTBEAT and event.ts_ms is not None and (
-                        event.kind == model.CHANGE or not heartbeat_table):
-                    heartbeat = max(heartbeat or 0, event.ts_ms)
-                continue
-            table: str = event.table or ""
-            result.events[table, event.op or ""] += 1
-            if plan.unresolved:
-                result.unresolved[table] += len(plan.unresolved)
-                if table not in result.unresolved_at:
-                    result.unresolved_at[table] = (f"{topic}[{partition}]@{offset}",
-                                                   plan.unresolved)
-            if event.op == "t":
-                log.info("%s[%d]@%d: %s truncated: removing every key of its templates on "
-                         "every shard", topic, partition, offset, table)
-            actions.extend(plan.actions)
-            if self.count_actions:
-                for action in plan.actions:
-                    result.actions[table, action.shard, action.kind] += 1
-            if event.ts_ms is not None:
-                commits.append(event.ts_ms)
-                latest[tp] = (event.ts_ms, event.table)
-        return Prepared(started, result, positions, actions, commits, latest, dead, heartbeat)
+        return prepare_batch(
+            messages, self.decoder, self.planner, max_bytes=self.settings.max_event_bytes,
+            dead_letter_topic=self.dead_letters.topic,
+            heartbeat_table=self.settings.freshness.heartbeat_table,
+            count_actions=self.count_actions, consumer_error=self._consumer_error)
 
     def complete(self, prepared: Prepared, execution: Future[Outcome] | None) -> BatchResult:
         """Wait for the batch's invalidations, confirm its dead letters, then store its
@@ -416,7 +305,8 @@ class Worker:
             self._store(prepared.positions)
             if faults.STOP_AT:
                 faults.checkpoint("stored")
-        self._publish(result, prepared.commits, acknowledged)
+        self._batch_metrics.publish(result, prepared.commits, acknowledged,
+                                    observe_delay=not self.dry_run)
         for tp, (commit_ms, source_table) in prepared.latest.items():
             self.freshness.reconciled(tp, commit_ms, source_table)
         if prepared.heartbeat is not None:
@@ -437,31 +327,6 @@ class Worker:
                         len(dead) - DEAD_LETTER_LOGS_PER_BATCH)
         if not self.dry_run:
             self.dead_letters.confirm()
-
-    def _publish(self, result: BatchResult, commits: list[int], acknowledged: float) -> None:
-        metrics = self.metrics
-        for (table, op), n in result.events.items():
-            metrics.events.labels(table, op).inc(n)
-        for reason, n in result.skipped.items():
-            metrics.skipped.labels(reason).inc(n)
-        for reason, n in result.dead_letters.items():
-            metrics.dead_letters.labels(reason).inc(n)
-        for table, n in result.unresolved.items():
-            metrics.unresolved.labels(table).inc(n)
-            self._unresolved_since_log[table] = self._unresolved_since_log.get(table, 0) + n
-            if time.monotonic() < self._unresolved_logged.get(table, 0.0) + UNRESOLVED_LOG_EVERY:
-                continue
-            self._unresolved_logged[table] = time.monotonic()
-            where, templates = result.unresolved_at.get(table, ("?", ()))
-            log.info("%s: %d key template(s) unresolved since the last such line, latest %s: "
-                     "%s (a column the event does not carry: see `reconciler doctor` about "
-                     "REPLICA IDENTITY FULL)", table, self._unresolved_since_log.pop(table), where,
-                     ", ".join(templates))
-        for (shard, outcome), n in result.invalidations.items():
-            metrics.invalidations.labels(shard, outcome).inc(n)
-        if not self.dry_run:
-            metrics.end_to_end.observe_many(
-                [max(0.0, acknowledged - commit_ms / 1000) for commit_ms in commits])
 
     def _store(self, positions: dict[TP, int]) -> None:
         if not positions:
@@ -612,18 +477,8 @@ class Worker:
                     raise
 
     def _ensure_dead_letter_topic(self) -> None:
-        topic = self.settings.kafka.dead_letter_topic
-        if topic in self._topics():
-            return
-        future = self._admin.create_topics(
-            [NewTopic(topic, num_partitions=3, replication_factor=-1, config=DLQ_TOPIC_CONFIG)]
-        )[topic]
-        try:
-            future.result(timeout=30)
-            log.info("created the dead-letter topic %s", topic)
-        except Exception as exc:  # noqa: BLE001 - we may lack the ACL; doctor reports it
-            log.warning("could not create the dead-letter topic %s (%s); create it, or the "
-                        "first dead letter stops the worker", topic, exc)
+        ensure_topic(self._admin, self.settings.kafka.dead_letter_topic, self._topics(),
+                     purpose="dead-letter")
 
     # ------------------------------------------------------------------ health
 

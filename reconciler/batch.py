@@ -1,0 +1,154 @@
+"""One consumed batch: decoded and planned (CPU only), then its counts published.
+
+``prepare_batch`` turns a batch of Kafka messages into the actions to run, the dead
+letters to send, the offsets to store once all of it is acknowledged, and the counts
+and commit times the metrics and the freshness watermark need. ``BatchMetrics``
+publishes a finished batch's counts: one metric update per label set per batch,
+never one per record.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from confluent_kafka import KafkaError, Message
+
+from connectors.debezium import model
+from connectors.debezium.decode import Decoder
+from reconciler.metrics import Metrics
+from reconciler.planner import HEARTBEAT, Action, DeadLetter, Plan, Planner, plan_record
+
+log = logging.getLogger(__name__)
+
+TP = tuple[str, int]
+UNRESOLVED_LOG_EVERY = 60.0  # seconds between "unresolved" lines per table (the metric counts all)
+
+
+@dataclass
+class BatchResult:
+    """Counts for one batch (also what `replay` reports)."""
+
+    records: int = 0
+    events: Counter[tuple[str, str]] = field(default_factory=Counter)
+    skipped: Counter[str] = field(default_factory=Counter)
+    dead_letters: Counter[str] = field(default_factory=Counter)
+    invalidations: Counter[tuple[str, str]] = field(default_factory=Counter)
+    actions: Counter[tuple[str, str, str]] = field(default_factory=Counter)  # table, shard, kind
+    unresolved: Counter[str] = field(default_factory=Counter)
+    # table -> the first record of the batch with unresolved templates, and those templates
+    unresolved_at: dict[str, tuple[str, tuple[str, ...]]] = field(default_factory=dict)
+
+
+@dataclass
+class Prepared:
+    """A decoded and planned batch, between planning and its acknowledged completion."""
+
+    started: float  # perf_counter at the start of the batch
+    result: BatchResult
+    positions: dict[TP, int]  # offset to store per partition, once the batch is done
+    actions: list[Action]
+    commits: list[int]  # source commit times of the changes in the batch
+    latest: dict[TP, tuple[int, str | None]]  # last change per partition, for freshness
+    dead: list[tuple[Message, str, str]]
+    heartbeat: int | None
+
+
+def prepare_batch(messages: list[Message], decoder: Decoder, planner: Planner, *,
+                  max_bytes: int, dead_letter_topic: str, heartbeat_table: str | None,
+                  count_actions: bool, consumer_error: Callable[[KafkaError], None]) -> Prepared:
+    """Decode and plan a batch: CPU only, nothing sent anywhere. With a heartbeat table,
+    only its WAL-ordered changes vouch for freshness (not the heartbeat topic)."""
+    started = time.perf_counter()
+    result = BatchResult(records=len(messages))
+    positions: dict[TP, int] = {}
+    actions: list[Action] = []
+    commits: list[int] = []  # source commit times of the changes in this batch
+    latest: dict[TP, tuple[int, str | None]] = {}
+    dead: list[tuple[Message, str, str]] = []
+    heartbeat: int | None = None
+    for message in messages:
+        error = message.error()
+        if error is not None:
+            consumer_error(error)
+            continue
+        # Never None for a message without an error.
+        topic: str = message.topic()  # type: ignore[assignment]
+        partition: int = message.partition()  # type: ignore[assignment]
+        offset: int = message.offset()  # type: ignore[assignment]
+        tp = (topic, partition)
+        positions[tp] = offset + 1
+        if topic == dead_letter_topic:
+            result.skipped["dead_letter_topic"] += 1
+            continue
+        plan = plan_record(decoder, planner, max_bytes, topic, partition, offset,
+                           message.key(), message.value())
+        if type(plan) is DeadLetter:
+            dead.append((message, plan.reason, plan.message))
+            continue
+        assert type(plan) is Plan
+        event = plan.event
+        if plan.skip is not None:
+            result.skipped[plan.skip] += 1
+            if plan.skip == HEARTBEAT and event.ts_ms is not None and (
+                    event.kind == model.CHANGE or not heartbeat_table):
+                heartbeat = max(heartbeat or 0, event.ts_ms)
+            continue
+        table: str = event.table or ""
+        result.events[table, event.op or ""] += 1
+        if plan.unresolved:
+            result.unresolved[table] += len(plan.unresolved)
+            if table not in result.unresolved_at:
+                result.unresolved_at[table] = (f"{topic}[{partition}]@{offset}",
+                                               plan.unresolved)
+        if event.op == "t":
+            log.info("%s[%d]@%d: %s truncated: removing every key of its templates on "
+                     "every shard", topic, partition, offset, table)
+        actions.extend(plan.actions)
+        if count_actions:
+            for action in plan.actions:
+                result.actions[table, action.shard, action.kind] += 1
+        if event.ts_ms is not None:
+            commits.append(event.ts_ms)
+            latest[tp] = (event.ts_ms, event.table)
+    return Prepared(started, result, positions, actions, commits, latest, dead, heartbeat)
+
+
+
+class BatchMetrics:
+    """Publishes each finished batch's counts, and logs unresolved templates at most
+    once a minute per table."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+        self._unresolved_logged: dict[str, float] = {}  # table → when last logged
+        self._unresolved_since_log: dict[str, int] = {}  # table → count since then
+
+    def publish(self, result: BatchResult, commits: list[int], acknowledged: float, *,
+                observe_delay: bool = True) -> None:
+        metrics = self.metrics
+        for (table, op), n in result.events.items():
+            metrics.events.labels(table, op).inc(n)
+        for reason, n in result.skipped.items():
+            metrics.skipped.labels(reason).inc(n)
+        for reason, n in result.dead_letters.items():
+            metrics.dead_letters.labels(reason).inc(n)
+        for table, n in result.unresolved.items():
+            metrics.unresolved.labels(table).inc(n)
+            self._unresolved_since_log[table] = self._unresolved_since_log.get(table, 0) + n
+            if time.monotonic() < self._unresolved_logged.get(table, 0.0) + UNRESOLVED_LOG_EVERY:
+                continue
+            self._unresolved_logged[table] = time.monotonic()
+            where, templates = result.unresolved_at.get(table, ("?", ()))
+            log.info("%s: %d key template(s) unresolved since the last such line, latest %s: "
+                     "%s (a column the event does not carry: see `reconciler doctor` about "
+                     "REPLICA IDENTITY FULL)", table, self._unresolved_since_log.pop(table), where,
+                     ", ".join(templates))
+        for (shard, outcome), n in result.invalidations.items():
+            metrics.invalidations.labels(shard, outcome).inc(n)
+        if observe_delay:
+            metrics.end_to_end.observe_many(
+                [max(0.0, acknowledged - commit_ms / 1000) for commit_ms in commits])
