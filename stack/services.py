@@ -516,6 +516,19 @@ def _quiet_logger() -> object:
     return quiet
 
 
+def kafka_cluster_id() -> str:
+    """A KRaft cluster id: 16 random bytes, URL-safe base64 without padding.
+
+    Like Kafka's own ``Uuid.randomUuid()``, never one starting with ``-``: the storage
+    tool's argument parser would take it for an option (``--cluster-id: expected one
+    argument``), which failed one start in 64.
+    """
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
+
 def kafka_start() -> None:
     log_path = LOG_DIR / "kafka.log"
     if kafka_running():
@@ -528,7 +541,7 @@ def kafka_start() -> None:
     lib = maven_jars("kafka")
     props = kafka_properties()
     if not (KAFKA_DIR / "data" / "meta.properties").exists():
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cluster_id = kafka_cluster_id()
         proc = subprocess.run(
             _java_argv(lib, "kafka.tools.StorageTool", "-Xmx256m", "format", "-t", cluster_id,
                        "-c", str(props)),
