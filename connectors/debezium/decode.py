@@ -151,18 +151,28 @@ def _parse(decoder: msgspec.json.Decoder[Any], data: bytes, what: str) -> Any:
         return decoder.decode(data)
     except msgspec.ValidationError as exc:
         raise InvalidEvent("invalid_envelope", f"{what}: {exc}") from None
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        # Invalid UTF-8 is a UnicodeDecodeError up to msgspec 0.22 and a DecodeError
+        # ("Invalid UTF-8 encoded string") from 0.23, neither saying where in the record:
+        # find the offending byte ourselves (only on this error path).
+        bad = _utf8_error(data)
+        if bad is not None:
+            raise InvalidEvent("invalid_json", f"{what} is not valid UTF-8: {bad.reason} "
+                               f"at byte {bad.start}") from None
+        if isinstance(exc, UnicodeDecodeError):
+            raise InvalidEvent("invalid_json", f"{what} is not valid UTF-8") from None
         raise InvalidEvent("invalid_json", f"{what} is not valid JSON: {exc}") from None
-    except UnicodeDecodeError:
-        # msgspec reports the position inside the offending string: find it in the record.
-        try:
-            bytes(data).decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise InvalidEvent("invalid_json", f"{what} is not valid UTF-8: {exc.reason} "
-                               f"at byte {exc.start}") from None
-        raise InvalidEvent("invalid_json", f"{what} is not valid UTF-8") from None
     except RecursionError:
         raise InvalidEvent("invalid_json", f"{what} is nested too deeply") from None
+
+
+def _utf8_error(data: bytes | memoryview | msgspec.Raw) -> UnicodeDecodeError | None:
+    """Where `data` is not valid UTF-8, or None when it is."""
+    try:
+        bytes(data).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return exc
+    return None
 
 
 def _bare_key(key: bytes) -> Any:
@@ -176,12 +186,13 @@ def _row_types(schema: msgspec.Raw) -> ColumnTypes:
     """Column → (logical name, scale) for the row struct of an envelope schema."""
     try:
         parsed = _ANY.decode(schema)
-    except (msgspec.DecodeError, RecursionError):
-        return {}
-    except UnicodeDecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
         # The envelope decoder leaves `schema` raw, so its bytes are checked only here.
-        raise InvalidEvent("invalid_json", f"value is not valid UTF-8: {exc.reason} at byte "
-                           f"{exc.start} of `$.schema`", path="$.schema") from None
+        bad = _utf8_error(schema)
+        if bad is not None:
+            raise InvalidEvent("invalid_json", f"value is not valid UTF-8: {bad.reason} at "
+                               f"byte {bad.start} of `$.schema`", path="$.schema") from None
+        return {}
     types: ColumnTypes = {}
     fields = parsed.get("fields") if isinstance(parsed, dict) else None
     for envelope_field in fields if isinstance(fields, list) else []:
