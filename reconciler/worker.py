@@ -301,12 +301,14 @@ class Worker:
         acknowledged = time.time()
         if faults.STOP_AT:
             faults.checkpoint("acknowledged")
+        # Counted before the offsets are stored: once an offset is committed, the work
+        # before it shows in the metrics.
+        self._batch_metrics.publish(result, prepared.commits, acknowledged,
+                                    observe_delay=not self.dry_run)
         if not self.dry_run:
             self._store(prepared.positions)
             if faults.STOP_AT:
                 faults.checkpoint("stored")
-        self._batch_metrics.publish(result, prepared.commits, acknowledged,
-                                    observe_delay=not self.dry_run)
         for tp, (commit_ms, source_table) in prepared.latest.items():
             self.freshness.reconciled(tp, commit_ms, source_table)
         if prepared.heartbeat is not None:
