@@ -8,8 +8,10 @@ then runs, side by side:
 - readers that load rows from Postgres and cache them through the writer helper
   (`set_if_newer`), as an application's read path does;
 - writers that update and delete rows in Postgres (Debezium streams each change);
-- a deliberately slow reader that loads a row, waits while the row changes, then tries
-  to cache what it loaded — the stale set the fences must refuse.
+- a deliberately slow reader that loads a row, changes it, waits until the reconciler's
+  freshness watermark (GET /freshness) says the change has been reconciled — the way an
+  application asks whether its own write is done — then tries to cache what it loaded
+  before the change: the stale set the fences must refuse.
 
 Every second it prints what the reconciler did (repaired / fresh / absent / fenced),
 the end-to-end delay (Postgres commit → invalidation acknowledged, from the worker's
@@ -20,6 +22,8 @@ its row (stale) must stay at zero. Ctrl-C stops everything cleanly.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import os
 import random
 import signal
@@ -30,6 +34,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import yaml
@@ -47,6 +52,8 @@ CONFIG = services.STACK_DIR / "demo" / "reconciler.yaml"
 ENDPOINTS = services.endpoints()
 DSN = str(ENDPOINTS["postgres_dsn"])
 METRICS_PORT = int(os.environ.get("CR_DEMO_METRICS_PORT", "9400"))
+SLOW_READER_STALL = 1.5  # seconds the slow reader holds its loaded row at least
+FRESHNESS_WAIT = 30.0  # seconds it waits for the watermark to pass its change
 ROWS = 200  # posts the demo works on
 NEIGHBOURHOODS = (7, 120, 420, 640, 880)  # a, a, moving a→b, b, b
 
@@ -60,6 +67,7 @@ class Tally:
     deletes: int = 0
     slow_refused: int = 0
     slow_accepted_stale: int = 0
+    slow_unconfirmed: int = 0  # the watermark did not vouch for the change in time: not tried
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def add(self, name: str, n: int = 1) -> None:
@@ -147,7 +155,9 @@ class Demo:
                 time.sleep(0.01)
 
     def slow_reader(self) -> None:
-        """Loads a row, stalls while the row changes, then tries to cache what it loaded."""
+        """Loads a row, changes it, waits until the reconciler has reconciled that change
+        (its freshness watermark for the table has passed the commit), then tries to
+        cache the row as it loaded it: a stale set, which the fence must refuse."""
         with psycopg.connect(DSN, autocommit=True) as conn:
             while not self.stop.is_set():
                 post_id, neighbourhood = random.choice(list(self.rows.items()))
@@ -155,14 +165,38 @@ class Demo:
                                    (post_id,)).fetchone()
                 if row is None:
                     continue
-                conn.execute("UPDATE posts SET title = 'changed under the slow reader' "
-                             "WHERE id = %s", (post_id,))
-                self.stop.wait(1.5)  # the reconciler fences the change meanwhile
+                changed = conn.execute("UPDATE posts SET title = 'changed under the slow "
+                                       "reader' WHERE id = %s", (post_id,)).rowcount
+                if changed != 1:
+                    continue  # deleted meanwhile by an updater
+                # A clock reading after the commit: the change's commit time is before it.
+                after_commit = conn.execute(
+                    "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint").fetchone()
+                assert after_commit is not None
+                if self.stop.wait(SLOW_READER_STALL):
+                    return
+                if not self.reconciled(after_commit[0]):
+                    if self.stop.is_set():
+                        return
+                    self.tally.add("slow_unconfirmed")
+                    continue
                 for writer in self.writers_for(post_id, neighbourhood):
                     if writer.set_if_newer(f"post:{post_id}", row[0], {"title": row[1]}, 300):
                         self.tally.add("slow_accepted_stale")
                     else:
                         self.tally.add("slow_refused")
+
+    def reconciled(self, commit_ms: int) -> bool:
+        """Whether the reconciler says every change to posts committed before `commit_ms`
+        has been reconciled (GET /freshness), waiting up to FRESHNESS_WAIT seconds."""
+        deadline = time.monotonic() + FRESHNESS_WAIT
+        while not self.stop.is_set() and time.monotonic() < deadline:
+            with contextlib.suppress(OSError, ValueError):
+                watermark = freshness().get("tables", {}).get("public.posts")
+                if watermark is not None and watermark >= commit_ms:
+                    return True
+            self.stop.wait(0.05)
+        return False
 
     # ---------------------------------------------------------------- audit
 
@@ -201,6 +235,21 @@ def start_at_end(group: str) -> None:
         consumer.commit(offsets=offsets, asynchronous=False)
     finally:
         consumer.close()
+
+
+def freshness() -> dict[str, Any]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{METRICS_PORT}/freshness", timeout=2) as r:
+        answer: dict[str, Any] = json.load(r)
+    return answer
+
+
+def ready() -> bool:
+    """GET /readyz: the worker has joined its group, holds partitions, reaches the shards."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{METRICS_PORT}/readyz", timeout=2):
+            return True
+    except (OSError, ValueError):  # 503 (HTTPError is an OSError) or not listening yet
+        return False
 
 
 def scrape() -> dict[str, float]:
@@ -267,15 +316,12 @@ def main() -> int:
     stuck_total = 0
     try:
         deadline = time.monotonic() + 60
-        while not interrupted.is_set():
-            try:
-                scrape()
-                break
-            except OSError:
-                if worker.poll() is not None or time.monotonic() > deadline:
-                    print(f"the reconciler did not start; see {log_path}", file=sys.stderr)
-                    return 1
-                time.sleep(0.3)
+        while not interrupted.is_set() and not ready():  # joined, partitions, shards
+            if worker.poll() is not None or time.monotonic() > deadline:
+                print(f"the reconciler did not become ready (/readyz); see {log_path}",
+                      file=sys.stderr)
+                return 1
+            time.sleep(0.3)
         for thread in threads:
             thread.start()
         print("workload running — Ctrl-C to stop\n", flush=True)
@@ -311,7 +357,9 @@ def main() -> int:
         tally = demo.tally
         print(f"workload: {tally.updates} updates, {tally.deletes} deletes, {tally.cached} "
               f"cache fills; the slow reader's stale sets: {tally.slow_refused} refused, "
-              f"{tally.slow_accepted_stale} accepted")
+              f"{tally.slow_accepted_stale} accepted"
+              + (f", {tally.slow_unconfirmed} not tried (the watermark did not pass the change "
+                 f"within {FRESHNESS_WAIT:.0f} s)" if tally.slow_unconfirmed else ""))
         print(f"stale entries at the end: {remaining} (longest-lived stale while running: "
               f"{stuck_total} over 3 s); reconciler exit code {code}")
     return 0 if remaining == 0 and code == 0 else 1

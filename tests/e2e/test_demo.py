@@ -1,9 +1,11 @@
 """The README's main command runs: the demo workload against the local stack ends with
-no stale entry, the slow reader's stale sets all refused, and a clean worker exit."""
+no stale entry, the slow reader's stale sets — each tried once the reconciler's
+freshness watermark said its change was reconciled — all refused, and a clean exit."""
 
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -28,7 +30,12 @@ def test_the_demo_repairs_and_leaves_nothing_stale(stack: Stack) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
     assert "stale entries at the end: 0" in out
-    assert ", 0 accepted" in out  # the slow reader never put stale data back
+    slow = re.search(r"stale sets: (\d+) refused, (\d+) accepted(.*)$", out, re.MULTILINE)
+    assert slow, out
+    refused, accepted, untried = int(slow[1]), int(slow[2]), slow[3]
+    assert refused > 0, "the slow reader must have tried its stale sets: " + out
+    assert accepted == 0, "a stale set got in after its change was reconciled: " + out
+    assert not untried, "the watermark never passed a change within its wait: " + out
     table = [line.split() for line in out.splitlines() if line[:5].strip().isdigit()]
     assert table, out
     repaired = int(table[-1][2])
