@@ -1,6 +1,7 @@
 """The `reconciler` command line (also `python -m reconciler`).
 
-Exit codes: 0 done, 1 bad input or a failed check, 2 a dependency failed at run time.
+Exit codes: 0 done, 1 bad input or a failed check, 2 a dependency failed at run time,
+130 interrupted, 141 the reader of stdout went away (`reconciler plan ... | head`).
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -34,6 +36,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader of stdout is gone (`| head`): end quietly, as Unix tools do. Point
+        # stdout at /dev/null so that the interpreter's final flush cannot fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+
+
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a process killed by it
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -230,6 +230,23 @@ def test_plan_as_a_subprocess_prints_only_the_plan(capsys: pytest.CaptureFixture
     assert done.stdout.endswith("\n")
 
 
+def test_plan_into_a_closed_pipe_ends_quietly_with_141(tmp_path: Path) -> None:
+    """`reconciler plan ... | head -1`: the reader leaves after one line; plan stops
+    without a traceback, with the exit status a shell gives a process killed by SIGPIPE."""
+    fixture = tmp_path / "many.jsonl"  # far more output than a pipe holds (64 KiB)
+    fixture.write_text((FIXTURES / r.SCHEMAS_TRUE).read_text() * 40)
+    plan = subprocess.Popen([str(RECONCILER), "plan", "-c", str(CONFIG), "--input", str(fixture)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert plan.stdout is not None and plan.stderr is not None
+    first = plan.stdout.readline()
+    plan.stdout.close()  # the reader goes away with most of the output unread
+    code = plan.wait(timeout=60)
+    errors = plan.stderr.read().decode()
+    assert json.loads(first)["topic"]
+    assert code == 141, errors
+    assert errors == ""
+
+
 # --------------------------------------------------------------------------- shard-map
 
 
