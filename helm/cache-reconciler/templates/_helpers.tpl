@@ -198,13 +198,13 @@ checks the relations between values. Included by the Deployment and the replay J
 {{- end }}
 {{- if .Values.autoscaling.enabled }}
 {{- if gt (int .Values.autoscaling.maxReplicas) $partitions }}
-{{- fail (printf "autoscaling.maxReplicas (%d) exceeds kafka.partitionCount (%d): consumers beyond the partition count get no partition and never become ready. Lower maxReplicas, or add partitions and raise kafka.partitionCount." (int .Values.autoscaling.maxReplicas) $partitions) }}
+{{- fail (printf "autoscaling.maxReplicas (%d) exceeds kafka.partitionCount (%d): consumers beyond the partition count hold no partition and sit idle. Lower maxReplicas, or add partitions and raise kafka.partitionCount." (int .Values.autoscaling.maxReplicas) $partitions) }}
 {{- end }}
 {{- if gt (int .Values.autoscaling.minReplicas) (int .Values.autoscaling.maxReplicas) }}
 {{- fail (printf "autoscaling.minReplicas (%d) is greater than autoscaling.maxReplicas (%d)." (int .Values.autoscaling.minReplicas) (int .Values.autoscaling.maxReplicas)) }}
 {{- end }}
 {{- else if gt (int .Values.replicaCount) $partitions }}
-{{- fail (printf "replicaCount (%d) exceeds kafka.partitionCount (%d): consumers beyond the partition count get no partition and never become ready. Lower replicaCount, or add partitions and raise kafka.partitionCount." (int .Values.replicaCount) $partitions) }}
+{{- fail (printf "replicaCount (%d) exceeds kafka.partitionCount (%d): consumers beyond the partition count hold no partition and sit idle. Lower replicaCount, or add partitions and raise kafka.partitionCount." (int .Values.replicaCount) $partitions) }}
 {{- end }}
 {{- $kafka := .Values.config.kafka }}
 {{- if and $kafka.topics $kafka.topic_regex }}
