@@ -98,4 +98,34 @@ export RECONCILER_CONFIG=/etc/cache-reconciler/config/reconciler.yaml
 "$runtime/reconciler" --help
 "$runtime/reconciler" run --help
 "$runtime/python" -m reconciler --help
+
+# The CLI imports its commands lazily: import every module of the three packages, so
+# that a runtime dependency missing from the lock fails here, not in a pod.
+step "run: every module of reconciler, connectors and shard_map imports"
+"$runtime/python" - <<'PY'
+import importlib
+import pkgutil
+
+count = 0
+for package in ("reconciler", "connectors", "shard_map"):
+    root = importlib.import_module(package)
+    for module in pkgutil.walk_packages(root.__path__, prefix=f"{package}."):
+        if module.name.endswith(".__main__"):  # runs the CLI; imported by `-m` above
+            continue
+        importlib.import_module(module.name)
+        count += 1
+print(f"check-image: {count} modules imported")
+PY
+
+# Commands that need no service: the shard map check and `plan` over recorded events.
+step "run: reconciler shard-map check, reconciler plan over recorded events"
+"$runtime/reconciler" shard-map check "$root/config/local/shard_map.yaml"
+planned=$("$runtime/reconciler" plan -c "$root/config/local/reconciler.yaml" \
+  --input "$root/tests/fixtures/debezium/schemas_true.jsonl" | wc -l)
+records=$(grep -c . "$root/tests/fixtures/debezium/schemas_true.jsonl")
+if [[ "$planned" -ne "$records" ]]; then
+  echo "check-image: plan printed $planned lines for $records records" >&2
+  exit 1
+fi
+echo "check-image: plan printed one line per record ($records)"
 step "ok"
