@@ -27,8 +27,8 @@ RELEASE = "rel"
 NAMESPACE = "cache"
 # The Kubernetes version the chart is rendered for (a current one), and every version the
 # rendered manifests are validated against: the chart's floor (kubeVersion) and current.
-KUBE_VERSION = "1.33.0"
-VALIDATE_VERSIONS = ("1.27.0", "1.33.0")
+KUBE_VERSION = "1.37.0"  # the newest schemas the pinned kubernetes-validate ships
+VALIDATE_VERSIONS = ("1.27.0", "1.33.0", "1.37.0")
 PINNED_HELM = "v3.22.0"
 
 
