@@ -22,7 +22,7 @@ def run(*argv: str) -> subprocess.CompletedProcess[str]:
     pytest.param([str(BIN / "lint-imports")], id="import-linter"),
     pytest.param([str(BIN / "mypy")], id="mypy-strict"),
     pytest.param([str(BIN / "ruff"), "check", "reconciler", "connectors", "shard_map",
-                  "stack", "demo"], id="ruff"),
+                  "stack", "demo", "bench", "tests", "deploy"], id="ruff"),
 ])
 def test_static_check_passes(command: list[str]) -> None:
     proc = run(*command)
