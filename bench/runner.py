@@ -214,13 +214,14 @@ class TimedConsumer:
         self._meter = meter
         self._on_first = on_first
         self._on_call = on_call
-        self.waiting = 0.0  # seconds inside consume()
+        self.waiting = 0.0  # seconds inside consume() once records flow (not the group join)
 
     def consume(self, num_messages: int = 1, timeout: float = -1) -> list[Message]:
         self._on_call()
         started = time.perf_counter()
         messages = self._consumer.consume(num_messages, timeout)
-        self.waiting += time.perf_counter() - started
+        if self._meter.started is not None:  # the run's seconds start at the first record
+            self.waiting += time.perf_counter() - started
         if messages and self._meter.started is None:
             self._on_first()
             self._meter.start()
@@ -248,7 +249,9 @@ class Measured:
         self._counters = (metrics.events, metrics.skipped, metrics.dead_letters)
         self.worker.consumer = self.consumer  # type: ignore[assignment]
         self.invalidating = 0.0  # seconds inside Invalidator.execute (any thread)
+        self.completing = 0.0  # seconds inside Worker.complete (the main thread) once running
         self._wrap_invalidator()
+        self._wrap_complete()
         self._profiler: Any = None
 
     def run(self) -> int:
@@ -304,6 +307,21 @@ class Measured:
 
         invalidator.execute = timed_execute  # type: ignore[method-assign]
 
+    def _wrap_complete(self) -> None:
+        """Time the main thread spends completing batches: waiting for the batch in
+        flight's Valkey answers, confirming dead letters, storing offsets, metrics."""
+        complete = self.worker.complete
+
+        def timed_complete(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return complete(*args, **kwargs)
+            finally:
+                if self.meter.started is not None:
+                    self.completing += time.perf_counter() - started
+
+        self.worker.complete = timed_complete  # type: ignore[method-assign]
+
     def _start_profile(self) -> None:  # in the main thread, with the first records
         if self.spec.profile:
             from pyinstrument import Profiler
@@ -334,10 +352,13 @@ def worker(spec: Spec, settings: Settings) -> dict[str, Any]:
             "waiting_in_consume": round(min(measured.consumer.waiting, figures["seconds"]), 3),
             "rest_of_the_loop": round(max(0.0, figures["seconds"] - measured.consumer.waiting),
                                       3),
+            # of the rest: completing batches (mostly waiting for the one in flight)
+            "inside_complete": round(measured.completing, 3),
             "inside_invalidator_execute": round(measured.invalidating, 3)},
         "exit_code": code,
         "invalidations": _nested(_counter(registry, "reconciler_invalidations_total",
                                           "shard", "result")),
+        "coalesced": dict(_counter(registry, "reconciler_coalesced_deletes_total", "shard")),
         "events": dict(_counter(registry, "reconciler_events_total", "op")),
         "skipped": dict(_counter(registry, "reconciler_skipped_total", "reason")),
         "unresolved": sum(_counter(registry, "reconciler_unresolved_keys_total").values()),

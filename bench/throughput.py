@@ -188,13 +188,18 @@ def _run_summary(figures: dict[str, dict[str, Any]], want: Counter[tuple[str, st
     worker = figures["worker"]
     seen = Counter({(shard, result): n for shard, results in worker["invalidations"].items()
                     for result, n in results.items()})
+    # A derived-key delete coalesced into a later one of its batch is not sent; in this
+    # workload nothing refills a feed key during the run, so it would have found nothing.
+    accounted = seen.copy()
+    for shard, n in (worker.get("coalesced") or {}).items():
+        accounted[shard, "absent"] += n
     by_result: Counter[str] = Counter()
     for (_, result), n in seen.items():
         by_result[result] += n
     total = sum(by_result.values())
     eps = {name: run["events_per_second"] for name, run in figures.items()}
     disturbed = []  # signs that something else changed the stack under the measurement
-    if seen != want:
+    if accounted != want:
         disturbed.append("invalidations differ from the expected ones (cache flushed?)")
     if worker.get("retries"):
         disturbed.append(f"the worker retried {worker['retries']} times (a shard down?)")
@@ -208,7 +213,7 @@ def _run_summary(figures: dict[str, dict[str, Any]], want: Counter[tuple[str, st
             eps["worker"] / eps["ceiling_worker_settings"], 4),
         "worker_vs_naive": round(eps["worker"] / eps["naive"], 1),
         "worker_complete": worker["records"] == events and worker["exit_code"] == 0,
-        "invalidations_match_expected": seen == want,
+        "invalidations_match_expected": accounted == want,
         "invalidation_fractions": {r: round(n / total, 4) for r, n in
                                    sorted(by_result.items())} if total else {},
     }

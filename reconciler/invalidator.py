@@ -4,6 +4,13 @@ Actions are grouped per shard in event order. A truncate is a barrier: the actio
 before it run first, then the truncate (SCAN + UNLINK on every shard), then the rest,
 so an insert that follows a truncate in the same batch keeps its fence.
 
+Deletes of the same derived (unversioned) key on the same shard within a segment are
+coalesced into the last one: every change of the batch is already committed, and a
+later plain delete of a key supersedes an earlier one whatever happened between them
+(a writer refilling the key between two calls of the batch is removed by the last
+delete too). A batch of changes in one busy neighbourhood deletes its feed key once,
+not once per change. Versioned operations are never coalesced.
+
 Transient Valkey errors are retried with capped exponential backoff inside a budget;
 every operation is idempotent, so re-sending a whole shard's call is safe. Past the
 budget — or at once for an error no retry can fix — the batch fails and its offsets
@@ -18,7 +25,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from connectors.errors import ValkeyRejected, ValkeyUnavailable
 from reconciler import faults
@@ -27,12 +34,6 @@ from reconciler.planner import DELETE, TRUNCATE, UNVERSIONED, VERSIONED, Action
 
 log = logging.getLogger(__name__)
 
-OP_CODES = {  # planner kind (+ fence) → the op code of the cr1_apply function
-    (VERSIONED, True): "v",
-    (VERSIONED, False): "s",
-    (DELETE, True): "d",
-    (UNVERSIONED, True): "u",
-}
 OP_BY_KIND = {VERSIONED: "v", DELETE: "d", UNVERSIONED: "u"}  # kind → op code (fence on)
 SNAPSHOT_OP = "s"  # a versioned action without fence: a snapshot read (op r)
 BACKOFF_START = 0.1  # seconds before the first retry
@@ -56,13 +57,19 @@ class ShardBatch:
     """Actions for one shard, as the parallel argument lists cr1_apply takes."""
 
     keys: list[str] = field(default_factory=list)
-    ops: list[str] = field(default_factory=list)
+    ops: list[str | None] = field(default_factory=list)  # None: superseded, dropped by compact()
     versions: list[int] = field(default_factory=list)
+    derived: dict[str, int] = field(default_factory=dict)  # derived key → index of its delete
+    coalesced: int = 0  # derived-key deletes superseded by a later one of the same key
 
-    def add(self, action: Action) -> None:
-        self.keys.append(action.key)
-        self.ops.append(OP_CODES[action.kind, action.fence])
-        self.versions.append(action.version or 0)
+    def compact(self) -> None:
+        """Drop the superseded deletes, keeping the order of the rest."""
+        keep = [i for i, op in enumerate(self.ops) if op is not None]
+        keys, ops, versions = self.keys, self.ops, self.versions
+        self.keys = [keys[i] for i in keep]
+        self.ops = [ops[i] for i in keep]
+        self.versions = [versions[i] for i in keep]
+        self.derived = {}
 
 
 @dataclass(slots=True)
@@ -79,11 +86,13 @@ class Outcome:
 
     results: Counter[tuple[str, str]] = field(default_factory=Counter)  # (shard, result) → n
     truncated: Counter[str] = field(default_factory=Counter)  # shard → keys removed
+    coalesced: Counter[str] = field(default_factory=Counter)  # shard → derived deletes saved
 
 
 def segments(actions: Iterable[Action]) -> list[Segment]:
-    """Group actions per shard, in order, cutting at every truncate (the hot path: one
-    pass, three appends per action)."""
+    """Group actions per shard, in order, cutting at every truncate, and coalesce the
+    deletes of each derived key into the last one (the hot path: one pass, three
+    appends per action, a dict lookup per derived key)."""
     out = [Segment()]
     shards = out[0].shards
     for action in actions:
@@ -99,10 +108,23 @@ def segments(actions: Iterable[Action]) -> list[Segment]:
         batch = shards.get(action.shard)
         if batch is None:
             batch = shards[action.shard] = ShardBatch()
+        ops = batch.ops
+        if kind == UNVERSIONED:
+            derived = batch.derived
+            earlier = derived.get(action.key)
+            if earlier is not None:
+                ops[earlier] = None  # superseded by this later delete of the same key
+                batch.coalesced += 1
+            derived[action.key] = len(ops)
         batch.keys.append(action.key)
-        batch.ops.append(OP_BY_KIND[kind] if action.fence else SNAPSHOT_OP)
+        ops.append(OP_BY_KIND[kind] if action.fence else SNAPSHOT_OP)
         batch.versions.append(action.version or 0)
-    return [segment for segment in out if segment.shards or segment.truncates]
+    kept = [segment for segment in out if segment.shards or segment.truncates]
+    for segment in kept:
+        for batch in segment.shards.values():
+            if batch.coalesced:
+                batch.compact()
+    return kept
 
 
 class Invalidator:
@@ -131,6 +153,9 @@ class Invalidator:
                 for action in segment.truncates:
                     outcome.truncated[action.shard] += self._truncate(action)
                 continue
+            for shard, batch in segment.shards.items():
+                if batch.coalesced:
+                    outcome.coalesced[shard] += batch.coalesced
             items = list(segment.shards.items())
             if len(items) == 1:
                 shard, batch = items[0]
@@ -159,7 +184,8 @@ class Invalidator:
         return self._call(action.shard, call)
 
     def _apply(self, shard: str, batch: ShardBatch) -> list[str]:
-        return self._call(shard, lambda c: c.apply(batch.keys, batch.ops, batch.versions))
+        ops: list[Any] = batch.ops  # compacted: no None left
+        return self._call(shard, lambda c: c.apply(batch.keys, ops, batch.versions))
 
     def _call(self, shard: str, call: Callable[[ShardClient], T]) -> T:
         deadline = time.monotonic() + self._budget

@@ -104,6 +104,7 @@ class Metrics:
     shard_up: Gauge
     freshness: Gauge
     truncated_keys: Counter
+    coalesced: Counter
     retries: Counter
     assigned_partitions: Gauge
     ready: Gauge
@@ -165,6 +166,10 @@ class Metrics:
             truncated_keys=counter("reconciler_truncated_keys_total",
                                    "Keys removed because their table was truncated.",
                                    ("shard",)),
+            coalesced=counter(
+                "reconciler_coalesced_deletes_total",
+                "Deletes of a derived (unversioned) key not sent because a later delete of "
+                "the same key in the same batch supersedes them, by shard.", ("shard",)),
             retries=counter("reconciler_retries_total",
                             "Retries of transient failures, by dependency (valkey, kafka).",
                             ("target",)),
@@ -191,3 +196,4 @@ class Metrics:
         for result in RESULTS:
             self.invalidations.labels(shard, result)
         self.truncated_keys.labels(shard)
+        self.coalesced.labels(shard)

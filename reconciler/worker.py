@@ -296,6 +296,8 @@ class Worker:
             result.invalidations = outcome.results
             for shard, removed in outcome.truncated.items():
                 self.metrics.truncated_keys.labels(shard).inc(removed)
+            for shard, saved in outcome.coalesced.items():
+                self.metrics.coalesced.labels(shard).inc(saved)
         if prepared.dead:
             self._dead_letter(prepared.dead, result)
         acknowledged = time.time()

@@ -6,6 +6,8 @@ same results and end states)."""
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from connectors.errors import ValkeyRejected, ValkeyUnavailable
 from connectors.valkey.testing import FakeShard
@@ -84,3 +86,98 @@ def test_two_shards_are_called_and_counted_separately() -> None:
                                    Action("b", "post:2", VERSIONED, 2)])
     invalidator.close()
     assert outcome.results == {("a", "absent"): 1, ("b", "repaired"): 1}
+
+
+# --------------------------------------------------------------------------- coalescing
+
+
+def test_deletes_of_a_derived_key_are_coalesced_into_the_last_one_per_shard() -> None:
+    (segment,) = segments([
+        Action("a", "feed:7", UNVERSIONED),
+        Action("a", "post:1", VERSIONED, 2),
+        Action("b", "feed:7", UNVERSIONED),  # another shard: its own delete
+        Action("a", "feed:8", UNVERSIONED),
+        Action("a", "feed:7", UNVERSIONED),  # supersedes the first
+        Action("a", "post:1", VERSIONED, 3),  # versioned: never coalesced
+    ])
+    a, b = segment.shards["a"], segment.shards["b"]
+    assert a.keys == ["post:1", "feed:8", "feed:7", "post:1"]
+    assert a.ops == ["v", "u", "u", "v"]
+    assert a.versions == [2, 0, 0, 3]
+    assert a.coalesced == 1
+    assert b.keys == ["feed:7"] and b.coalesced == 0
+
+
+def test_coalescing_never_crosses_a_truncate() -> None:
+    first, _truncate, last = segments([
+        Action("a", "feed:7", UNVERSIONED),
+        Action("a", "feed:*", TRUNCATE),
+        Action("a", "feed:7", UNVERSIONED),
+    ])
+    assert first.shards["a"].keys == ["feed:7"] and last.shards["a"].keys == ["feed:7"]
+    assert first.shards["a"].coalesced == last.shards["a"].coalesced == 0
+
+
+def test_coalesced_deletes_are_counted_and_not_sent() -> None:
+    a = FakeShard("a")
+    a.put("feed:7", {b"v": b"1", b"d": b"x"})
+    sent: list[list[str]] = []
+    apply = a.apply
+
+    def recording(keys: list[str], ops: list[str], versions: list[int]) -> list[str]:
+        sent.append(list(keys))
+        return apply(keys, ops, versions)
+
+    a.apply = recording  # type: ignore[method-assign]
+    invalidator = Invalidator(lambda: {"a": a}, retry_budget_seconds=1,
+                              truncate_max_keys_per_second=1e9)
+    outcome = invalidator.execute([Action("a", "feed:7", UNVERSIONED)] * 5
+                                  + [Action("a", "post:1", VERSIONED, 4)])
+    assert sent == [["feed:7", "post:1"]]
+    assert outcome.coalesced == {"a": 4}
+    assert outcome.results == {("a", "repaired"): 1, ("a", "absent"): 1}
+    assert a.keys() == ["post:1"]
+
+
+KEYS = ("feed:1", "feed:2", "post:1", "post:2")
+ACTIONS = st.lists(st.one_of(
+    st.builds(Action, st.sampled_from(("a", "b")), st.sampled_from(KEYS), st.just(UNVERSIONED)),
+    st.builds(Action, st.sampled_from(("a", "b")), st.sampled_from(KEYS), st.just(VERSIONED),
+              st.integers(1, 6), st.booleans()),
+    st.builds(Action, st.sampled_from(("a", "b")), st.sampled_from(KEYS), st.just(DELETE)),
+), max_size=40)
+ENTRIES = st.dictionaries(st.sampled_from(KEYS), st.one_of(
+    st.builds(lambda v: {b"v": str(v).encode(), b"d": b"x"}, st.integers(0, 7)),
+    st.builds(lambda v: {b"v": str(v).encode()}, st.integers(0, 7))))
+
+
+@given(actions=ACTIONS, before_a=ENTRIES, before_b=ENTRIES)
+@settings(max_examples=300, deadline=None)
+def test_coalesced_execution_ends_as_one_by_one_execution(
+        actions: list[Action], before_a: dict[str, dict[bytes, bytes]],
+        before_b: dict[str, dict[bytes, bytes]]) -> None:
+    """Whatever the mix of derived deletes, versioned changes and deletes (even on the
+    same key), one coalesced execution leaves each shard exactly as applying every
+    action alone, in order, does."""
+    def shards() -> dict[str, FakeShard]:
+        out = {"a": FakeShard("a"), "b": FakeShard("b")}
+        for name, before in (("a", before_a), ("b", before_b)):
+            for key, entry in before.items():
+                out[name].put(key, dict(entry))
+        return out
+
+    coalesced, one_by_one = shards(), shards()
+    Invalidator(lambda: coalesced, retry_budget_seconds=1,
+                truncate_max_keys_per_second=1e9).execute(actions)
+    alone = Invalidator(lambda: one_by_one, retry_budget_seconds=1,
+                        truncate_max_keys_per_second=1e9)
+    for action in actions:
+        alone.execute([action])
+    for name in ("a", "b"):
+        assert state(coalesced[name]) == state(one_by_one[name])
+
+
+def state(shard: FakeShard) -> dict[str, object]:
+    """Every key the shard holds, with its entry."""
+    held = shard.keys()
+    return {key: shard.entry(key) for key in held}
