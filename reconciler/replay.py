@@ -49,6 +49,7 @@ EARLIEST = "earliest"  # --from: each partition's log start
 NOW = "now"  # --to: each partition's end offset when the replay starts
 REQUEST_TIMEOUT = 10.0  # seconds for one metadata / offsets request
 PAIR = re.compile(r"(?P<topic>[A-Za-z0-9._-]+):(?P<partition>[0-9]+):(?P<offset>[0-9]+)")
+TIME_LIKE = re.compile(r"\d{4}-\d\d-\d\d[T ]\d\d:\d\d")  # a date and time, maybe not valid
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,25 +70,42 @@ class Bound:
 
 
 def parse_bound(text: str, *, start: bool) -> Bound:
-    """`--from` (start=True) or `--to`; ValueError naming what is accepted."""
+    """`--from` (start=True) or `--to`; ValueError naming the option and what it accepts.
+
+    A time without an offset is UTC (never the machine's local time)."""
+    option = "--from" if start else "--to"
     text = text.strip()
     word = EARLIEST if start else NOW
     if text == word:
         return Bound(word)
     try:  # a time first: "2025-06-01T12:00:00" would also read as topic:partition:offset
         moment = datetime.fromisoformat(text)
-    except ValueError:
-        items = [item for item in re.split(r"[,\s]+", text) if item]
-        matches = [PAIR.fullmatch(item) for item in items]
-        if not items or None in matches:
-            raise ValueError(
-                f"{text!r}: expected {word}, an ISO 8601 time (e.g. 2025-06-01T12:00:00Z; "
-                "UTC when no offset is given) or topic:partition:offset[,…]") from None
-        return Bound("offsets", offsets={
-            (m["topic"], int(m["partition"])): int(m["offset"]) for m in matches if m})
+    except ValueError as exc:
+        if TIME_LIKE.match(text):  # "2025-06-31T12:00:00" is a bad time, not a topic
+            raise ValueError(f"{option} {text!r}: not a valid ISO 8601 time ({exc})") from None
+        return Bound("offsets", offsets=_parse_pairs(text, option, word))
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return Bound("time", time_ms=int(moment.timestamp() * 1000))
+
+
+def _parse_pairs(text: str, option: str, word: str) -> dict[TP, int]:
+    """`topic:partition:offset[,…]` (commas or spaces between pairs)."""
+    items = [item for item in re.split(r"[,\s]+", text) if item]
+    matches = [PAIR.fullmatch(item) for item in items]
+    if not items or None in matches:
+        raise ValueError(
+            f"{option} {text!r}: expected {word}, an ISO 8601 time (e.g. "
+            "2025-06-01T12:00:00Z; UTC when no offset is given) or "
+            "topic:partition:offset[,…]")
+    offsets: dict[TP, int] = {}
+    for m in matches:
+        assert m is not None
+        tp, offset = (m["topic"], int(m["partition"])), int(m["offset"])
+        if offsets.setdefault(tp, offset) != offset:
+            raise ValueError(f"{option} {text!r}: {tp[0]}:{tp[1]} is given two offsets "
+                             f"({offsets[tp]} and {offset})")
+    return offsets
 
 
 def format_offsets(offsets: Mapping[TP, int]) -> str:
