@@ -13,6 +13,7 @@ import shutil
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import TextIO
 
 log = logging.getLogger(__name__)
@@ -36,13 +37,15 @@ class Progress:
     """Reports `done` out of `total` records."""
 
     def __init__(self, total: int, *, stream: TextIO | None = None, interval: float = 10.0,
-                 label: str = "progress") -> None:
+                 label: str = "progress",
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.total = total
         self.stream = stream if stream is not None else sys.stderr
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
         self.interval = interval
         self.label = label
-        self.started = time.monotonic()
+        self._clock = clock
+        self.started = clock()
         self._samples: deque[tuple[float, int]] = deque([(self.started, 0)])
         self._next = self.started + (REDRAW_SECONDS if self.tty else interval)
         self._drawn = False
@@ -56,7 +59,7 @@ class Progress:
         return (done - before) / (now - then) if now > then else None
 
     def update(self, done: int, *, force: bool = False) -> None:
-        now = time.monotonic()
+        now = self._clock()
         if not force and now < self._next:
             return
         self._next = now + (REDRAW_SECONDS if self.tty else self.interval)

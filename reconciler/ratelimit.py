@@ -17,12 +17,14 @@ class TokenBucket:
     """Tokens refill continuously at `rate` per second, up to `capacity`."""
 
     def __init__(self, rate: float, *, capacity: float | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], object] = time.sleep) -> None:
         if rate <= 0:
             raise ValueError(f"rate must be positive, got {rate}")
         self.rate = rate
         self.capacity = capacity if capacity is not None else max(1.0, rate * BURST_SECONDS)
         self._clock = clock
+        self._sleep = sleep  # waits without a `stop` event (with one: stop.wait)
         self._tokens = self.capacity
         self._last = clock()
 
@@ -44,6 +46,6 @@ class TokenBucket:
                 return True
             wait = (n - self._tokens) / self.rate
             if stop is None:
-                time.sleep(wait)
+                self._sleep(wait)
             elif stop.wait(wait):
                 return False
