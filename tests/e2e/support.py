@@ -7,6 +7,8 @@
 - ``InProcessWorker``: the real Worker in a thread (fast, observable).
 - ``WorkerProcess``: ``reconciler run`` as a subprocess (for kills and signals).
 - ``Rows``: the demo schema's rows, written through psycopg as an application would.
+- ``post_insert``: a recorded Debezium insert of a post, its id, neighbourhood and version
+  changed, to produce to a topic of the test's own.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from prometheus_client import CollectorRegistry
 from reconciler.settings import load_settings
 from reconciler.worker import Worker
 from tests.conftest import ROOT, Stack
+from tests.unit.connectors.debezium.recorded import MULTI_POST_INSERT, SCHEMAS_TRUE, record
 
 LOCAL_CONFIG = ROOT / "config" / "local" / "reconciler.yaml"
 POSTS, COMMENTS, PROFILES = "nd.public.posts", "nd.public.comments", "nd.public.profiles"
@@ -88,6 +91,22 @@ def _merge(config: dict[str, Any], path: list[str], value: Any) -> None:
 
 
 # --------------------------------------------------------------------------- Kafka
+
+
+def post_insert(post_id: int, neighborhood_id: int, version: int = 1) -> tuple[bytes, bytes]:
+    """Key and value of the recorded insert (op `c`) of a post, with its id, neighbourhood
+    and version changed: what Debezium emits for such a row."""
+
+    def change(payload: dict[str, Any]) -> None:
+        payload["after"].update(id=post_id, neighborhood_id=neighborhood_id,
+                                system_version=version)
+
+    event = record(SCHEMAS_TRUE, MULTI_POST_INSERT).with_payload(change).with_key(
+        lambda key: key.__setitem__("id", post_id))
+    assert event.payload()["op"] == "c" and event.payload()["source"]["table"] == "posts"
+    key, value = event.key_bytes(), event.value_bytes()
+    assert key is not None and value is not None
+    return key, value
 
 
 def admin(stack: Stack) -> AdminClient:

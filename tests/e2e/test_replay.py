@@ -12,6 +12,7 @@ import io
 import json
 import os
 import pty
+import random
 import re
 import shlex
 import signal
@@ -20,7 +21,8 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -28,10 +30,12 @@ from typing import Any
 import pytest
 import valkey
 import yaml
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, Producer, TopicPartition
+from prometheus_client import CollectorRegistry
 
+from connectors.valkey.writer import CacheWriter
 from reconciler.replay import Bound, Replay, ReplayReport, parse_bound
-from reconciler.settings import load_settings
+from reconciler.settings import Settings, load_settings
 from tests.conftest import ROOT, Stack
 from tests.e2e.support import (
     COMMENTS,
@@ -39,7 +43,9 @@ from tests.e2e.support import (
     PROFILES,
     Rows,
     committed,
+    create_topic,
     end_offsets,
+    post_insert,
     start_group_at_end,
     wait_until,
     write_config,
@@ -323,3 +329,155 @@ def test_a_stopped_replay_prints_the_command_that_resumes_it_exactly(
     assert second["partitions"] == [{"topic": POSTS, "partition": 1, "from": reached,
                                      "to": end, "reached": end}]
     assert committed(stack, first["group"], [POSTS])[POSTS, 1] == end
+
+
+# --------------------------------------------------------------------------- own topics
+
+ON_A, ON_B, MOVING = 7, 700, 420  # neighbourhoods on shard a, on shard b, on both
+HOME = {ON_A: ("a",), ON_B: ("b",), MOVING: ("a", "b")}
+STALE, CHANGED = 1, 2  # the version cached before the events, the version they carry
+
+
+@dataclass(frozen=True)
+class Post:
+    """One recorded insert, at version CHANGED, produced to a test's own topic."""
+
+    id: int
+    neighborhood: int
+    partition: int
+    timestamp_ms: int | None = None  # the record's timestamp; None: the producer's clock
+
+
+class ProducingAfterPlan(Replay):
+    """A replay that calls `then` as soon as its range is fixed, before it reads a record:
+    what `then` produces sits on the topic, in the same fetches as the range's records."""
+
+    def __init__(self, settings: Settings, *, then: Callable[[], None], **kwargs: Any) -> None:
+        super().__init__(settings, **kwargs)
+        self.then = then
+
+    def plan(self) -> dict[TP, tuple[int, int]]:
+        ranges = super().plan()
+        self.then()
+        return ranges
+
+
+def own_topic(config: Path, topic: str) -> Settings:
+    """The `config` fixture's file, replaying `topic` only."""
+    data = yaml.safe_load(config.read_text())
+    data["kafka"]["topics"] = [topic]
+    config.write_text(yaml.safe_dump(data, sort_keys=False))
+    return load_settings(config)
+
+
+def produce_posts(stack: Stack, topic: str, posts: list[Post]) -> None:
+    producer = Producer({"bootstrap.servers": stack.kafka_bootstrap})
+    for post in posts:
+        key, value = post_insert(post.id, post.neighborhood, CHANGED)
+        producer.produce(topic, key=key, value=value, partition=post.partition,
+                         timestamp=post.timestamp_ms or 0)
+    assert producer.flush(30) == 0
+
+
+def cache_stale(shards: dict[str, valkey.Valkey], prefix: str, posts: list[Post]) -> None:
+    """A reader cached every post at the version before its event, on each of its shards."""
+    for post in posts:
+        for name in HOME[post.neighborhood]:
+            assert CacheWriter(shards[name]).set_if_newer(f"{prefix}post:{post.id}", STALE,
+                                                          {"title": "stale"}, 300)
+
+
+def cached(shards: dict[str, valkey.Valkey], prefix: str, post: Post) -> dict[str, Any]:
+    """What each shard holds for the post: "fence 2", "data 1" or None."""
+    out: dict[str, Any] = {}
+    for name, client in shards.items():
+        entry = client.hgetall(f"{prefix}post:{post.id}")
+        out[name] = None if not entry else (
+            f"{'data' if b'd' in entry else 'fence'} {int(entry[b'v'])}")
+    return out
+
+
+def repaired(posts: list[Post]) -> dict[str, int]:
+    """Per shard, how many of `posts` turn cached stale data into a fence."""
+    out: Counter[str] = Counter()
+    for post in posts:
+        out.update(HOME[post.neighborhood])
+    return dict(out)
+
+
+def test_a_real_replay_from_a_time_repairs_exactly_the_events_from_then_to_the_ends_seen_at_start(
+        stack: Stack, config: Path, prefix: str, shards: dict[str, valkey.Valkey],
+        uid: str) -> None:
+    topic = create_topic(stack, f"replay-time-{uid}", partitions=2)
+    settings = own_topic(config, topic)
+    since_ms = int(time.time() * 1000) - 60_000  # the records' timestamps are set explicitly
+    base = random.randrange(10**9, 2 * 10**9)
+    before = [Post(base + i, (ON_A, ON_B)[i % 2], i % 2, since_ms - 5_000 + 100 * i)
+              for i in range(6)] + [Post(base + 6, ON_A, 0, since_ms - 1)]
+    within = [Post(base + 10 + i, (ON_A, ON_B, MOVING)[i % 3], i % 2, since_ms + 250 * i)
+              for i in range(20)]  # the first two exactly at the time, one per partition
+    within[1] = Post(within[1].id, within[1].neighborhood, 1, since_ms)
+    later = [Post(base + 40 + i, (ON_A, ON_B)[i % 2], i % 2) for i in range(6)]
+    cache_stale(shards, prefix, before + within + later)
+    produce_posts(stack, topic, before + within)
+    ends_at_start = end_offsets(stack, [topic])
+
+    registry = CollectorRegistry()
+    since = datetime.fromtimestamp(since_ms / 1000, UTC).isoformat()  # with milliseconds
+    replay = ProducingAfterPlan(settings, start=parse_bound(since, start=True),
+                                end=parse_bound("now", start=False),
+                                progress_stream=io.StringIO(), registry=registry,
+                                then=lambda: produce_posts(stack, topic, later))
+    report = replay.run()
+    assert end_offsets(stack, [topic]) == {
+        tp: end + sum(1 for post in later if post.partition == tp[1])
+        for tp, end in ends_at_start.items()}, "the later events are on the topic"
+
+    assert not report.interrupted and report.error is None
+    assert report.ends == ends_at_start
+    assert report.starts == {(topic, 0): 4, (topic, 1): 3}  # the records before `since`
+    assert report.records == report.total == len(within)
+    assert report.as_json()["events"] == [{"table": "public.posts", "op": "c",
+                                           "count": len(within)}]
+    assert registry.get_sample_value("reconciler_events_total",
+                                     {"table": "public.posts", "op": "c"}) == len(within)
+    for shard, n in repaired(within).items():
+        assert registry.get_sample_value("reconciler_invalidations_total",
+                                         {"shard": shard, "result": "repaired"}) == n
+    for post in within:
+        assert cached(shards, prefix, post) == {
+            name: f"fence {CHANGED}" if name in HOME[post.neighborhood] else None
+            for name in shards}, post
+    for post in before + later:  # never replayed: the stale data is still there
+        assert cached(shards, prefix, post) == {
+            name: f"data {STALE}" if name in HOME[post.neighborhood] else None
+            for name in shards}, post
+
+
+def test_replay_from_earliest_processes_every_event_of_the_topic(
+        stack: Stack, config: Path, prefix: str, shards: dict[str, valkey.Valkey],
+        uid: str) -> None:
+    topic = create_topic(stack, f"replay-all-{uid}", partitions=3)
+    own_topic(config, topic)
+    base = random.randrange(10**9, 2 * 10**9)
+    posts = [Post(base + i, (ON_A, ON_B, MOVING)[i % 3], i % 3 if i < 20 else 0)
+             for i in range(30)]  # partitions of 17, 7 and 6 records
+    cache_stale(shards, prefix, posts)
+    produce_posts(stack, topic, posts)
+
+    done = subprocess.run(cli(config, "--from", "earliest", "--json"), capture_output=True,
+                          text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout)
+    assert report["records"] == report["total"] == len(posts) and not report["interrupted"]
+    sizes = Counter(post.partition for post in posts)
+    assert report["partitions"] == [{"topic": topic, "partition": p, "from": 0,
+                                     "to": sizes[p], "reached": sizes[p]} for p in range(3)]
+    assert report["events"] == [{"table": "public.posts", "op": "c", "count": len(posts)}]
+    assert {i["shard"]: i["count"] for i in report["invalidations"]
+            if i["result"] == "repaired"} == repaired(posts)
+    for post in posts:
+        assert cached(shards, prefix, post) == {
+            name: f"fence {CHANGED}" if name in HOME[post.neighborhood] else None
+            for name in shards}, post
+    assert committed(stack, report["group"], [topic]) == {(topic, p): sizes[p] for p in range(3)}

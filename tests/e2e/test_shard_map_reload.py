@@ -2,8 +2,9 @@
 without a restart; a bad one is rejected, counted and logged, and the old one kept.
 
 The worker consumes a topic of its own, fed with a recorded Debezium insert of a post
-whose id and neighbourhood are changed per step; its key templates carry the test's id,
-so only this test's keys are written (and removed) on the shared shards.
+whose id and neighbourhood are changed per step (`support.post_insert`); its key
+templates carry the test's id, so only this test's keys are written (and removed) on
+the shared shards.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import random
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import valkey
@@ -22,8 +22,13 @@ import yaml
 from confluent_kafka import Producer
 
 from tests.conftest import Stack
-from tests.e2e.support import InProcessWorker, create_topic, wait_until, write_config
-from tests.unit.connectors.debezium.recorded import MULTI_POST_INSERT, SCHEMAS_TRUE, record
+from tests.e2e.support import (
+    InProcessWorker,
+    create_topic,
+    post_insert,
+    wait_until,
+    write_config,
+)
 
 pytestmark = pytest.mark.e2e
 MOVED = 350  # a neighbourhood on shard a in version 1, moved to shard b in version 2
@@ -64,8 +69,7 @@ def replace(path: Path, content: str) -> None:
 
 
 class Feed:
-    """Inserts of posts, each a recorded Debezium `c` event with its id and neighbourhood
-    changed, produced to the worker's topic."""
+    """Inserts of posts (recorded Debezium `c` events), produced to the worker's topic."""
 
     def __init__(self, stack: Stack, topic: str) -> None:
         self.topic = topic
@@ -75,15 +79,8 @@ class Feed:
     def insert(self, neighborhood_id: int) -> int:
         post_id = self.next_id
         self.next_id += 1
-
-        def after(payload: dict[str, Any]) -> None:
-            payload["after"]["id"] = post_id
-            payload["after"]["neighborhood_id"] = neighborhood_id
-
-        event = record(SCHEMAS_TRUE, MULTI_POST_INSERT).with_payload(after).with_key(
-            lambda key: key.__setitem__("id", post_id))
-        assert event.payload()["op"] == "c" and event.payload()["source"]["table"] == "posts"
-        self.producer.produce(self.topic, key=event.key_bytes(), value=event.value_bytes())
+        key, value = post_insert(post_id, neighborhood_id)
+        self.producer.produce(self.topic, key=key, value=value)
         assert self.producer.flush(30) == 0
         return post_id
 
