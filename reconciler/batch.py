@@ -37,6 +37,7 @@ class BatchResult:
     skipped: Counter[str] = field(default_factory=Counter)
     dead_letters: Counter[str] = field(default_factory=Counter)
     invalidations: Counter[tuple[str, str]] = field(default_factory=Counter)
+    coalesced: Counter[str] = field(default_factory=Counter)  # shard → derived deletes saved
     actions: Counter[tuple[str, str, str]] = field(default_factory=Counter)  # table, shard, kind
     unresolved: Counter[str] = field(default_factory=Counter)
     # table -> the first record of the batch with unresolved templates, and those templates

@@ -349,6 +349,9 @@ def print_replay_report(report: Any) -> None:
     if data["invalidations"]:
         print(_table(("shard", "result", "count"),
                      [(i["shard"], i["result"], i["count"]) for i in data["invalidations"]]))
+    if data["coalesced"]:
+        print("coalesced deletes (a later delete of the same derived key in the batch did "
+              "it): " + ", ".join(f"{shard} {n}" for shard, n in data["coalesced"].items()))
     for name in ("skipped", "dead_letters", "unresolved"):
         if data[name]:
             print(f"{name.replace('_', ' ')}: " + ", ".join(

@@ -145,8 +145,8 @@ class ReplayReport:
 
     def add(self, result: BatchResult) -> None:
         totals = self.totals
-        for name in ("events", "skipped", "dead_letters", "invalidations", "actions",
-                     "unresolved"):
+        for name in ("events", "skipped", "dead_letters", "invalidations", "coalesced",
+                     "actions", "unresolved"):
             counter: Counter[Any] = getattr(totals, name)
             counter.update(getattr(result, name))
 
@@ -166,6 +166,8 @@ class ReplayReport:
                         for (table, shard, kind), n in sorted(t.actions.items())],
             "invalidations": [{"shard": shard, "result": result, "count": n}
                               for (shard, result), n in sorted(t.invalidations.items())],
+            # derived-key deletes not sent: a later delete of the key in the batch did it
+            "coalesced": dict(sorted(t.coalesced.items())),
             "skipped": dict(sorted(t.skipped.items())),
             "dead_letters": dict(sorted(t.dead_letters.items())),
             "unresolved": dict(sorted(t.unresolved.items())),

@@ -294,6 +294,7 @@ class Worker:
         if execution is not None:
             outcome = execution.result()
             result.invalidations = outcome.results
+            result.coalesced = outcome.coalesced
             for shard, removed in outcome.truncated.items():
                 self.metrics.truncated_keys.labels(shard).inc(removed)
             for shard, saved in outcome.coalesced.items():

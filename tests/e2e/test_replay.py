@@ -225,6 +225,8 @@ def test_a_replay_from_a_time_processes_exactly_that_range_and_its_dry_run_the_s
     coalesced = Counter({shard: int(registry.get_sample_value(
         "reconciler_coalesced_deletes_total", {"shard": shard}) or 0) for shard in planned})
     assert performed + coalesced == planned
+    assert real.totals.coalesced == coalesced  # the report says so too
+    assert real.as_json()["coalesced"] == {k: n for k, n in sorted(coalesced.items()) if n}
     for post in mine:  # c at version 1 on an absent entry: a fence at 1 on shard a
         assert shards["a"].hgetall(f"{prefix}post:{post}") == {b"v": b"1"}
     assert not any(shards["a"].exists(f"{prefix}post:{post}") for post in later)
