@@ -15,6 +15,7 @@ from tests.chart.conftest import (
     CI_VALUES,
     NAMESPACE,
     RELEASE,
+    RenderError,
     VALUES_FILES,
     Rendered,
     values_id,
@@ -80,6 +81,7 @@ TOGGLES: list[tuple[str, str, str]] = [
     ("autoscaling.enabled", "HorizontalPodAutoscaler", FULLNAME),
     ("networkPolicy.enabled", "NetworkPolicy", FULLNAME),
     ("replay.enabled", "Job", ""),
+    ("audit.enabled", "CronJob", "-audit"),
     ("podDisruptionBudget.enabled", "PodDisruptionBudget", FULLNAME),
     ("serviceAccount.create", "ServiceAccount", FULLNAME),
     ("tests.enabled", "Pod", "-test"),
@@ -87,6 +89,7 @@ TOGGLES: list[tuple[str, str, str]] = [
 NETWORK_TARGETS = [
     "networkPolicy.egress.kafka.cidrs={10.0.0.0/16}",
     "networkPolicy.egress.valkey.cidrs={10.1.0.0/16}",
+    "postgres.existingSecret=pg",  # what the audit CronJob needs
 ]
 
 
@@ -114,6 +117,7 @@ def test_all_features_render_everything(rendered_ci: dict[str, Rendered]) -> Non
         "HorizontalPodAutoscaler",
         "NetworkPolicy",
         "Job",
+        "CronJob",
         "ServiceMonitor",
         "PrometheusRule",
         "Pod",
@@ -582,7 +586,8 @@ def test_network_policy(rendered_ci: dict[str, Rendered]) -> None:
     policy = rendered_ci["all-features-values.yaml"].one("NetworkPolicy")["spec"]
     assert policy["policyTypes"] == ["Ingress", "Egress"]
     assert policy["podSelector"]["matchExpressions"] == [
-        {"key": "app.kubernetes.io/component", "operator": "In", "values": ["worker", "replay"]}
+        {"key": "app.kubernetes.io/component", "operator": "In",
+         "values": ["worker", "replay", "audit"]}
     ]
     (ingress,) = policy["ingress"]
     assert ingress["ports"] == [{"port": "metrics", "protocol": "TCP"}]
@@ -592,7 +597,7 @@ def test_network_policy(rendered_ci: dict[str, Rendered]) -> None:
     assert (
         ingress["from"][-1]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "test"
     )
-    dns, kafka, valkey, postgres = policy["egress"]
+    dns, kafka, valkey, postgres, pushgateway = policy["egress"]
     assert dns["ports"] == [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]
     assert kafka["to"][0]["podSelector"] == {"matchLabels": {"strimzi.io/cluster": "my-cluster"}}
     assert kafka["ports"] == [{"port": 9093, "protocol": "TCP"}]
@@ -604,6 +609,9 @@ def test_network_policy(rendered_ci: dict[str, Rendered]) -> None:
         "to": [{"ipBlock": {"cidr": "10.30.1.0/24"}}],
         "ports": [{"port": 5432, "protocol": "TCP"}],
     }
+    assert pushgateway["to"][0]["podSelector"] == {
+        "matchLabels": {"app.kubernetes.io/name": "prometheus-pushgateway"}}
+    assert pushgateway["ports"] == [{"port": 9091, "protocol": "TCP"}]
 
 
 def test_network_policy_without_postgres_has_no_postgres_rule(render: Render) -> None:
@@ -660,6 +668,52 @@ def test_replay_job(rendered_ci: dict[str, Rendered]) -> None:
     assert job["spec"]["template"]["metadata"]["annotations"]["checksum/config"] == checksum(
         rendered
     )
+
+
+def test_audit_cronjob(rendered_ci: dict[str, Rendered]) -> None:
+    """The scheduled audit: the source of the ReconcilerAuditFoundStale alert."""
+    rendered = rendered_ci["all-features-values.yaml"]
+    cron = rendered.one("CronJob", "-audit")
+    assert cron["metadata"]["labels"]["app.kubernetes.io/component"] == "audit"
+    assert cron["spec"]["schedule"] == "*/30 * * * *"
+    assert cron["spec"]["timeZone"] == "Europe/London"
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid"
+    job = cron["spec"]["jobTemplate"]["spec"]
+    assert job["backoffLimit"] == 0, "finding stale entries fails the Job: never retried"
+    assert job["activeDeadlineSeconds"] == 3600
+    pod = job["template"]
+    assert pod["spec"]["restartPolicy"] == "Never"
+    assert pod["metadata"]["labels"]["app.kubernetes.io/component"] == "audit"
+    assert pod["metadata"]["labels"]["purpose"] == "audit"
+    audit = container(pod["spec"])
+    assert audit["args"] == [
+        "audit", "--config", "/etc/cache-reconciler/config/reconciler.yaml",
+        "--table", "public.posts", "--table", "public.comments",
+        "--sample", "5000", "--rows-per-second", "500", "--repair",
+        "--pushgateway", "http://prometheus-pushgateway.monitoring:9091",
+    ]
+    assert audit["resources"]["requests"] == {"cpu": "100m", "memory": "128Mi"}
+    # The worker's config, secrets and restricted security context; the DSN from its Secret.
+    worker = rendered.deployment["spec"]["template"]
+    assert audit["env"] == container(worker["spec"])["env"]
+    assert {"name": "RECONCILER_POSTGRES__DSN", "valueFrom": {"secretKeyRef": {
+        "name": "postgres-reconciler", "key": "dsn"}}} in audit["env"]
+    assert audit["securityContext"] == container(worker["spec"])["securityContext"]
+    assert audit["securityContext"]["readOnlyRootFilesystem"] is True
+    assert pod["spec"]["volumes"] == worker["spec"]["volumes"]
+    assert pod["metadata"]["annotations"]["checksum/config"] == checksum(rendered)
+
+
+def test_audit_defaults_scan_a_sample_of_every_table_and_push_nowhere(render: Render) -> None:
+    cron = render(MINIMAL, sets=["audit.enabled=true", "postgres.existingSecret=pg"]).one(
+        "CronJob")
+    args = container(cron["spec"]["jobTemplate"]["spec"]["template"]["spec"])["args"]
+    assert args[3:] == ["--sample", "10000", "--rows-per-second", "1000"]
+
+
+def test_audit_without_postgres_is_refused_naming_the_value(render: Render) -> None:
+    with pytest.raises(RenderError, match="postgres.existingSecret"):
+        render(MINIMAL, sets=["audit.enabled=true"])
 
 
 def test_replay_defaults(render: Render) -> None:
