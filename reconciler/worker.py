@@ -5,9 +5,10 @@ Batch by batch: ``consume()`` up to ``kafka.batch_size`` records; decode and pla
 and confirm the dead letters; only then store the batch's offsets — a batch completes
 whole, so stored offsets are contiguous by construction. While a large batch's Valkey
 calls are in flight (a backlog) the next batch is decoded and planned, never sent before
-the first has completed; a small batch (a live stream) runs its calls at once. Auto-commit ships stored offsets every second; a revocation completes the
-batch in flight and commits synchronously (rebalance callbacks run inside
-``consume()``); a shutdown finishes the batch in flight, commits and leaves the group.
+the first has completed; a small batch (a live stream) runs its calls at once.
+Auto-commit ships stored offsets every second; a revocation completes the batch in
+flight and commits synchronously (rebalance callbacks run inside ``consume()``); a
+shutdown finishes the batch in flight, commits and leaves the group.
 
 Signals: SIGTERM/SIGINT stop gracefully; SIGUSR1 pauses consumption (keeping the
 partitions), SIGUSR2 resumes.

@@ -15,9 +15,9 @@ from tests.chart.conftest import (
     CI_VALUES,
     NAMESPACE,
     RELEASE,
-    RenderError,
     VALUES_FILES,
     Rendered,
+    RenderError,
     values_id,
 )
 
@@ -712,7 +712,7 @@ def test_audit_defaults_scan_a_sample_of_every_table_and_push_nowhere(render: Re
 
 
 def test_audit_without_postgres_is_refused_naming_the_value(render: Render) -> None:
-    with pytest.raises(RenderError, match="postgres.existingSecret"):
+    with pytest.raises(RenderError, match=r"postgres\.existingSecret"):
         render(MINIMAL, sets=["audit.enabled=true"])
 
 
