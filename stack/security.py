@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from stack.services import Service
 
 ROOT = Path(__file__).resolve().parent.parent
-STACK_DIR = Path(os.environ.get("CR_STACK_DIR", ROOT / ".stack"))  # as in stack.services
+STACK_DIR = ROOT / os.environ.get("CR_STACK_DIR", ".stack")  # as in stack.services
 TLS_DIR = STACK_DIR / "tls"
 SECRETS_DIR = STACK_DIR / "secrets"
 HOST = "127.0.0.1"

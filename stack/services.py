@@ -33,7 +33,9 @@ from pathlib import Path
 from stack import security
 
 ROOT = Path(__file__).resolve().parent.parent
-STACK_DIR = Path(os.environ.get("CR_STACK_DIR", ROOT / ".stack"))
+# A relative CR_STACK_DIR is read from the repository root: Postgres runs in its data
+# folder and would not find a relative socket folder.
+STACK_DIR = ROOT / os.environ.get("CR_STACK_DIR", ".stack")
 LOG_DIR = STACK_DIR / "logs"
 RUN_DIR = STACK_DIR / "run"
 LIB_DIR = STACK_DIR / "lib"

@@ -21,7 +21,7 @@ from urllib.parse import urlparse
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-ENDPOINTS_FILE = Path(os.environ.get("CR_STACK_DIR", ROOT / ".stack")) / "endpoints.json"
+ENDPOINTS_FILE = ROOT / os.environ.get("CR_STACK_DIR", ".stack") / "endpoints.json"
 
 
 @dataclass(frozen=True)
