@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -59,17 +59,6 @@ TP = tuple[str, int]
 @pytest.fixture
 def prefix(uid: str) -> str:
     return f"replay-{uid}:"
-
-
-@pytest.fixture
-def shards(stack: Stack, prefix: str) -> Iterator[dict[str, valkey.Valkey]]:
-    clients = {"a": valkey.Valkey.from_url(stack.valkey["valkey-a"]),
-               "b": valkey.Valkey.from_url(stack.valkey["valkey-b"])}
-    yield clients
-    for client in clients.values():
-        for key in client.scan_iter(f"{prefix}*"):
-            client.delete(key)
-        client.close()
 
 
 @pytest.fixture

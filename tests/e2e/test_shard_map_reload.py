@@ -13,7 +13,6 @@ import logging
 import os
 import random
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -38,17 +37,6 @@ RELOAD_SECONDS = 0.2  # shard_map_reload_seconds of the worker under test
 @pytest.fixture
 def prefix(uid: str) -> str:
     return f"reload-{uid}:"
-
-
-@pytest.fixture
-def shards(stack: Stack, prefix: str) -> Iterator[dict[str, valkey.Valkey]]:
-    clients = {"a": valkey.Valkey.from_url(stack.valkey["valkey-a"]),
-               "b": valkey.Valkey.from_url(stack.valkey["valkey-b"])}
-    yield clients
-    for client in clients.values():
-        for key in client.scan_iter(f"{prefix}*"):
-            client.delete(key)
-        client.close()
 
 
 def shard_map(stack: Stack, version: int, ranges: list[tuple[int, int, str]]) -> str:

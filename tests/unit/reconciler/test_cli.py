@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import subprocess
 import sys
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,19 +19,7 @@ from tests.unit.connectors.debezium.recorded import FILES, FIXTURES, Recorded, r
 from tests.unit.reconciler.planning import CONFIG, LOCAL_PLANNER, SHARD_MAP
 
 RECONCILER = Path(sys.executable).parent / "reconciler"  # the console script of this venv
-
-
-@pytest.fixture(autouse=True)
-def restore_process_logging() -> Iterator[None]:
-    """`main` configures logging for the whole process; give the next test it back."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    hooks = sys.excepthook, threading.excepthook
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-    sys.excepthook, threading.excepthook = hooks
-    logging.captureWarnings(False)
+pytestmark = pytest.mark.usefixtures("restore_process_logging")  # main() configures it
 
 
 def plan_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, list[str], str]:

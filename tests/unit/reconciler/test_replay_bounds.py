@@ -3,9 +3,6 @@ with a message naming the option, the input and the problem."""
 
 from __future__ import annotations
 
-import logging
-import sys
-import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -91,19 +88,6 @@ def test_bad_input_is_refused_naming_the_option_the_input_and_the_problem(
     message = str(raised.value)
     assert message.startswith(f"{option} {text.strip()!r}: "), message
     assert says in message, message
-
-
-@pytest.fixture
-def restore_process_logging() -> Iterator[None]:
-    """`main` configures logging for the whole process; give the next test it back."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    hooks = sys.excepthook, threading.excepthook
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-    sys.excepthook, threading.excepthook = hooks
-    logging.captureWarnings(False)
 
 
 @pytest.mark.parametrize(("args", "names"), [
