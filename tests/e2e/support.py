@@ -59,8 +59,11 @@ def wait_until(condition: Callable[[], Any], timeout: float = 30.0, what: str = 
 
 def write_config(directory: Path, stack: Stack, *, group: str, topics: list[str] | None = None,
                  overrides: Mapping[str, Any] | None = None,
-                 shard_map: Mapping[str, Any] | None = None) -> Path:
-    """The local config, pointed at `stack`, with its own group and metrics on port 0."""
+                 shard_map: Mapping[str, Any] | None = None, key_prefix: str = "") -> Path:
+    """The local config, pointed at `stack`, with its own group and metrics on port 0.
+
+    `key_prefix` goes before every key template: the test's keys are then its own, never
+    written by another test's worker consuming the same Debezium topics."""
     config = yaml.safe_load(LOCAL_CONFIG.read_text())
     shards = yaml.safe_load((LOCAL_CONFIG.parent / "shard_map.yaml").read_text())
     shards["shards"] = {"a": {"url": stack.valkey["valkey-a"]},
@@ -75,6 +78,9 @@ def write_config(directory: Path, stack: Stack, *, group: str, topics: list[str]
     config["metrics"] = {"host": "127.0.0.1", "port": 0, "lag_refresh_seconds": 0.5}
     config["postgres"] = {"dsn": stack.postgres_reconciler_dsn}
     config["shard_map_reload_seconds"] = 0.5
+    for table in config["tables"].values():
+        for key in table["keys"]:
+            key["template"] = key_prefix + key["template"]
     for key, value in (overrides or {}).items():
         _merge(config, key.split("."), value)
     directory.mkdir(parents=True, exist_ok=True)

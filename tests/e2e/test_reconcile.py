@@ -2,7 +2,8 @@
 
 Each test writes rows through psycopg as an application would, caches them through
 the writer helper as a reader would, and checks what the running worker leaves in
-both Valkey shards.
+both Valkey shards. Its worker's key templates carry a prefix of the test's own: other
+tests' workers consume the same Debezium topics, and never write these keys.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 import valkey
@@ -42,6 +42,11 @@ class Live:
     b: valkey.Valkey
     writer_a: CacheWriter
     writer_b: CacheWriter
+    prefix: str
+
+    def key(self, name: str) -> str:
+        """`name` (e.g. "post:7") as this test's worker writes it."""
+        return self.prefix + name
 
     def entry(self, shard: valkey.Valkey, key: str) -> dict[bytes, bytes]:
         return shard.hgetall(key)  # type: ignore[return-value]
@@ -53,20 +58,25 @@ class Live:
         published everything before it, and the worker is then waited for up to the
         topics' current ends."""
         marker, _ = self.db.insert_post(1, "marker")
-        wait_until(lambda: self.a.exists(f"post:{marker}"), 30, "the marker row's fence")
+        wait_until(lambda: self.a.exists(self.key(f"post:{marker}")), 30, "the marker row's fence")
         self.worker.wait_caught_up(self.stack, TOPICS)
 
 
 @pytest.fixture
-def live(stack: Stack, tmp_path: Path, uid: str,
-         valkey_clients: dict[str, Any]) -> Iterator[Live]:
+def prefix(uid: str) -> str:
+    return f"rec-{uid}:"
+
+
+@pytest.fixture
+def live(stack: Stack, tmp_path: Path, uid: str, prefix: str,
+         shards: dict[str, valkey.Valkey]) -> Iterator[Live]:
     group = f"test-{uid}"
-    config = write_config(tmp_path, stack, group=group, topics=TOPICS)
+    config = write_config(tmp_path, stack, group=group, topics=TOPICS, key_prefix=prefix)
     start_group_at_end(stack, group, TOPICS)
     db = Rows(stack.postgres_dsn)
-    a, b = valkey_clients["valkey-a"], valkey_clients["valkey-b"]
+    a, b = shards["a"], shards["b"]
     with InProcessWorker(config) as worker:
-        yield Live(stack, worker, db, a, b, CacheWriter(a), CacheWriter(b))
+        yield Live(stack, worker, db, a, b, CacheWriter(a), CacheWriter(b), prefix)
     db.close()
 
 
@@ -80,30 +90,30 @@ def fence(version: int | bytes) -> dict[bytes, bytes]:
 def test_an_update_replaces_stale_cached_data_with_a_fence(live: Live) -> None:
     post_id, v1 = live.db.insert_post(7)
     live.settle()
-    assert live.entry(live.a, f"post:{post_id}") == fence(v1)  # absent → fenced at v1
-    assert live.writer_a.set_if_newer(f"post:{post_id}", v1, {"title": "hello"}, 300)
+    assert live.entry(live.a, live.key(f"post:{post_id}")) == fence(v1)  # absent → fenced at v1
+    assert live.writer_a.set_if_newer(live.key(f"post:{post_id}"), v1, {"title": "hello"}, 300)
     v2 = live.db.update_post(post_id, title="changed")
-    wait_until(lambda: live.entry(live.a, f"post:{post_id}") == fence(v2), 30,
+    wait_until(lambda: live.entry(live.a, live.key(f"post:{post_id}")) == fence(v2), 30,
                "the stale v1 entry to become a v2 fence")
-    assert live.writer_a.get(f"post:{post_id}") is None
+    assert live.writer_a.get(live.key(f"post:{post_id}")) is None
     # The fence is visible as soon as Valkey applied it; the batch's counts are published
     # a moment later, when the worker has collected every shard's answer.
     wait_until(lambda: live.worker.metric("reconciler_invalidations_total",
                                           {"shard": "a", "result": "repaired"}) >= 1, 10,
                "the repair to be counted")
-    assert live.a.pttl(f"post:{post_id}") <= 60_000
+    assert live.a.pttl(live.key(f"post:{post_id}")) <= 60_000
 
 
 def test_an_entry_at_or_above_the_event_version_is_untouched(live: Live) -> None:
     live.worker.stop()  # the events wait on the topic while a reader caches the latest row
     post_id, _ = live.db.insert_post(7)
     v2 = live.db.update_post(post_id, title="latest")
-    assert live.writer_a.set_if_newer(f"post:{post_id}", v2, {"title": "latest"}, 300)
+    assert live.writer_a.set_if_newer(live.key(f"post:{post_id}"), v2, {"title": "latest"}, 300)
     with InProcessWorker(_config(live)) as worker:
         live.worker = worker
         live.settle()
-        assert live.writer_a.get(f"post:{post_id}") == {"title": "latest"}
-        assert live.entry(live.a, f"post:{post_id}")[b"v"] == str(v2).encode()
+        assert live.writer_a.get(live.key(f"post:{post_id}")) == {"title": "latest"}
+        assert live.entry(live.a, live.key(f"post:{post_id}"))[b"v"] == str(v2).encode()
         assert worker.metric("reconciler_invalidations_total",
                              {"shard": "a", "result": "fresh"}) >= 2  # the c and the u
 
@@ -115,13 +125,13 @@ def _config(live: Live) -> Path:
 def test_a_delete_removes_the_entry_and_blocks_a_stale_writer(live: Live) -> None:
     post_id, v1 = live.db.insert_post(7)
     live.settle()
-    assert live.writer_a.set_if_newer(f"post:{post_id}", v1, {"title": "cached"}, 300)
+    assert live.writer_a.set_if_newer(live.key(f"post:{post_id}"), v1, {"title": "cached"}, 300)
     live.db.delete_post(post_id)
-    wait_until(lambda: live.entry(live.a, f"post:{post_id}") == fence(MAX_VERSION), 30,
+    wait_until(lambda: live.entry(live.a, live.key(f"post:{post_id}")) == fence(MAX_VERSION), 30,
                "the delete fence")
     # A slow reader that loaded the row before the delete cannot put it back.
-    assert not live.writer_a.set_if_newer(f"post:{post_id}", v1, {"title": "stale"}, 300)
-    assert live.writer_a.get(f"post:{post_id}") is None
+    assert not live.writer_a.set_if_newer(live.key(f"post:{post_id}"), v1, {"title": "stale"}, 300)
+    assert live.writer_a.get(live.key(f"post:{post_id}")) is None
 
 
 @pytest.mark.parametrize("fences", [True, False], ids=["with-fences", "without-fences"])
@@ -133,7 +143,7 @@ def test_the_delete_then_stale_set_race_leaves_nothing_stale(live: Live, fences:
     same stale write then lands: the test can fail, and fences are why it passes."""
     post_id, _ = live.db.insert_post(7)
     live.settle()
-    key = f"post:{post_id}"
+    key = live.key(f"post:{post_id}")
     reader_saw = live.db.post_version(post_id)  # the slow reader's SELECT
     assert reader_saw is not None
     latest = live.db.update_post(post_id, title="newer")
@@ -157,9 +167,9 @@ def test_each_key_lands_on_the_shard_the_map_says(live: Live) -> None:
     on_b, _ = live.db.insert_post(700)
     moving, _ = live.db.insert_post(420)
     live.settle()
-    assert live.a.exists(f"post:{on_a}") and not live.b.exists(f"post:{on_a}")
-    assert live.b.exists(f"post:{on_b}") and not live.a.exists(f"post:{on_b}")
-    assert live.a.exists(f"post:{moving}") and live.b.exists(f"post:{moving}")
+    assert live.a.exists(live.key(f"post:{on_a}")) and not live.b.exists(live.key(f"post:{on_a}"))
+    assert live.b.exists(live.key(f"post:{on_b}")) and not live.a.exists(live.key(f"post:{on_b}"))
+    assert live.a.exists(live.key(f"post:{moving}")) and live.b.exists(live.key(f"post:{moving}"))
 
 
 def test_a_row_moving_neighbourhood_under_full_identity_is_invalidated_on_both(
@@ -167,7 +177,7 @@ def test_a_row_moving_neighbourhood_under_full_identity_is_invalidated_on_both(
     post_id, _ = live.db.insert_post(7)
     comment_id, v1 = live.db.insert_comment(post_id, 7)
     live.settle()
-    key = f"comment:{comment_id}"
+    key = live.key(f"comment:{comment_id}")
     assert live.writer_a.set_if_newer(key, v1, {"body": "on a"}, 300)
     assert live.writer_b.set_if_newer(key, v1, {"body": "stale copy on b"}, 300)
     v2 = live.db.update_comment(comment_id, neighborhood_id=700)
@@ -179,7 +189,7 @@ def test_a_default_identity_delete_is_broadcast_and_never_routed_by_fake_default
         live: Live) -> None:
     post_id, v1 = live.db.insert_post(700)  # lives on b
     live.settle()
-    key = f"post:{post_id}"
+    key = live.key(f"post:{post_id}")
     assert live.writer_b.set_if_newer(key, v1, {"title": "on b"}, 300)
     assert live.writer_a.set_if_newer(key, v1, {"title": "stray copy on a"}, 300)
     before = live.worker.metric("reconciler_unresolved_keys_total", {"table": "public.posts"})
@@ -196,26 +206,39 @@ def test_a_default_identity_delete_is_broadcast_and_never_routed_by_fake_default
 
 
 def test_a_truncate_clears_the_tables_keys_on_every_shard(live: Live) -> None:
-    post_id, _ = live.db.insert_post(7)
+    post_id, pv1 = live.db.insert_post(7)
     c1, v1 = live.db.insert_comment(post_id, 7)
     c2, v2 = live.db.insert_comment(post_id, 700)
     live.settle()
-    live.writer_a.set_if_newer(f"comment:{c1}", v1, {"body": "x"}, 300)
-    live.writer_b.set_if_newer(f"comment:{c2}", v2, {"body": "y"}, 300)
-    live.a.set(f"post_comments:{post_id}", b"derived")
+    assert live.writer_a.set_if_newer(live.key(f"post:{post_id}"), pv1, {"title": "p"}, 300)
+    assert live.writer_a.set_if_newer(live.key(f"comment:{c1}"), v1, {"body": "x"}, 300)
+    assert live.writer_b.set_if_newer(live.key(f"comment:{c2}"), v2, {"body": "y"}, 300)
+    live.a.set(live.key(f"post_comments:{post_id}"), b"derived on a")
+    live.b.set(live.key(f"post_comments:{post_id}"), b"derived on b")
+    # Each shard holds the table's keys before the truncate: a cached comment and the
+    # derived key, so a truncate that removed nothing could not pass.
+    comments = live.key("comment:*")
+    derived = live.key(f"post_comments:{post_id}")
+    assert live.a.keys(comments) == [live.key(f"comment:{c1}").encode()]
+    assert live.b.keys(comments) == [live.key(f"comment:{c2}").encode()]
+    assert live.writer_a.get(live.key(f"comment:{c1}")) == {"body": "x"}
+    assert live.writer_b.get(live.key(f"comment:{c2}")) == {"body": "y"}
+    assert live.a.exists(derived) and live.b.exists(derived)
     live.db.conn.execute("TRUNCATE comments")
-    wait_until(lambda: not live.a.keys("comment:*") and not live.b.keys("comment:*")
-               and not live.a.exists(f"post_comments:{post_id}"), 30, "the truncate")
-    assert live.a.exists(f"post:{post_id}"), "keys of other tables stay"
+    wait_until(lambda: not live.a.keys(comments) and not live.b.keys(comments)
+               and not live.a.exists(derived) and not live.b.exists(derived), 30,
+               "the truncate")
+    assert live.writer_a.get(live.key(f"post:{post_id}")) == {"title": "p"}, \
+        "keys of other tables stay"
 
 
 def test_a_primary_key_change_invalidates_both_keys(live: Live) -> None:
     post_id, v1 = live.db.insert_post(7)
     live.settle()
-    assert live.writer_a.set_if_newer(f"post:{post_id}", v1, {"title": "old id"}, 300)
+    assert live.writer_a.set_if_newer(live.key(f"post:{post_id}"), v1, {"title": "old id"}, 300)
     new_id = post_id + 10_000_000
     live.db.update_post(post_id, id=new_id)
-    wait_until(lambda: live.entry(live.a, f"post:{post_id}") == fence(MAX_VERSION)
-               and live.entry(live.a, f"post:{new_id}").get(b"v") is not None, 30,
+    wait_until(lambda: live.entry(live.a, live.key(f"post:{post_id}")) == fence(MAX_VERSION)
+               and live.entry(live.a, live.key(f"post:{new_id}")).get(b"v") is not None, 30,
                "both keys to be invalidated")
-    assert b"d" not in live.entry(live.a, f"post:{new_id}")
+    assert b"d" not in live.entry(live.a, live.key(f"post:{new_id}"))
