@@ -88,6 +88,26 @@ def test_two_shards_are_called_and_counted_separately() -> None:
     assert outcome.results == {("a", "absent"): 1, ("b", "repaired"): 1}
 
 
+def test_the_between_shards_fault_point_is_only_between_two_shards(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The seam's `between_shards` arrives after every shard of a segment but the last:
+    after the last one, nothing is left unsent, so a crash there is not between shards."""
+    from reconciler import faults
+
+    monkeypatch.setattr(faults, "STOP_AT", "between_shards")
+    monkeypatch.setattr(faults, "STOP_ON", 10**9)  # counted, never reached: no SIGSTOP
+    monkeypatch.setattr(faults, "_arrivals", 0)
+    a, b = FakeShard("a"), FakeShard("b")
+    invalidator = Invalidator(lambda: {"a": a, "b": b}, retry_budget_seconds=1,
+                              truncate_max_keys_per_second=1e9)
+    invalidator.execute([Action("a", "post:1", VERSIONED, 1)])  # one shard: never between
+    assert faults._arrivals == 0
+    invalidator.execute([Action("a", "post:1", VERSIONED, 2),
+                         Action("b", "post:2", VERSIONED, 2)])
+    assert faults._arrivals == 1
+    invalidator.close()
+
+
 # --------------------------------------------------------------------------- coalescing
 
 
