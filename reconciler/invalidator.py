@@ -204,18 +204,23 @@ class Invalidator:
             except ValkeyUnavailable as exc:
                 self._on_shard_state(shard, False)
                 attempt += 1
-                if time.monotonic() + delay > deadline:
+                # The shard gets the whole budget: the last wait is cut to end at the
+                # deadline, where one more attempt is made, rather than given up on
+                # because the next backoff step would overrun it.
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
                     raise RetryBudgetExceeded(
                         f"shard {shard} still unavailable after {attempt} attempts over "
-                        f"{self._budget:.0f}s (valkey.retry_budget_seconds): {exc}") from exc
+                        f"{self._budget:g}s (valkey.retry_budget_seconds): {exc}") from exc
                 if self._should_stop():
                     raise TransientError(f"shard {shard} unavailable while stopping: {exc}") \
                         from exc
+                wait = min(delay, remaining)
                 if attempt == 1 or attempt % 10 == 0:
                     log.warning("shard %s unavailable (attempt %d, retrying in %.1fs): %s",
-                                shard, attempt, delay, exc)
+                                shard, attempt, wait, exc)
                 self._on_retry()
-                time.sleep(delay)
+                time.sleep(wait)
                 delay = min(delay * 2, BACKOFF_MAX)
                 continue
             if attempt:

@@ -5,6 +5,9 @@ same results and end states)."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Sequence
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -75,6 +78,40 @@ def test_a_shard_down_past_the_budget_fails_the_batch() -> None:
     with pytest.raises(RetryBudgetExceeded, match="shard a still unavailable"):
         invalidator.execute([Action("a", "post:1", VERSIONED, 1)])
     assert a.keys() == []
+
+
+class DownFor(FakeShard):
+    """A shard that refuses every call for its first `seconds`, then answers."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__("a")
+        self.until = time.monotonic() + seconds
+
+    def apply(self, keys: Sequence[str], ops: Sequence[str],
+              versions: Sequence[int]) -> list[str]:
+        if time.monotonic() < self.until:
+            raise ValkeyUnavailable("down", shard="a", command="FCALL")
+        return super().apply(keys, ops, versions)
+
+
+def test_a_shard_back_before_the_budget_runs_out_is_used() -> None:
+    """Down for 0.8 s of a 1 s budget: the backoff (0.1, 0.2, 0.4, then 0.8) would next
+    try at 1.5 s; the last wait is cut to the deadline instead of giving up at 0.7 s."""
+    a = DownFor(0.8)
+    invalidator = Invalidator(lambda: {"a": a}, retry_budget_seconds=1,
+                              truncate_max_keys_per_second=1e9)
+    outcome = invalidator.execute([Action("a", "post:1", VERSIONED, 1)])
+    assert outcome.results["a", "absent"] == 1 and a.keys() == ["post:1"]
+
+
+def test_a_shard_down_for_good_gets_the_whole_budget_and_no_more() -> None:
+    a = DownFor(3600)
+    invalidator = Invalidator(lambda: {"a": a}, retry_budget_seconds=0.5,
+                              truncate_max_keys_per_second=1e9)
+    started = time.monotonic()
+    with pytest.raises(RetryBudgetExceeded, match=r"over 0\.5s \(valkey\.retry_budget"):
+        invalidator.execute([Action("a", "post:1", VERSIONED, 1)])
+    assert 0.5 <= time.monotonic() - started < 0.5 + 0.25
 
 
 def test_two_shards_are_called_and_counted_separately() -> None:
