@@ -10,6 +10,10 @@ Points, in batch order:
     between_shards the first shard's call is acknowledged, the others not yet sent
     acknowledged   every Valkey call and dead letter acknowledged, offsets not stored
     stored         offsets stored (not yet committed)
+
+``RECONCILER_FAULT_SLOW_CLOSE_SECONDS`` makes the worker's shutdown sleep that long
+before it commits: a shutdown that hangs (a broker that stopped answering while the
+group is left), to prove that ``shutdown_timeout_seconds`` bounds it.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import signal
 
 STOP_AT = os.environ.get("RECONCILER_FAULT_STOP_AT") or None  # the point to stop at, if any
 STOP_ON = int(os.environ.get("RECONCILER_FAULT_STOP_ON", "1"))  # the Nth arrival stops
+SLOW_CLOSE = float(os.environ.get("RECONCILER_FAULT_SLOW_CLOSE_SECONDS") or 0)  # a hung close
 POINTS = ("decoded", "between_shards", "acknowledged", "stored")  # valid point names
 _arrivals = 0
 

@@ -251,6 +251,8 @@ class Settings(BaseSettings):
     fence_ttl_seconds: int = Field(60, ge=1)
     unknown_tables: Literal["skip", "error"] = "skip"
     max_event_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    # After SIGTERM/SIGINT: at most this long to finish the batch in flight and commit;
+    # past it the worker exits 2 by itself (keep the orchestrator's grace period longer).
     shutdown_timeout_seconds: float = Field(30.0, gt=0)
     tables: dict[str, TableSpec] = Field(min_length=1)
     valkey: ValkeySettings = Field(default_factory=ValkeySettings)

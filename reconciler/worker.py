@@ -10,8 +10,10 @@ Auto-commit ships stored offsets every second; a revocation completes the batch 
 flight and commits synchronously (rebalance callbacks run inside ``consume()``); a
 shutdown finishes the batch in flight, commits and leaves the group.
 
-Signals: SIGTERM/SIGINT stop gracefully; SIGUSR1 pauses consumption (keeping the
-partitions), SIGUSR2 resumes.
+Signals: SIGTERM/SIGINT stop gracefully, within ``shutdown_timeout_seconds`` (past it
+the worker says so and exits 2 by itself, before an orchestrator's SIGKILL can land in
+the middle of a commit); SIGUSR1 pauses consumption (keeping the partitions), SIGUSR2
+resumes.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import signal
 import threading
 import time
@@ -143,6 +146,7 @@ class Worker:
         # Runs the in-flight batch's Valkey calls while the next batch is planned.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="invalidate")
         self._in_flight: tuple[Prepared, Future[Outcome] | None] | None = None
+        self._watchdog: threading.Timer | None = None  # bounds a signalled shutdown
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -158,6 +162,7 @@ class Worker:
         def stop(signum: int, _frame: Any) -> None:
             log.info("%s: finishing the batch in flight, then stopping",
                      signal.Signals(signum).name)
+            self._arm_watchdog()
             self.stop()
 
         def pause(_signum: int, _frame: Any) -> None:
@@ -170,6 +175,24 @@ class Worker:
         signal.signal(signal.SIGINT, stop)
         signal.signal(signal.SIGUSR1, pause)
         signal.signal(signal.SIGUSR2, resume)
+
+    def _arm_watchdog(self) -> None:
+        """Give a signalled shutdown `shutdown_timeout_seconds`, then end the process."""
+        if self._watchdog is not None:
+            return
+        budget = self.settings.shutdown_timeout_seconds
+        self._watchdog = threading.Timer(budget, self._shutdown_overrun, args=(budget,))
+        self._watchdog.daemon = True
+        self._watchdog.start()
+
+    @staticmethod
+    def _shutdown_overrun(budget: float) -> None:
+        log.error("shutdown took longer than shutdown_timeout_seconds (%gs): exiting now "
+                  "(offsets not committed yet are processed again after a restart)", budget)
+        for handler in logging.getLogger().handlers:
+            with contextlib.suppress(Exception):
+                handler.flush()
+        os._exit(EXIT_FAILED)
 
     def run(self) -> int:
         """Consume until stopped; the exit code says whether it ended cleanly."""
@@ -269,6 +292,8 @@ class Worker:
 
     def close(self, *, commit: bool) -> None:
         self._stopping.set()  # also: a refusal seen while closing no longer raises
+        if faults.SLOW_CLOSE:
+            time.sleep(faults.SLOW_CLOSE)
         if commit:
             self._commit()
         with contextlib.suppress(Exception):
@@ -284,6 +309,8 @@ class Worker:
         self.shards.close()
         if self._http is not None:
             self._http.stop()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         log.info("stopped")
 
     def subscription(self) -> list[str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import signal
 import socket
+import time
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -126,6 +127,43 @@ def test_a_signal_mid_batch_finishes_the_batch_in_flight_commits_it_and_exits_0(
     after = lines[said[0] + 1:]
     assert after and after[-1].endswith("stopped"), after
     assert not any(" ERROR " in line or "WARNING" in line for line in after), after
+
+
+def test_a_shutdown_that_hangs_ends_at_its_budget_with_exit_2(
+        stack: Stack, tmp_path: Path, uid: str, prefix: str,
+        shards: dict[str, valkey.Valkey]) -> None:
+    """shutdown_timeout_seconds bounds a signalled shutdown (the chart keeps the pod's
+    grace period longer): a close that hangs — injected by the fault seam, as a broker
+    that stops answering while the group is left would — ends at the budget, exit 2,
+    with a line that says why, and the batches already done stay done."""
+    topic = create_topic(stack, f"stop-{uid}.public.posts", partitions=1)
+    base = int(uid[:6], 16) * 100
+    posts = [(base + i, ON_A) for i in range(5)]
+    cache_stale(shards, prefix, posts)
+    produce(stack, topic, posts)
+    group = f"stop-{uid}"
+    budget = 2.0
+    config = write_config(tmp_path, stack, group=group, topics=[topic], key_prefix=prefix,
+                          overrides={"shutdown_timeout_seconds": budget})
+    worker = WorkerProcess(config, tmp_path / "worker.log",
+                           env={"RECONCILER_FAULT_SLOW_CLOSE_SECONDS": "120"})
+    try:
+        wait_until(lambda: entries(shards, prefix, posts)
+                   == {post_id: fence(CHANGED) for post_id, _ in posts}, 60,
+                   "the batch to be reconciled")
+        signalled = time.monotonic()
+        worker.signal(signal.SIGTERM)
+        code = worker.proc.wait(60)
+        took = time.monotonic() - signalled
+    finally:
+        if worker.alive():
+            worker.kill()
+    lines = log_lines(worker)
+    assert code == 2, lines[-20:]
+    assert budget <= took < budget + 10, f"exited {took:.1f}s after SIGTERM"
+    assert any("shutdown took longer than shutdown_timeout_seconds (2s): exiting now"
+               in line for line in lines), lines[-20:]
+    assert entries(shards, prefix, posts) == {post_id: fence(CHANGED) for post_id, _ in posts}
 
 
 # --------------------------------------------------------------------------- failure
