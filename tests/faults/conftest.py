@@ -5,8 +5,9 @@
 - Every test leaves the stack healthy: whatever a scenario stopped is started again and
   the Debezium connector is RUNNING before the next test (``healthy_stack``).
 - Each scenario's figures (changes, records, stale entries, dead letters expected and
-  found, faults injected) are printed at the end of the run and, with
-  ``CR_FAULT_FIGURES=FILE``, appended to FILE as JSON lines.
+  found, records the surviving workers counted and had to count, faults injected) are
+  printed at the end of the run and, with ``CR_FAULT_FIGURES=FILE``, appended to FILE
+  as JSON lines.
 """
 
 from __future__ import annotations
@@ -134,10 +135,10 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     write: Callable[[str], None] = terminalreporter.write_line
     terminalreporter.section(f"fault scenarios (CR_FAULT_REPEAT={REPEAT})")
     write(f"{'scenario':58} {'out':6} {'faults':>6} {'changes':>7} {'records':>7} "
-          f"{'checked':>7} {'stale':>5} {'dlq exp/found':>13} {'s':>6}")
+          f"{'checked':>7} {'stale':>5} {'dlq exp/found':>13} {'counted/of':>17} {'s':>6}")
     for data in _collected:
         write(f"{data['scenario'][:58]:58} {data.get('outcome', '?')[:6]:6} "
               f"{data['faults']:>6} {data['changes']:>7} {data['records']:>7} "
               f"{data['entries_checked']:>7} {data['stale']:>5} "
               f"{data['dead_letters_expected']:>6}/{data['dead_letters_found']:<6} "
-              f"{data['seconds']:>6}")
+              f"{data['counted']:>8}/{data['to_count']:<8} {data['seconds']:>6}")

@@ -25,8 +25,14 @@ Accounting (`Oracle.account`): every change the workload made reached the topic
 (Debezium's side: each (table, id, version) or delete is found between the test's start
 offsets and the end), the group's committed offset equals the end offset of every
 partition of the topics (the commit only moves past acknowledged work, so every record
-below it was processed at least once), and the dead-letter topic holds exactly the
-expected poison records.
+below it was processed at least once), and the worker group's dead-letter topic (the
+config's ``kafka.dead_letter_topic``, read in every scenario) holds exactly the expected
+poison records of the test's range.
+
+Counting (`Oracle.counted`): where workers survive to the end of a scenario (not
+SIGKILLed), their metrics — events + skips + dead letters, heartbeats left out — cover
+every record of the topics from where they started to the end (at least once: a
+restarted or rebalanced worker processes some records again).
 
 Rows are spread so that most changes are the *last* change of their row: a lost
 change of such a row is a stale entry, whichever batch it was in.
@@ -45,6 +51,7 @@ import valkey
 from confluent_kafka import Consumer, TopicPartition
 
 from connectors.valkey.writer import CacheWriter
+from reconciler.deadletter import HEADER_OFFSET, HEADER_PARTITION, HEADER_REASON, HEADER_TOPIC
 from tests.conftest import Stack
 from tests.e2e.support import (
     COMMENTS,
@@ -57,6 +64,7 @@ from tests.e2e.support import (
 )
 
 TOPICS = [POSTS, COMMENTS, PROFILES]
+TP = tuple[str, int]
 MAX_VERSION = 2**63 - 1
 FENCE_TTL = 3600  # fence_ttl_seconds of every fault test: nothing expires mid-test
 DATA_TTL = 3600  # TTL of the application's cached data
@@ -251,6 +259,8 @@ class Figures:
     dead_letters_expected: int = 0
     dead_letters_found: int = 0
     faults: int = 0  # faults injected (kills, restarts, flushes, toxics…)
+    counted: int = 0  # records surviving workers' metrics accounted for (events+skips+DLQ)
+    to_count: int = 0  # records of the topics they had to account for (counted >= this)
     seconds: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -429,11 +439,51 @@ class Oracle:
 
         wait_until(done, timeout, f"group {group} to commit up to {dict(ends)}", interval=0.3)
 
-    def account(self, group: str, *, dead_letter_topic: str | None = None,
-                dead_letters: int = 0, allow_data: bool = False,
+    def committed(self, group: str, topics: list[str] | None = None) -> dict[TP, int]:
+        """The group's committed offsets (where a worker joining it alone starts)."""
+        found = committed(self.stack, group, topics or TOPICS)
+        missing = {tp: offset for tp, offset in found.items() if offset < 0}
+        assert not missing, f"group {group} has no committed offset for {missing}"
+        return found
+
+    def counted(self, count: Callable[[], float], since: Mapping[TP, int], *,
+                timeout: float = 60.0) -> int:
+        """Workers that were the group's only members from `since` on (and are still
+        running) accounted for every record of `since`'s partitions from there to their
+        current end: `count()` — the sum of their events, skips and dead letters — reaches
+        that many records (at least: records are processed again after a restart or a
+        rebalance). Adds both to the figures; returns the records to account for."""
+        ends = end_offsets(self.stack, sorted({topic for topic, _ in since}))
+        records = sum(max(0, end - since[tp]) for tp, end in ends.items() if tp in since)
+        last = [0.0]
+
+        def enough() -> bool:
+            last[0] = count()
+            return last[0] >= records
+
+        try:
+            wait_until(enough, timeout, "the workers' metrics to count every record",
+                       interval=0.3)
+        except AssertionError:
+            raise AssertionError(
+                f"the workers' metrics account for {last[0]:g} records (events + skips + "
+                f"dead letters), fewer than the {records} on the topics from {dict(since)} "
+                f"to {ends}") from None
+        self.figures.counted += int(last[0])
+        self.figures.to_count += records
+        return records
+
+    def account(self, group: str, *, dead_letter_topic: str, dead_letters: int = 0,
+                other_dead_letters: bool = False, allow_data: bool = False,
                 truncated: frozenset[str] = frozenset(), timeout: float = 120.0) -> Figures:
         """The whole oracle: every change published, committed to the end, the state
-        exact, the dead letters exactly as expected. Raises AssertionError otherwise."""
+        exact, the dead letters exactly as expected. Raises AssertionError otherwise.
+
+        `dead_letter_topic` (the worker config's ``kafka.dead_letter_topic``) is read
+        whole: `dead_letters` of its records come from the test's range of the topics;
+        any other (a record from before the range: a group that re-read the topics'
+        history) fails too unless `other_dead_letters`, and is counted in
+        ``extra["dead_letters_outside_range"]``."""
         ends = self.published(timeout)
         self.wait_committed(group, ends, timeout)
         final = committed(self.stack, group, TOPICS)
@@ -447,30 +497,74 @@ class Oracle:
         figures.records = sum(self.reader.seen[c] for c in set(self.workload.changes))
         figures.stale = len(wrong)
         figures.dead_letters_expected = dead_letters
-        if dead_letter_topic is not None:
-            figures.dead_letters_found = count_records(self.stack, dead_letter_topic)
+        letters = read_dead_letters(self.stack, dead_letter_topic)
+        inside = [letter for letter in letters if self.in_range(letter)]
+        outside = len(letters) - len(inside)
+        figures.dead_letters_found = len(inside)
+        figures.extra["dead_letter_topic"] = dead_letter_topic
+        figures.extra["dead_letters_outside_range"] = outside
+        figures.extra["dead_letters_by_reason"] = dict(Counter(
+            letter.get(HEADER_REASON, "?") for letter in inside))
         figures.seconds = round(time.monotonic() - self.started, 1)
-        assert wrong == [], f"{len(wrong)} stale entries, e.g.:\n" + "\n".join(wrong[:20])
-        assert figures.dead_letters_found == dead_letters, (
-            f"dead letters: expected {dead_letters}, found {figures.dead_letters_found}")
+        failures = []  # every part that failed, reported together
+        if wrong:
+            failures.append(f"{len(wrong)} stale entries, e.g.:\n" + "\n".join(wrong[:20]))
+        if figures.dead_letters_found != dead_letters:
+            failures.append(f"dead letters on {dead_letter_topic} from the test's records: "
+                            f"expected {dead_letters}, found {figures.dead_letters_found} "
+                            f"({figures.extra['dead_letters_by_reason']})")
+        if outside and not other_dead_letters:
+            failures.append(f"{outside} dead letters on {dead_letter_topic} from records "
+                            "outside the test's range")
+        assert not failures, "\n".join(failures)
         return figures
 
+    def in_range(self, letter: Mapping[str, str]) -> bool:
+        """The dead letter's original record is on the topics at or after the test's
+        start offsets."""
+        try:
+            tp = (letter[HEADER_TOPIC], int(letter[HEADER_PARTITION]))
+            offset = int(letter[HEADER_OFFSET])
+        except (KeyError, ValueError):
+            return True  # unreadable headers: never excused as someone else's record
+        return tp in self.start and offset >= self.start[tp]
 
-def count_records(stack: Stack, topic: str) -> int:
-    """Records on `topic` (all partitions), or 0 when it does not exist."""
-    consumer = Consumer({"bootstrap.servers": stack.kafka_bootstrap, "group.id": "cr-probe"})
+
+def read_dead_letters(stack: Stack, topic: str, timeout: float = 120.0) -> list[dict[str, str]]:
+    """The headers of every record on `topic` (none when it does not exist)."""
+    consumer = Consumer({"bootstrap.servers": stack.kafka_bootstrap,
+                         "group.id": f"cr-dlq-read-{time.monotonic_ns()}",
+                         "enable.auto.commit": False, "fetch.message.max.bytes": 4 << 20})
+    found: list[dict[str, str]] = []
     try:
         metadata = consumer.list_topics(timeout=10)
         if topic not in metadata.topics:
-            return 0
-        total = 0
+            return found
+        todo: dict[TP, int] = {}
+        starts = []
         for partition in metadata.topics[topic].partitions:
             low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition),
                                                        timeout=10)
-            total += high - low
-        return total
+            if high > low:
+                todo[topic, partition] = high
+                starts.append(TopicPartition(topic, partition, low))
+        if not todo:
+            return found
+        consumer.assign(starts)
+        deadline = time.monotonic() + timeout
+        while todo:
+            assert time.monotonic() < deadline, f"{topic}: not read to {todo} in {timeout}s"
+            for message in consumer.consume(1000, 1.0):
+                if message.error() is not None:
+                    continue
+                found.append({k: (v or b"").decode(errors="replace")
+                              for k, v in message.headers() or []})
+                tp = (message.topic() or "", message.partition() or 0)
+                if message.offset() + 1 >= todo.get(tp, 0):
+                    todo.pop(tp, None)
     finally:
         consumer.close()
+    return found
 
 
 def _show(entry: Mapping[bytes, bytes]) -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 COLUMNS = ("runs", "passed", "repetitions", "faults", "changes", "records", "checked",
-           "stale", "dlq expected", "dlq found", "seconds")
+           "stale", "dlq expected", "dlq found", "counted", "to count", "seconds")
 
 
 def summarise(lines: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
@@ -27,6 +27,8 @@ def summarise(lines: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
         row["stale"] += data["stale"]
         row["dlq expected"] += data["dead_letters_expected"]
         row["dlq found"] += data["dead_letters_found"]
+        row["counted"] += data.get("counted", 0)
+        row["to count"] += data.get("to_count", 0)
         row["seconds"] += data["seconds"]
     return table
 

@@ -14,15 +14,15 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Producer
 
 from reconciler.deadletter import HEADER_OFFSET, HEADER_REASON
 from tests.conftest import Stack
 from tests.e2e.support import create_topic, end_offsets
 from tests.faults.conftest import REPEAT
 from tests.faults.corpus import ANY, HEADER_EXPECT, HEADER_SEQ, VALID, Corpus, Record
-from tests.faults.oracle import MAX_VERSION, Figures, Oracle
-from tests.faults.workers import Worker, fault_config
+from tests.faults.oracle import MAX_VERSION, Figures, Oracle, read_dead_letters
+from tests.faults.workers import Worker, dead_letter_topic, fault_config
 
 pytestmark = [pytest.mark.faults, pytest.mark.e2e]
 MAX_EVENT_BYTES = 256 * 1024  # max_event_bytes of this test: near-limit and oversized records
@@ -46,29 +46,6 @@ def produce(stack: Stack, topic: str, records: list[Record]) -> None:
     assert producer.flush(60) == 0
 
 
-def dead_letters(stack: Stack, topic: str) -> list[dict[str, str]]:
-    """The headers of every record on the dead-letter topic."""
-    ends = end_offsets(stack, [topic])
-    consumer = Consumer({"bootstrap.servers": stack.kafka_bootstrap, "group.id": "cr-dlq-read",
-                         "enable.auto.commit": False, "fetch.message.max.bytes": 4 << 20})
-    consumer.assign([TopicPartition(t, p, 0) for (t, p) in ends])
-    found: list[dict[str, str]] = []
-    remaining = dict(ends)
-    try:
-        while any(offset > 0 for offset in remaining.values()):
-            for message in consumer.consume(1000, 2.0):
-                if message.error() is not None:
-                    continue
-                found.append({k: (v or b"").decode(errors="replace")
-                              for k, v in message.headers() or []})
-                tp = (message.topic(), message.partition())
-                if message.offset() + 1 >= ends[tp]:
-                    remaining[tp] = 0
-    finally:
-        consumer.close()
-    return found
-
-
 def test_thousands_of_hostile_records_are_dead_lettered_and_the_valid_applied(
         stack: Stack, tmp_path: Path, uid: str, oracle: Oracle) -> None:
     topic = create_topic(stack, f"fbad-{uid}", partitions=3)
@@ -86,6 +63,8 @@ def test_thousands_of_hostile_records_are_dead_lettered_and_the_valid_applied(
             produce(stack, topic, batch)
         oracle.wait_committed(group, end_offsets(stack, [topic]), timeout=300)
         assert worker.alive(), worker.log()[-3000:]
+        # Every record produced is counted once at least: applied, skipped or dead-lettered.
+        oracle.counted(worker.processed, dict.fromkeys(end_offsets(stack, [topic]), 0))
         samples = worker.metrics()
     finally:
         code = worker.stop()
@@ -94,7 +73,7 @@ def test_thousands_of_hostile_records_are_dead_lettered_and_the_valid_applied(
     by_seq = {record.seq: record for record in records}
     poison = [r for r in records if r.expect not in (VALID, ANY)]
     expected = Counter(r.expect for r in poison)
-    every_letter = dead_letters(stack, f"{group}.dlq")
+    every_letter = read_dead_letters(stack, dead_letter_topic(config))
     letters = [letter for letter in every_letter if letter[HEADER_EXPECT] != ANY]
     corrupted = Counter(letter[HEADER_REASON] for letter in every_letter
                         if letter[HEADER_EXPECT] == ANY)

@@ -25,7 +25,14 @@ from tests.conftest import Stack
 from tests.e2e.support import end_offsets, start_group_at_end, wait_until
 from tests.faults.conftest import REPEAT
 from tests.faults.oracle import TOPICS, Oracle, Workload
-from tests.faults.workers import CommitMonitor, Load, Worker, fault_config, stop_all
+from tests.faults.workers import (
+    CommitMonitor,
+    Load,
+    Worker,
+    dead_letter_topic,
+    fault_config,
+    stop_all,
+)
 
 pytestmark = [pytest.mark.faults, pytest.mark.e2e]
 SESSION_TIMEOUT = 10.0  # connectors.kafka.SESSION_TIMEOUT_MS, the worker's default
@@ -57,6 +64,7 @@ def test_stopped_worker_resumed_after_reassignment_never_rewinds_the_group(
                 workload.update(rows)
                 workload.delete(rows[::8])
                 oracle.published()
+                since = oracle.committed(group)  # where this cycle's two workers start
                 point = ("acknowledged", "stored", "decoded")[cycle % 3]
                 sleeper = Worker(config, tmp_path / f"sleeper{cycle}.log", env={
                     "RECONCILER_FAULT_STOP_AT": point,
@@ -87,10 +95,16 @@ def test_stopped_worker_resumed_after_reassignment_never_rewinds_the_group(
                 workload.update(late)
                 workload.delete(late[::4])
                 oracle.wait_committed(group, oracle.published())
+                # The two were the group's only members this cycle: their metrics cover
+                # every record since it began (the sleeper's stale batch counted twice).
+                oracle.counted(lambda s=sleeper, t=taker: s.processed() + t.processed(),  # type: ignore[misc]
+                               since)
                 stop_all([sleeper, taker])
+            since = oracle.committed(group)
             final = Worker(config, tmp_path / "final.log")
             workers.append(final)
-            figures = oracle.account(group)
+            figures = oracle.account(group, dead_letter_topic=dead_letter_topic(config))
+            oracle.counted(final.processed, since)
         finally:
             stop_all(workers)
         rewinds = monitor.finish()
@@ -134,26 +148,22 @@ def test_lost_group_offsets_restart_from_earliest_never_latest(
         worker = Worker(config, tmp_path / f"after{cycle}.log")
         try:
             oracle.wait_committed(group, ends, timeout=300)
-            wait_until(lambda w=worker, n=history: processed(w) >= n, 60,  # type: ignore[misc]
-                       f"the worker to count the {history} records of the topics")
-            reprocessed.append((processed(worker), history))
+            # From the earliest offset: it accounts for every record of the topics' history.
+            oracle.counted(worker.processed, low)
+            reprocessed.append((worker.processed(), history))
             if cycle == REPEAT - 1:
                 # From the earliest offset the worker also replays every TRUNCATE comments
                 # in the topics' history (other tests'); a truncate has a null key, so it
                 # sits on any partition and may be processed after this test's rows,
-                # removing their fences: those entries may be absent (never stale).
-                figures = oracle.account(group, truncated=frozenset({"comments"}))
+                # removing their fences: those entries may be absent (never stale). Poison
+                # records in that history (other tests') are dead-lettered again: only
+                # this test's range must have none.
+                figures = oracle.account(group, dead_letter_topic=dead_letter_topic(config),
+                                         other_dead_letters=True,
+                                         truncated=frozenset({"comments"}))
         finally:
             assert worker.stop() == 0
     figures.extra["reprocessed_vs_history"] = reprocessed
-
-
-def processed(worker: Worker) -> float:
-    """Records the worker accounted for: events, skips (tombstones…), dead letters."""
-    samples = worker.metrics()
-    return sum(worker.total(name, samples) for name in (
-        "reconciler_events_total", "reconciler_skipped_total",
-        "reconciler_dead_letters_total"))
 
 
 def low_offsets(stack: Stack) -> dict[tuple[str, int], int]:
@@ -192,8 +202,14 @@ def test_rolling_restart_of_three_workers_under_load(
                         wait_until(lambda: sum(w.ready().get("assigned_partitions", 0)
                                                for w in workers) == total, 60,
                                    "every partition to be assigned", interval=0.3)
+                # Only the last three are members now, and what the stopped ones did is
+                # committed (on close; a failed commit is processed again): from here, the
+                # last three's metrics cover every record, at least (the stopped ones'
+                # counters are gone with them).
+                since = oracle.committed(group)
             workload.delete(workload.live()[::9])
-            figures = oracle.account(group)
+            figures = oracle.account(group, dead_letter_topic=dead_letter_topic(config))
+            oracle.counted(lambda: sum(w.processed() for w in workers), since)
             figures.extra["events_by_worker"] = [w.total("reconciler_events_total",
                                                          w.metrics()) for w in workers]
         finally:

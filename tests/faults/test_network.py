@@ -27,7 +27,7 @@ from tests.conftest import Stack
 from tests.e2e.support import start_group_at_end
 from tests.faults.conftest import REPEAT
 from tests.faults.oracle import TOPICS, Oracle, Workload
-from tests.faults.workers import Load, Worker, fault_config
+from tests.faults.workers import Load, Worker, dead_letter_topic, fault_config
 
 pytestmark = [pytest.mark.faults, pytest.mark.e2e]
 PROXIES = {"kafka": services.KAFKA_PORT, "valkey-a": services.VALKEY_PORTS["valkey-a"],
@@ -61,6 +61,7 @@ def test_latency_with_jitter_only_slows_the_worker_down(
         net: FaultNet) -> None:
     group = f"flat-{uid}"
     start_group_at_end(stack, group, TOPICS)
+    since = oracle.committed(group)
     config = config_in(net, tmp_path, stack, group, batch_size=20)
     toxics = net.toxics
     assert toxics is not None
@@ -79,7 +80,9 @@ def test_latency_with_jitter_only_slows_the_worker_down(
             workload.move([r for r in rows if r.table == "comments"][::4])
             workload.delete(rows[::7])
             oracle.figures.faults += 1
-        figures = oracle.account(group, timeout=300)
+        figures = oracle.account(group, dead_letter_topic=dead_letter_topic(config),
+                                 timeout=300)
+        oracle.counted(worker.processed, since)
     finally:
         assert worker.stop() == 0
     assert_carried(toxics, figures.extra)
@@ -134,6 +137,7 @@ def test_connection_resets_and_cuts_never_lose_a_change(
         net: FaultNet) -> None:
     group = f"fcut-{uid}"
     start_group_at_end(stack, group, TOPICS)
+    since = oracle.committed(group)
     config = config_in(net, tmp_path, stack, group, batch_size=20)
     toxics = net.toxics
     assert toxics is not None
@@ -148,7 +152,9 @@ def test_connection_resets_and_cuts_never_lose_a_change(
             toxics.clear()
             assert worker.alive(), worker.log()[-3000:]
         workload.delete(workload.live()[::11])
-        figures = oracle.account(group, timeout=300)
+        figures = oracle.account(group, dead_letter_topic=dead_letter_topic(config),
+                                 timeout=300)
+        oracle.counted(worker.processed, since)
         samples = worker.metrics()
         figures.extra["valkey_retries"] = worker.total("reconciler_retries_total", samples)
     finally:

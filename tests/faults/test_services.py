@@ -28,7 +28,7 @@ from tests.conftest import Stack
 from tests.e2e.support import start_group_at_end, wait_until
 from tests.faults.conftest import REPEAT, wait_connector_running
 from tests.faults.oracle import SHARD_A, TOPICS, Change, Oracle, Row, Workload, shards_of
-from tests.faults.workers import Load, Worker, fault_config
+from tests.faults.workers import Load, Worker, dead_letter_topic, fault_config
 
 pytestmark = [pytest.mark.faults, pytest.mark.e2e]
 
@@ -61,6 +61,7 @@ def test_valkey_shard_restart_mid_stream_loses_no_change(
         stack: Stack, tmp_path: Path, uid: str, workload: Workload, oracle: Oracle) -> None:
     group = f"fvkr-{uid}"
     start_group_at_end(stack, group, TOPICS)
+    since = oracle.committed(group)
     config = fault_config(tmp_path, stack, group, batch_size=20)
     worker = Worker(config, tmp_path / "worker.log")
     try:
@@ -87,8 +88,9 @@ def test_valkey_shard_restart_mid_stream_loses_no_change(
             workload.update(again)
             workload.move([r for r in before if r.table == "comments"][::4])
             # The next restart wipes this cycle's fences too: check it now, then retire it.
-            figures = oracle.account(group)
+            figures = oracle.account(group, dead_letter_topic=dead_letter_topic(config))
             workload.retire()
+        oracle.counted(worker.processed, since)
         samples = worker.metrics()
         figures.extra["valkey_retries"] = worker.total("reconciler_retries_total", samples)
         assert figures.extra["valkey_retries"] > 0
@@ -124,9 +126,11 @@ def test_function_flush_mid_stream_is_reloaded_transparently(
 
         flusher = threading.Thread(target=flush, daemon=True)
         flusher.start()  # flushing before the worker starts, until it has caught up
+        since = oracle.committed(group)
         worker = Worker(config, tmp_path / "worker.log")  # starts with a backlog
         try:
             oracle.wait_committed(group, ends, alive=worker.alive)
+            oracle.counted(worker.processed, since)
         finally:
             done.set()
             flusher.join(10)
@@ -135,9 +139,11 @@ def test_function_flush_mid_stream_is_reloaded_transparently(
     oracle.figures.faults = flushes
     oracle.figures.extra["reloads"] = reloads
     assert reloads > 0
+    since = oracle.committed(group)
     final = Worker(config, tmp_path / "worker.log")
     try:
-        oracle.account(group)
+        oracle.account(group, dead_letter_topic=dead_letter_topic(config))
+        oracle.counted(final.processed, since)
     finally:
         assert final.stop() == 0
 
@@ -149,6 +155,7 @@ def test_kafka_broker_restart_mid_stream_loses_no_change(
         stack: Stack, tmp_path: Path, uid: str, workload: Workload, oracle: Oracle) -> None:
     group = f"fkaf-{uid}"
     start_group_at_end(stack, group, TOPICS)
+    since = oracle.committed(group)
     # The lag monitor's Kafka requests run every 50 ms, so that many are in flight (and
     # time out) while the broker is away: that is where librdkafka's admin API crashed.
     config = fault_config(tmp_path, stack, group, batch_size=20, overrides={
@@ -176,7 +183,9 @@ def test_kafka_broker_restart_mid_stream_loses_no_change(
             oracle.wait_committed(group, oracle.published(timeout=240), timeout=240,
                                   alive=worker.alive)
             assert worker.alive(), worker.log()[-3000:]
-        figures = oracle.account(group, timeout=240)
+        figures = oracle.account(group, dead_letter_topic=dead_letter_topic(config),
+                                 timeout=240)
+        oracle.counted(worker.processed, since)
     finally:
         assert worker.stop() == 0
     figures.extra["connector_task_restarts"] = task_restarts
@@ -189,6 +198,7 @@ def test_connect_restart_with_a_transaction_open_across_it(
         stack: Stack, tmp_path: Path, uid: str, workload: Workload, oracle: Oracle) -> None:
     group = f"fcon-{uid}"
     start_group_at_end(stack, group, TOPICS)
+    since = oracle.committed(group)
     config = fault_config(tmp_path, stack, group, batch_size=50)
     worker = Worker(config, tmp_path / "worker.log")
     task_restarts = 0
@@ -212,7 +222,9 @@ def test_connect_restart_with_a_transaction_open_across_it(
                     workload.update(outside[::2])
                     long_tx.commit()
                     apply(workload, in_tx, tx_changes)
-        figures = oracle.account(group, timeout=240)
+        figures = oracle.account(group, dead_letter_topic=dead_letter_topic(config),
+                                 timeout=240)
+        oracle.counted(worker.processed, since)
     finally:
         assert worker.stop() == 0
     figures.extra["connector_task_restarts"] = task_restarts

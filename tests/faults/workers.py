@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -38,6 +39,13 @@ def fault_config(directory: Path, stack: Stack, group: str, *, batch_size: int =
                             "kafka.batch_size": batch_size,
                             "valkey.retry_budget_seconds": 120,
                             **(overrides or {})})
+
+
+def dead_letter_topic(config: Path) -> str:
+    """The dead-letter topic the config's workers write to (``kafka.dead_letter_topic``)."""
+    topic = yaml.safe_load(config.read_text())["kafka"]["dead_letter_topic"]
+    assert isinstance(topic, str) and topic, f"{config}: no kafka.dead_letter_topic"
+    return topic
 
 
 class Worker:
@@ -109,6 +117,19 @@ class Worker:
         """The sum of a metric over all its labels."""
         data = self.last_metrics if samples is None else samples
         return sum(value for (sample, _), value in data.items() if sample == name)
+
+    def processed(self) -> float:
+        """Records this worker accounted for: events (applied or already fresh), skips
+        (tombstones…) and dead letters — heartbeats left out: they come from topics of
+        their own (the heartbeat topic, the heartbeat table's), which the worker reads
+        from their beginning, and would pad the count."""
+        samples = self.metrics()
+        heartbeats = sum(value for (name, labels), value in samples.items()
+                         if name == "reconciler_skipped_total"
+                         and ("reason", "heartbeat") in labels)
+        return sum(self.total(name, samples) for name in (
+            "reconciler_events_total", "reconciler_skipped_total",
+            "reconciler_dead_letters_total")) - heartbeats
 
     def alive(self) -> bool:
         return self.proc.poll() is None
