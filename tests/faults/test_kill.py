@@ -3,9 +3,12 @@
 The fault seam (`reconciler.faults`) stops the worker at an exact point of its Nth
 batch — decoded (no Valkey call yet), between_shards (one shard answered, the other
 not asked), acknowledged (every call answered, offsets not stored), stored (offsets
-stored, not committed) — and the test SIGKILLs it there. Each cycle makes fresh changes
-and kills the worker once at every point, in a random order, on a random batch; a
-clean worker then catches up and the oracle must hold.
+stored, not committed) — and the test SIGKILLs it there. Each cycle kills the worker
+once at every point, in a random order, on a random batch (the 1st to 3rd arrival at
+the point); before every kill fresh changes make a backlog of more than three batches,
+so the kill lands mid-stream. A worker that finishes without reaching its point is
+killed anyway and the point tried again with a new backlog: every point is reached in
+every cycle. A clean worker then catches up and the oracle must hold.
 """
 
 from __future__ import annotations
@@ -17,12 +20,23 @@ import pytest
 
 from reconciler.faults import POINTS
 from tests.conftest import Stack
-from tests.e2e.support import start_group_at_end, wait_until
+from tests.e2e.support import committed, start_group_at_end, wait_until
 from tests.faults.conftest import REPEAT
 from tests.faults.oracle import TOPICS, Oracle, Workload
 from tests.faults.workers import Worker, dead_letter_topic, fault_config
 
 pytestmark = [pytest.mark.faults, pytest.mark.e2e]
+BATCH = 20  # kafka.batch_size
+MAX_STOP_ON = 3  # the kill lands on the 1st to 3rd arrival at its point
+ATTEMPTS = 3  # tries per point and cycle before the test fails
+
+
+def backlog(workload: Workload) -> int:
+    """Fresh changes on both shards and across them; returns how many (> 3 batches)."""
+    rows = workload.create(posts=20, comments=15)
+    count = len(rows) + workload.update(rows)
+    count += workload.move([r for r in rows if r.table == "comments"][::5])
+    return count + workload.delete(rows[3::9])
 
 
 def test_sigkill_at_every_batch_point_then_restart_loses_no_change(
@@ -31,39 +45,52 @@ def test_sigkill_at_every_batch_point_then_restart_loses_no_change(
     start_group_at_end(stack, group, TOPICS)
     # A killed member holds its partitions until its session times out: the shortest
     # session the broker allows keeps the restarts quick.
-    config = fault_config(tmp_path, stack, group, batch_size=20,
+    config = fault_config(tmp_path, stack, group, batch_size=BATCH,
                           overrides={"kafka.client": {"session.timeout.ms": 6000}})
     rng = random.Random(uid)
     stopped_at: dict[str, int] = dict.fromkeys(POINTS, 0)
-    idle_kills = 0
+    missed: dict[str, int] = dict.fromkeys(POINTS, 0)  # kills that had to be tried again
+    behind_at_kill: list[int] = []  # records of the topics not yet committed at each kill
     log = tmp_path / "worker.log"
     for _cycle in range(REPEAT):
-        rows = workload.create(posts=40, comments=30)
-        workload.update(rows)
-        workload.move([r for r in rows if r.table == "comments"][::5])
-        workload.delete(rows[3::9])
-        oracle.published()  # a backlog of this cycle's changes waits on the topics
         for point in rng.sample(POINTS, len(POINTS)):
-            worker = Worker(config, log, env={"RECONCILER_FAULT_STOP_AT": point,
-                                              "RECONCILER_FAULT_STOP_ON": str(rng.randint(1, 3))})
-            try:
-                wait_until(lambda w=worker: w.state() == "T" or not w.alive(), 20,  # type: ignore[misc]
-                           f"the worker to stop at {point}", interval=0.05)
-                stopped_at[point] += 1
-            except AssertionError:
-                idle_kills += 1  # the backlog ran out before that batch: kill it anyway
-            assert worker.alive(), f"the worker exited on its own:\n{worker.log()[-3000:]}"
-            worker.kill()
-            oracle.figures.faults += 1
-
+            for _attempt in range(ATTEMPTS):
+                # More than MAX_STOP_ON batches of new changes wait on the topics, so
+                # the point is reached with work of this test in flight.
+                assert backlog(workload) > MAX_STOP_ON * BATCH
+                ends = oracle.published()
+                worker = Worker(config, log, env={
+                    "RECONCILER_FAULT_STOP_AT": point,
+                    "RECONCILER_FAULT_STOP_ON": str(rng.randint(1, MAX_STOP_ON))})
+                try:
+                    wait_until(lambda w=worker: w.state() == "T" or not w.alive(), 30,  # type: ignore[misc]
+                               f"the worker to stop at {point}", interval=0.05)
+                    reached = True
+                except AssertionError:
+                    reached = False  # the worker went through its backlog without it
+                assert worker.alive(), f"the worker exited on its own:\n{worker.log()[-3000:]}"
+                if reached:
+                    now = committed(stack, group, TOPICS)
+                    behind_at_kill.append(sum(end - max(now.get(tp, 0), 0)
+                                              for tp, end in ends.items()))
+                worker.kill()
+                oracle.figures.faults += 1
+                if reached:
+                    stopped_at[point] += 1
+                    break
+                missed[point] += 1
     # The killed workers left no counters: the clean worker accounts for every record
     # from where the group had committed when it started.
     since = oracle.committed(group)
     final = Worker(config, log)
     try:
-        figures = oracle.account(group, dead_letter_topic=dead_letter_topic(config))
+        oracle.account(group, dead_letter_topic=dead_letter_topic(config))
         oracle.counted(final.processed, since)
     finally:
         assert final.stop() == 0
-    figures.extra.update(stopped_at=stopped_at, idle_kills=idle_kills)
-    assert sum(stopped_at.values()) >= len(POINTS) * REPEAT // 2, stopped_at
+    oracle.figures.extra.update(stopped_at=stopped_at, missed=missed,
+                                uncommitted_at_kill=(min(behind_at_kill, default=0),
+                                                     max(behind_at_kill, default=0)))
+    # Every point reached in every cycle, each time with changes not yet committed.
+    assert min(behind_at_kill) > 0, behind_at_kill
+    assert stopped_at == dict.fromkeys(POINTS, REPEAT), (stopped_at, missed)
