@@ -191,6 +191,17 @@ class Metrics:
             metrics.retries.labels(target)
         return metrics
 
+    def tally(self) -> tuple[int, int, int, int]:
+        """Records accounted for so far: events, skipped, of those heartbeats, and dead
+        letters (what a stopping worker logs: its counters go with the process)."""
+        def total(counter: Counter, reason: str | None = None) -> int:
+            return int(sum(sample.value for family in counter.collect()
+                           for sample in family.samples if sample.name.endswith("_total")
+                           and (reason is None or sample.labels.get("reason") == reason)))
+
+        return (total(self.events), total(self.skipped), total(self.skipped, "heartbeat"),
+                total(self.dead_letters))
+
     def init_shard(self, shard: str) -> None:
         """Create a shard's series at zero so dashboards show them before traffic."""
         for result in RESULTS:

@@ -311,6 +311,9 @@ class Worker:
             self._http.stop()
         if self._watchdog is not None:
             self._watchdog.cancel()
+        events, skipped, heartbeats, dead = self.metrics.tally()
+        log.info("accounted for %d records: %d events, %d skipped (%d heartbeats), %d dead "
+                 "letters", events + skipped + dead, events, skipped, heartbeats, dead)
         log.info("stopped")
 
     def subscription(self) -> list[str]:

@@ -181,6 +181,7 @@ def test_rolling_restart_of_three_workers_under_load(
         stack: Stack, tmp_path: Path, uid: str, workload: Workload, oracle: Oracle) -> None:
     group = f"froll-{uid}"
     start_group_at_end(stack, group, TOPICS)
+    since = oracle.committed(group)
     config = fault_config(tmp_path, stack, group, batch_size=50)
     workers = [Worker(config, tmp_path / "w0.log")]
     total = first_assignment(workers[0])
@@ -196,20 +197,18 @@ def test_rolling_restart_of_three_workers_under_load(
                         time.sleep(1)
                         assert workers[index].stop() == 0  # SIGTERM: finish, commit, leave
                         oracle.figures.faults += 1
-                        workers[index] = Worker(config, tmp_path / f"w{index}.log")
+                        workers[index] = Worker(config, tmp_path / f"w{len(everyone)}.log")
                         everyone.append(workers[index])
                         workers[index].wait_ready()
                         wait_until(lambda: sum(w.ready().get("assigned_partitions", 0)
                                                for w in workers) == total, 60,
                                    "every partition to be assigned", interval=0.3)
-                # Only the last three are members now, and what the stopped ones did is
-                # committed (on close; a failed commit is processed again): from here, the
-                # last three's metrics cover every record, at least (the stopped ones'
-                # counters are gone with them).
-                since = oracle.committed(group)
             workload.delete(workload.live()[::9])
             figures = oracle.account(group, dead_letter_topic=dead_letter_topic(config))
-            oracle.counted(lambda: sum(w.processed() for w in workers), since)
+            # Every worker since the group's start, the stopped ones by their last log
+            # tally, accounted for every record.
+            stopped = sum(w.processed_at_exit() for w in everyone if w not in workers)
+            oracle.counted(lambda: stopped + sum(w.processed() for w in workers), since)
             figures.extra["events_by_worker"] = [w.total("reconciler_events_total",
                                                          w.metrics()) for w in workers]
         finally:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -26,6 +27,9 @@ from tests.e2e.support import end_offsets, wait_until, write_config
 from tests.faults.oracle import FENCE_TTL, TOPICS, Workload
 
 METRICS_MARKER = "/freshness on "  # the start-up log line that names the metrics port
+# The line a stopping worker logs last but one: what its counters held.
+TALLY = re.compile(r"accounted for \d+ records: (\d+) events, (\d+) skipped "
+                   r"\((\d+) heartbeats\), (\d+) dead letters")
 
 
 def fault_config(directory: Path, stack: Stack, group: str, *, batch_size: int = 50,
@@ -130,6 +134,15 @@ class Worker:
         return sum(self.total(name, samples) for name in (
             "reconciler_events_total", "reconciler_skipped_total",
             "reconciler_dead_letters_total")) - heartbeats
+
+    def processed_at_exit(self) -> int:
+        """What `processed` would have said at the end, from the tally the worker logs
+        when it stops (its counters go with the process)."""
+        assert not self.alive(), "the worker is still running: use processed()"
+        found = TALLY.findall(self.log())
+        assert len(found) == 1, f"no tally line in the worker's log:\n{self.log()[-3000:]}"
+        events, skipped, heartbeats, dead = map(int, found[0])
+        return events + skipped - heartbeats + dead
 
     def alive(self) -> bool:
         return self.proc.poll() is None

@@ -93,3 +93,15 @@ def test_the_batch_histogram_exposes_what_a_histogram_would() -> None:
 
     assert samples(ours) == samples(theirs)
     assert b"reconciler_end_to_end_seconds_bucket" in generate_latest(ours)
+
+
+def test_the_tally_sums_events_skips_heartbeats_and_dead_letters() -> None:
+    metrics = Metrics.create(CollectorRegistry())
+    assert metrics.tally() == (0, 0, 0, 0)
+    metrics.events.labels("posts", "u").inc(5)
+    metrics.events.labels("comments", "d").inc(2)
+    metrics.skipped.labels("tombstone").inc(2)
+    metrics.skipped.labels("heartbeat").inc(7)
+    metrics.dead_letters.labels("invalid_json").inc(3)
+    metrics.invalidations.labels("a", "repaired").inc(11)  # not a record: left out
+    assert metrics.tally() == (7, 9, 7, 3)
