@@ -249,7 +249,7 @@ class Measured:
         self._counters = (metrics.events, metrics.skipped, metrics.dead_letters)
         self.worker.consumer = self.consumer  # type: ignore[assignment]
         self.invalidating = 0.0  # seconds inside Invalidator.execute (any thread)
-        self.completing = 0.0  # seconds inside Worker.complete (the main thread) once running
+        self.completing = 0.0  # seconds completing the batch in flight (main thread)
         self._wrap_invalidator()
         self._wrap_complete()
         self._profiler: Any = None
@@ -308,19 +308,19 @@ class Measured:
         invalidator.execute = timed_execute  # type: ignore[method-assign]
 
     def _wrap_complete(self) -> None:
-        """Time the main thread spends completing batches: waiting for the batch in
-        flight's Valkey answers, confirming dead letters, storing offsets, metrics."""
-        complete = self.worker.complete
+        """Time the main thread spends completing the batch in flight: waiting for its
+        Valkey answers, confirming dead letters, storing offsets, metrics."""
+        finish = self.worker._finish_in_flight
 
-        def timed_complete(*args: Any, **kwargs: Any) -> Any:
+        def timed_finish() -> None:
             started = time.perf_counter()
             try:
-                return complete(*args, **kwargs)
+                finish()
             finally:
                 if self.meter.started is not None:
                     self.completing += time.perf_counter() - started
 
-        self.worker.complete = timed_complete  # type: ignore[method-assign]
+        self.worker._finish_in_flight = timed_finish  # type: ignore[method-assign]
 
     def _start_profile(self) -> None:  # in the main thread, with the first records
         if self.spec.profile:

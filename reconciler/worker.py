@@ -145,7 +145,7 @@ class Worker:
                                              daemon=True)
         # Runs the in-flight batch's Valkey calls while the next batch is planned.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="invalidate")
-        self._in_flight: tuple[Prepared, Future[Outcome] | None] | None = None
+        self._in_flight: tuple[Prepared, Future[Outcome | None]] | None = None
         self._watchdog: threading.Timer | None = None  # bounds a signalled shutdown
 
     # ------------------------------------------------------------------ lifecycle
@@ -250,32 +250,28 @@ class Worker:
                 # A small batch (a quiet or moderate stream): overlapping it with the next
                 # one gains nothing, and handing it to a thread costs a GIL handoff that
                 # waits for the busy main thread — milliseconds of latency per batch.
-                self.complete(prepared, self._run_now(prepared))
+                self.complete(prepared, self._execute(prepared))
             else:
                 self._in_flight = (prepared, self._start(prepared))
         # Stopping: the batch in flight completes. (On an error it is abandoned with its
         # offsets unstored, and processed again after a restart.)
         self._finish_in_flight()
 
-    def _start(self, prepared: Prepared) -> Future[Outcome] | None:
+    def _execute(self, prepared: Prepared) -> Outcome | None:
+        """The batch's Valkey calls, on the calling thread (None: nothing to send)."""
         if not prepared.actions or self.dry_run:
             return None
-        return self._executor.submit(self.invalidator.execute, prepared.actions)
+        return self.invalidator.execute(prepared.actions)
 
-    def _run_now(self, prepared: Prepared) -> Future[Outcome] | None:
-        """The batch's Valkey calls on this thread (an error is raised here, as
-        `complete` would raise it from the future)."""
-        if not prepared.actions or self.dry_run:
-            return None
-        done: Future[Outcome] = Future()
-        done.set_result(self.invalidator.execute(prepared.actions))
-        return done
+    def _start(self, prepared: Prepared) -> Future[Outcome | None]:
+        """The batch's Valkey calls on the background thread, while the next is planned."""
+        return self._executor.submit(self._execute, prepared)
 
     def _finish_in_flight(self) -> None:
         if self._in_flight is not None:
             prepared, future = self._in_flight
             self._in_flight = None
-            self.complete(prepared, future)
+            self.complete(prepared, future.result())
 
     def _next_batch(self, batch_size: int, timeout: float) -> list[Message]:
         """Whatever is ready now, up to batch_size; else wait up to `timeout` for one
@@ -326,7 +322,7 @@ class Worker:
         prepared = self.prepare(messages)
         if faults.STOP_AT:
             faults.checkpoint("decoded")
-        return self.complete(prepared, self._start(prepared))
+        return self.complete(prepared, self._execute(prepared))
 
     def prepare(self, messages: list[Message]) -> Prepared:
         """Decode and plan a batch: CPU only, nothing sent anywhere."""
@@ -336,12 +332,11 @@ class Worker:
             heartbeat_table=self.settings.freshness.heartbeat_table,
             count_actions=self.count_actions, consumer_error=self._consumer_error)
 
-    def complete(self, prepared: Prepared, execution: Future[Outcome] | None) -> BatchResult:
-        """Wait for the batch's invalidations, confirm its dead letters, then store its
-        offsets and publish its counts."""
+    def complete(self, prepared: Prepared, outcome: Outcome | None) -> BatchResult:
+        """With the batch's invalidations acknowledged (`outcome`, None when nothing was
+        sent), confirm its dead letters, then publish its counts and store its offsets."""
         result = prepared.result
-        if execution is not None:
-            outcome = execution.result()
+        if outcome is not None:
             result.invalidations = outcome.results
             result.coalesced = outcome.coalesced
             for shard, removed in outcome.truncated.items():
