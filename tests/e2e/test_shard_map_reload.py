@@ -78,12 +78,8 @@ def test_a_running_worker_takes_up_a_new_shard_map_and_keeps_it_when_the_next_is
         shards: dict[str, valkey.Valkey], caplog: pytest.LogCaptureFixture) -> None:
     topic = create_topic(stack, f"reload-{uid}", partitions=1)
     config = write_config(tmp_path, stack, group=f"reload-{uid}", topics=[topic],
+                          key_prefix=prefix,
                           overrides={"shard_map_reload_seconds": RELOAD_SECONDS})
-    data = yaml.safe_load(config.read_text())
-    for table in data["tables"].values():
-        for key in table["keys"]:
-            key["template"] = prefix + key["template"]
-    config.write_text(yaml.safe_dump(data, sort_keys=False))
     map_file = tmp_path / "shard_map.yaml"
     replace(map_file, shard_map(stack, 1, [(1, 500, "a"), (501, 1000, "b")]))
     version_2 = shard_map(stack, 2, [(1, MOVED - 1, "a"), (MOVED, 1000, "b")])
