@@ -6,7 +6,7 @@ SCRAM-SHA-512 users and ACLs, and a Valkey with ACL users behind stunnel (TLS).
   SASL_SSL listener and stunnel; made with ``openssl`` once and kept while valid.
 - ``.stack/secrets/``: one random password per account (mode 0600), made once. They
   are read from there by the tests, never written into a config file or a log.
-- Kafka: a third listener, ``SASL_SSL://127.0.0.1:59094`` (TLS + SCRAM-SHA-512), with
+- Kafka: a third listener, ``SASL_SSL://127.0.0.1:29094`` (TLS + SCRAM-SHA-512), with
   the ``StandardAuthorizer``. The PLAINTEXT and CONTROLLER listeners authenticate as
   ``User:ANONYMOUS``, a super user, so everything that uses them works as before; the
   SCRAM user ``reconciler`` may do only what ACLs grant it. Its credential is
@@ -41,9 +41,9 @@ TLS_DIR = STACK_DIR / "tls"
 SECRETS_DIR = STACK_DIR / "secrets"
 HOST = "127.0.0.1"
 
-KAFKA_SASL_PORT = int(os.environ.get("CR_STACK_KAFKA_SASL_PORT", "59094"))  # SASL_SSL listener
-VALKEY_ACL_PORT = int(os.environ.get("CR_STACK_VALKEY_ACL_PORT", "56381"))  # plaintext, loopback
-VALKEY_TLS_PORT = int(os.environ.get("CR_STACK_VALKEY_TLS_PORT", "56391"))  # stunnel (TLS)
+KAFKA_SASL_PORT = int(os.environ.get("CR_STACK_KAFKA_SASL_PORT", "29094"))  # SASL_SSL listener
+VALKEY_ACL_PORT = int(os.environ.get("CR_STACK_VALKEY_ACL_PORT", "26381"))  # plaintext, loopback
+VALKEY_TLS_PORT = int(os.environ.get("CR_STACK_VALKEY_TLS_PORT", "26391"))  # stunnel (TLS)
 
 SASL_MECHANISM = "SCRAM-SHA-512"  # the only mechanism the SASL_SSL listener enables
 KAFKA_USER = "reconciler"  # the worker's Kafka principal (User:reconciler)

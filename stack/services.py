@@ -43,13 +43,16 @@ ENDPOINTS_FILE = STACK_DIR / "endpoints.json"
 
 # Loopback ports, all away from the services' defaults so a developer's own
 # Postgres/Kafka/Valkey never collide with the stack.
-PG_PORT = int(os.environ.get("CR_STACK_PG_PORT", "55432"))
-KAFKA_PORT = int(os.environ.get("CR_STACK_KAFKA_PORT", "59092"))
-KAFKA_CONTROLLER_PORT = int(os.environ.get("CR_STACK_KAFKA_CONTROLLER_PORT", "59093"))
-CONNECT_PORT = int(os.environ.get("CR_STACK_CONNECT_PORT", "58083"))
+# Default ports sit below the kernel's ephemeral range (32768-60999 on Linux): a port in
+# it can be taken by any outgoing connection, and a client retrying a stopped service
+# on it can connect to itself and hold it, so that the service cannot bind on restart.
+PG_PORT = int(os.environ.get("CR_STACK_PG_PORT", "25432"))
+KAFKA_PORT = int(os.environ.get("CR_STACK_KAFKA_PORT", "29092"))
+KAFKA_CONTROLLER_PORT = int(os.environ.get("CR_STACK_KAFKA_CONTROLLER_PORT", "29093"))
+CONNECT_PORT = int(os.environ.get("CR_STACK_CONNECT_PORT", "28083"))
 VALKEY_PORTS = {
-    "valkey-a": int(os.environ.get("CR_STACK_VALKEY_A_PORT", "56379")),
-    "valkey-b": int(os.environ.get("CR_STACK_VALKEY_B_PORT", "56380")),
+    "valkey-a": int(os.environ.get("CR_STACK_VALKEY_A_PORT", "26379")),
+    "valkey-b": int(os.environ.get("CR_STACK_VALKEY_B_PORT", "26380")),
 }
 HOST = "127.0.0.1"
 
@@ -144,6 +147,22 @@ def ensure_port_free(service: str, port: int, env_var: str) -> None:
             f"(not one this stack started). Free it, or choose another port with "
             f"{env_var}=<port>."
         )
+    low, high = ephemeral_ports()
+    if low <= port <= high:
+        log(f"warning: {service}: port {port} ({env_var}) is in this machine's ephemeral "
+            f"range {low}-{high}: any outgoing connection may take it (a client retrying a "
+            f"stopped service can even connect to itself on it) and the service then fails "
+            f"to bind; prefer a port below {low}")
+
+
+def ephemeral_ports() -> tuple[int, int]:
+    """The kernel's range of local ports for outgoing connections (Linux's default when
+    it cannot be read). The stack's default ports all lie below it."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
 
 
 def spawn(name: str, argv: list[str], env: dict[str, str] | None = None,

@@ -38,7 +38,7 @@ from stack.services import HOST, LOG_DIR, StackError, log, wait_for
 VERSION = os.environ.get("CR_TOXIPROXY_VERSION", "v2.12.0")  # the release built and tested
 MODULE = "github.com/Shopify/toxiproxy/v2"  # its Go module; the server is cmd/server
 BIN = Path(os.environ.get("CR_TOXIPROXY_BIN", Path(sys.executable).parent / "toxiproxy-server"))
-API_PORT = int(os.environ.get("CR_TOXIPROXY_PORT", "58474"))  # the host proxy's REST API
+API_PORT = int(os.environ.get("CR_TOXIPROXY_PORT", "28474"))  # the host proxy's REST API
 RELAY_API_PORT = 8474  # the relay's REST API, on the namespace's own loopback
 SUBNET = "10.203"  # veth addresses: 10.203.<n>.1 (host) and 10.203.<n>.2 (namespace)
 

@@ -379,7 +379,7 @@ def test_truncate_patterns_escape_glob_characters() -> None:
 
 def test_truncate_covers_shards_used_by_no_range() -> None:
     spare = planner(map_change=lambda m: m["shards"].__setitem__(
-        "c", {"url": "valkey://127.0.0.1:56381/0"}))
+        "c", {"url": "valkey://127.0.0.1:26381/0"}))
     result = plan(record(r.SCHEMAS_TRUE, r.COMMENTS_TRUNCATE), spare)
     assert {a.shard for a in result.actions} == {"a", "b", "c"}
 

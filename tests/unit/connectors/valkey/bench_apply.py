@@ -16,7 +16,7 @@ import uuid
 
 from connectors.valkey.shard import Shard, apply_commands
 
-DEFAULT_URL = "valkey://127.0.0.1:56380/0"  # valkey-b of the local stack
+DEFAULT_URL = "valkey://127.0.0.1:26380/0"  # valkey-b of the local stack
 BATCHES = (1, 100, 1_000, 10_000, 50_000)  # keys per apply() call
 ROUNDS_KEYS = 200_000  # keys applied per batch size (at least one call)
 
