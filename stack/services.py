@@ -298,15 +298,17 @@ def _chown_to_postgres(path: Path) -> None:
             os.chown(p, entry.pw_uid, entry.pw_gid)
 
 
-def pg_running() -> bool:
-    pid_file = PG_DATA / "postmaster.pid"
-    if not pid_file.exists():
-        return False
+def pg_pid() -> int | None:
+    """The postmaster of the stack's data folder, if it is alive (on whatever port)."""
     try:
-        pid = int(pid_file.read_text().splitlines()[0])
+        pid = int((PG_DATA / "postmaster.pid").read_text().splitlines()[0])
     except (OSError, ValueError, IndexError):
-        return False
-    return pid_alive(pid) and port_open(PG_PORT)
+        return None
+    return pid if pid_alive(pid) else None
+
+
+def pg_running() -> bool:
+    return pg_pid() is not None and port_open(PG_PORT)
 
 
 def psql(sql: str, db: str = "postgres", check: bool = True) -> str:
@@ -397,7 +399,7 @@ def pg_provision() -> None:
 
 
 def pg_stop() -> None:
-    if not pg_running():
+    if pg_pid() is None:  # not "running": a server still starting, or on an old port
         return
     subprocess.run(
         [*_pg_user_argv(), pg_bin("pg_ctl"), "-D", str(PG_DATA), "-m", "fast", "-w", "stop"],
