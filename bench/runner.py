@@ -25,7 +25,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -101,8 +101,22 @@ class Meter:
             "cpu_seconds_per_100k": round(cpu * 100_000 / self.records, 3)
             if self.records else None,
             "cpu_seconds_total": round(usage.ru_utime + usage.ru_stime, 3),
-            "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),  # ru_maxrss is in KiB
+            "peak_rss_mb": peak_rss_mb(),
         }
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set: VmHWM. Not ru_maxrss: Linux carries it over
+    exec from the process that forked us, so a child of a 300 MB parent reports 300 MB
+    at least (the bench's own process held the workload when it started the runs)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)  # kB
+    except OSError:
+        pass
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB (Linux)
 
 
 def _cpu() -> float:
@@ -248,7 +262,7 @@ class Measured:
         metrics = self.worker.metrics
         self._counters = (metrics.events, metrics.skipped, metrics.dead_letters)
         self.worker.consumer = self.consumer  # type: ignore[assignment]
-        self.invalidating = 0.0  # seconds inside Invalidator.execute (any thread)
+        self.invalidating = 0.0  # seconds inside the Invalidator's calls (any thread)
         self.completing = 0.0  # seconds completing the batch in flight (main thread)
         self._wrap_invalidator()
         self._wrap_complete()
@@ -295,17 +309,22 @@ class Measured:
                 Path(self.spec.progress).write_text(f"{self.processed()}\n")
 
     def _wrap_invalidator(self) -> None:
+        """Time the Valkey calls: `start` (send) and `finish` (read the answers), or, in
+        a worker from before 2026-12-07, `execute` (both, on a background thread)."""
         invalidator = self.worker.invalidator
-        execute = invalidator.execute
+        names = ("start", "finish") if hasattr(invalidator, "finish") else ("execute",)
+        for name in names:
+            setattr(invalidator, name, self._timed(getattr(invalidator, name)))
 
-        def timed_execute(actions: Iterable[Any]) -> Any:  # no import of the worker's types
+    def _timed(self, call: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        def timed(argument: Any) -> Any:  # no import of the worker's types
             started = time.perf_counter()
             try:
-                return execute(actions)
+                return call(argument)
             finally:
                 self.invalidating += time.perf_counter() - started
 
-        invalidator.execute = timed_execute  # type: ignore[method-assign]
+        return timed
 
     def _wrap_complete(self) -> None:
         """Time the main thread spends completing the batch in flight: waiting for its
