@@ -682,6 +682,39 @@ def register_connector() -> None:
         return False
 
     wait_for(f"debezium connector {CONNECTOR_NAME}", running, log_path)
+    ensure_table_topics()
+
+
+def ensure_table_topics() -> None:
+    """Create the captured tables' topics when Debezium has not yet: it creates a topic
+    with a table's first change, and the tests and the demo start consumers at a topic's
+    end before changing anything (on a fresh stack those topics did not exist)."""
+    try:
+        from confluent_kafka import KafkaError, KafkaException
+        from confluent_kafka.admin import AdminClient, NewTopic
+    except ImportError:
+        return
+    config = connector_config()
+    partitions = int(config.get("topic.creation.default.partitions", "1"))
+    replication = int(config.get("topic.creation.default.replication.factor", "1"))
+    wanted = [f"{config['topic.prefix']}.{table.strip()}"
+              for table in config["table.include.list"].split(",") if table.strip()]
+    admin = AdminClient({"bootstrap.servers": f"{HOST}:{KAFKA_PORT}", "log_level": 0,
+                         "logger": _quiet_logger()})
+    existing = admin.list_topics(timeout=10).topics
+    missing = [NewTopic(topic, partitions, replication) for topic in wanted
+               if topic not in existing]
+    if not missing:
+        return
+    for topic, future in admin.create_topics(missing, operation_timeout=30).items():
+        try:
+            future.result(timeout=30)
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args else None
+            if isinstance(error, KafkaError) and error.code() == KafkaError.TOPIC_ALREADY_EXISTS:
+                continue  # Debezium got there first
+            raise StackError(f"creating topic {topic}: {exc}") from exc
+    log(f"created the captured tables' topics: {', '.join(t.topic for t in missing)}")
 
 
 def connect_stop() -> None:
