@@ -11,6 +11,11 @@ later plain delete of a key supersedes an earlier one whatever happened between 
 delete too). A batch of changes in one busy neighbourhood deletes its feed key once,
 not once per change. Versioned operations are never coalesced.
 
+Everything runs on the caller's thread. Each shard's call of a segment is sent before
+any answer is read (the shards work in parallel), and `start()` sends a batch's first
+segment and returns: the worker decodes and plans the next batch while the shards
+run it, and `finish()` reads the answers — no thread handoff, no lock.
+
 Transient Valkey errors are retried with capped exponential backoff inside a budget;
 every operation is idempotent, so re-sending a whole shard's call is safe. Past the
 budget — or at once for an error no retry can fix — the batch fails and its offsets
@@ -23,11 +28,11 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from connectors.errors import ValkeyRejected, ValkeyUnavailable
+from connectors.valkey.protocols import PendingApply
 from reconciler import faults
 from reconciler.errors import FatalError, RetryBudgetExceeded, TransientError
 from reconciler.planner import DELETE, TRUNCATE, UNVERSIONED, VERSIONED, Action
@@ -47,6 +52,9 @@ class ShardClient(Protocol):
 
     def apply(self, keys: Sequence[str], ops: Sequence[str],
               versions: Sequence[int]) -> list[str]: ...
+
+    def send(self, keys: Sequence[str], ops: Sequence[str],
+             versions: Sequence[int]) -> PendingApply: ...
 
     def truncate(self, pattern: str, *, count: int = ...,
                  max_keys_per_second: float | None = ...) -> int: ...
@@ -127,8 +135,19 @@ def segments(actions: Iterable[Action]) -> list[Segment]:
     return kept
 
 
+@dataclass(slots=True)
+class Flight:
+    """A batch between `Invalidator.start()` and `Invalidator.finish()`: its segments,
+    and the first segment's calls when they were sent at the start."""
+
+    segments: list[Segment]
+    sent: list[tuple[str, ShardBatch, PendingApply]] | None = None
+
+
 class Invalidator:
-    """Runs segments against the shards, in parallel across shards, with retries."""
+    """Runs segments against the shards, with retries. One thread: each shard's call of
+    a segment is sent before any answer is read, so the shards work in parallel, and
+    the first segment's calls go out at `start()` — the caller works while they run."""
 
     def __init__(self, shards: Callable[[], Mapping[str, ShardClient]], *,
                  retry_budget_seconds: float, truncate_max_keys_per_second: float,
@@ -141,14 +160,28 @@ class Invalidator:
         self._on_shard_state = on_shard_state
         self._on_retry = on_retry
         self._should_stop = should_stop
-        self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="shard")
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        """Nothing to release: calls are made on the caller's thread."""
 
     def execute(self, actions: Iterable[Action]) -> Outcome:
+        """Run `actions` and wait for every answer."""
+        return self.finish(self.start(actions))
+
+    def start(self, actions: Iterable[Action]) -> Flight:
+        """Group `actions` per shard and send the first segment's calls; `finish()` reads
+        the answers (and runs any later segments). Nothing is retried here: a call that
+        cannot be sent fails, and is retried, when its answer is read."""
+        parts = segments(actions)
+        if not parts or parts[0].truncates or faults.STOP_AT:
+            return Flight(parts)
+        return Flight(parts, self._send(parts[0]))
+
+    def finish(self, flight: Flight) -> Outcome:
+        """Every answer of a started batch, in order; raises FatalError or
+        RetryBudgetExceeded (the batch failed: nothing of it may be acknowledged)."""
         outcome = Outcome()
-        for segment in segments(actions):
+        for index, segment in enumerate(flight.segments):
             if segment.truncates:
                 for action in segment.truncates:
                     outcome.truncated[action.shard] += self._truncate(action)
@@ -156,22 +189,55 @@ class Invalidator:
             for shard, batch in segment.shards.items():
                 if batch.coalesced:
                     outcome.coalesced[shard] += batch.coalesced
-            items = list(segment.shards.items())
-            if len(items) == 1:
-                shard, batch = items[0]
-                self._count(outcome, shard, self._apply(shard, batch))
-                continue
-            if faults.STOP_AT:  # sequential, so a crash can land between two shards
-                for index, (shard, batch) in enumerate(items):
+            if faults.STOP_AT:  # one shard at a time, so a crash can land between two
+                items = list(segment.shards.items())
+                for position, (shard, batch) in enumerate(items):
                     self._count(outcome, shard, self._apply(shard, batch))
-                    if index < len(items) - 1:  # not after the last: that is no longer between
+                    if position < len(items) - 1:  # not after the last: not between
                         faults.checkpoint("between_shards")
                 continue
-            futures = [(shard, self._pool.submit(self._apply, shard, batch))
-                       for shard, batch in items]
-            for shard, future in futures:
-                self._count(outcome, shard, future.result())
+            sent = flight.sent if index == 0 and flight.sent is not None \
+                else self._send(segment)
+            flight.sent = None
+            try:
+                for shard, batch, pending in sent:
+                    self._count(outcome, shard, self._receive(shard, batch, pending))
+            except BaseException:
+                for _shard, _batch, pending in sent:
+                    pending.discard()  # the answers not read yet: their connections go
+                raise
         return outcome
+
+    def abandon(self, flight: Flight) -> None:
+        """Drop a started batch without reading its answers (it failed elsewhere)."""
+        for _shard, _batch, pending in flight.sent or ():
+            pending.discard()
+        flight.sent = None
+
+    def _send(self, segment: Segment) -> list[tuple[str, ShardBatch, PendingApply]]:
+        sent: list[tuple[str, ShardBatch, PendingApply]] = []
+        try:
+            for shard, batch in segment.shards.items():
+                ops: list[Any] = batch.ops  # compacted: no None left
+                sent.append((shard, batch, self._client(shard).send(batch.keys, ops,
+                                                                      batch.versions)))
+        except BaseException:
+            for _shard, _batch, pending in sent:
+                pending.discard()
+            raise
+        return sent
+
+    def _receive(self, shard: str, batch: ShardBatch, pending: PendingApply) -> list[str]:
+        """The answers of a sent call; on failure the whole call again, with retries."""
+        first = [pending]
+
+        def call(client: ShardClient) -> list[str]:
+            if first:
+                return first.pop().result()
+            ops: list[Any] = batch.ops
+            return client.apply(batch.keys, ops, batch.versions)
+
+        return self._call(shard, call)
 
     @staticmethod
     def _count(outcome: Outcome, shard: str, results: list[str]) -> None:
@@ -188,14 +254,18 @@ class Invalidator:
         ops: list[Any] = batch.ops  # compacted: no None left
         return self._call(shard, lambda c: c.apply(batch.keys, ops, batch.versions))
 
+    def _client(self, shard: str) -> ShardClient:
+        client = self._shards().get(shard)
+        if client is None:
+            raise FatalError(f"shard {shard!r} is not in the shard map any more")
+        return client
+
     def _call(self, shard: str, call: Callable[[ShardClient], T]) -> T:
         deadline = time.monotonic() + self._budget
         delay = BACKOFF_START
         attempt = 0
         while True:
-            client = self._shards().get(shard)
-            if client is None:
-                raise FatalError(f"shard {shard!r} is not in the shard map any more")
+            client = self._client(shard)
             try:
                 result = call(client)
             except ValkeyRejected as exc:

@@ -1,11 +1,11 @@
 """The long-running worker: consume, decode, plan, invalidate, then store offsets.
 
 Batch by batch: ``consume()`` up to ``kafka.batch_size`` records; decode and plan them
-(``reconciler.batch``); run every action, one pipelined round trip per shard; produce
-and confirm the dead letters; only then store the batch's offsets — a batch completes
-whole, so stored offsets are contiguous by construction. While a large batch's Valkey
-calls are in flight (a backlog) the next batch is decoded and planned, never sent before
-the first has completed; a small batch (a live stream) runs its calls at once.
+(``reconciler.batch``); send every action, one pipelined call per shard; produce and
+confirm the dead letters; only then store the batch's offsets — a batch completes
+whole, so stored offsets are contiguous by construction. All on one thread: while a
+batch's calls run on the shards the next batch is consumed, decoded and planned, then
+the first one's answers are read and it completes before the next one is sent.
 Auto-commit ships stored offsets every second; a revocation completes the batch in
 flight and commits synchronously (rebalance callbacks run inside ``consume()``); a
 shutdown finishes the batch in flight, commits and leaves the group.
@@ -26,7 +26,6 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
@@ -52,7 +51,7 @@ from reconciler.errors import (
 )
 from reconciler.freshness import Freshness
 from reconciler.health import HealthServer, Status
-from reconciler.invalidator import Invalidator, Outcome
+from reconciler.invalidator import Flight, Invalidator, Outcome
 from reconciler.lag import REQUEST_TIMEOUT as LAG_REQUEST_TIMEOUT
 from reconciler.lag import LagMonitor
 from reconciler.metrics import Metrics
@@ -67,7 +66,6 @@ log = logging.getLogger(__name__)
 TP = tuple[str, int]
 LIVENESS_SLACK = 60.0  # seconds the loop may stall beyond the retry budget before /healthz fails
 DEAD_LETTER_LOGS_PER_BATCH = 10  # dead letters logged one by one per batch; the rest summed
-PIPELINE_MIN_ACTIONS = 512  # smaller batches run inline: no thread hop, no GIL handoff wait
 EXIT_OK = 0  # clean shutdown
 EXIT_FAILED = 2  # a dependency stayed unavailable, or refused us: see the last log line
 METADATA_TIMEOUT_SECONDS = 10.0  # start-up: how long the cluster may take to answer
@@ -143,9 +141,9 @@ class Worker:
                 live=self._live, ready=self._ready, freshness=self.freshness.as_json)
         self._housekeeper = threading.Thread(target=self._housekeeping, name="housekeeping",
                                              daemon=True)
-        # Runs the in-flight batch's Valkey calls while the next batch is planned.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="invalidate")
-        self._in_flight: tuple[Prepared, Future[Outcome | None]] | None = None
+        # The batch whose Valkey calls are out while the next one is planned (its
+        # Flight is None when it sent nothing).
+        self._in_flight: tuple[Prepared, Flight | None] | None = None
         self._watchdog: threading.Timer | None = None  # bounds a signalled shutdown
 
     # ------------------------------------------------------------------ lifecycle
@@ -223,13 +221,12 @@ class Worker:
         return code
 
     def loop(self, until: Callable[[], bool]) -> None:
-        """Consume until `until()`. A batch of PIPELINE_MIN_ACTIONS actions or more is in
-        flight while the next is decoded and planned: its Valkey calls run on a
-        background thread, and it completes (acks awaited, dead letters confirmed,
-        offsets stored) before the next one's calls are sent — so each shard still sees
-        every key's operations in order, and no offset is stored before its work is
-        acknowledged. A smaller batch completes at once on this thread: at live rates
-        the overlap gains nothing and the thread hop costs latency."""
+        """Consume until `until()`. A batch is in flight while the next is consumed,
+        decoded and planned: its Valkey calls are sent, and it completes (answers read,
+        dead letters confirmed, offsets stored) before the next one's calls are sent —
+        so each shard sees every key's operations in order, and no offset is stored
+        before its work is acknowledged. When nothing is waiting to be consumed the
+        batch in flight completes before the worker blocks for more."""
         batch_size = self.settings.kafka.batch_size
         timeout = self.settings.kafka.poll_timeout_seconds
         while not until():
@@ -246,13 +243,7 @@ class Worker:
             self._finish_in_flight()
             if faults.STOP_AT:
                 faults.checkpoint("decoded")
-            if len(prepared.actions) < PIPELINE_MIN_ACTIONS:
-                # A small batch (a quiet or moderate stream): overlapping it with the next
-                # one gains nothing, and handing it to a thread costs a GIL handoff that
-                # waits for the busy main thread — milliseconds of latency per batch.
-                self.complete(prepared, self._execute(prepared))
-            else:
-                self._in_flight = (prepared, self._start(prepared))
+            self._in_flight = (prepared, self._start(prepared))
         # Stopping: the batch in flight completes. (On an error it is abandoned with its
         # offsets unstored, and processed again after a restart.)
         self._finish_in_flight()
@@ -263,15 +254,17 @@ class Worker:
             return None
         return self.invalidator.execute(prepared.actions)
 
-    def _start(self, prepared: Prepared) -> Future[Outcome | None]:
-        """The batch's Valkey calls on the background thread, while the next is planned."""
-        return self._executor.submit(self._execute, prepared)
+    def _start(self, prepared: Prepared) -> Flight | None:
+        """Send the batch's Valkey calls (None: nothing to send)."""
+        if not prepared.actions or self.dry_run:
+            return None
+        return self.invalidator.start(prepared.actions)
 
     def _finish_in_flight(self) -> None:
         if self._in_flight is not None:
-            prepared, future = self._in_flight
+            prepared, flight = self._in_flight
             self._in_flight = None
-            self.complete(prepared, future.result())
+            self.complete(prepared, None if flight is None else self.invalidator.finish(flight))
 
     def _next_batch(self, batch_size: int, timeout: float) -> list[Message]:
         """Whatever is ready now, up to batch_size; else wait up to `timeout` for one
@@ -295,7 +288,11 @@ class Worker:
         with contextlib.suppress(Exception):
             self.consumer.close()  # leaves the group: its partitions move at once
         self._producer.flush(5)
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        if self._in_flight is not None:  # a failed batch: its answers are never read
+            flight = self._in_flight[1]
+            self._in_flight = None
+            if flight is not None:
+                self.invalidator.abandon(flight)
         if self._housekeeper.is_alive():
             self._housekeeper.join(2 * LAG_REQUEST_TIMEOUT)
         if not self._housekeeper.is_alive():  # never close it under the thread using it

@@ -19,7 +19,8 @@ from connectors.valkey.protocols import (
     REPAIRED,
     RESULTS,
     Invalidator,
+    PendingApply,
 )
 
 __all__ = ["ABSENT", "FENCED", "FRESH", "MAX_VERSION", "OPS", "REPAIRED", "RESULTS",
-           "Invalidator"]
+           "Invalidator", "PendingApply"]

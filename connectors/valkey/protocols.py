@@ -58,7 +58,28 @@ class Invalidator(Protocol):
         """
         ...
 
+    def send(self, keys: Sequence[str], ops: Sequence[str],
+             versions: Sequence[int]) -> PendingApply:
+        """`apply()` in two halves: send the operations now, read the answers with
+        `result()` later, so the caller can work (or send to other shards) meanwhile.
+        Raises ValueError for bad arguments at once; every other failure, including
+        one while sending, comes out of `result()` exactly as `apply()` raises it."""
+        ...
+
     def truncate(self, pattern: str, *, count: int = 1000,
                  max_keys_per_second: float | None = None) -> int:
         """Remove every key matching the glob `pattern`; return how many were removed."""
+        ...
+
+
+class PendingApply(Protocol):
+    """Operations sent by `Invalidator.send()`, their answers not read yet."""
+
+    def result(self) -> list[str]:
+        """One result label per key, in order (what `apply()` returns); raises what
+        `apply()` raises. Call it once."""
+        ...
+
+    def discard(self) -> None:
+        """Give up on the answers (the connection they would arrive on is closed)."""
         ...

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 import valkey
+from valkey import exceptions as vx
 from valkey.connection import parse_url
 
 from connectors.errors import ValkeyRejected, ValkeyUnavailable
@@ -31,7 +32,7 @@ from connectors.valkey.functions import (
     load_functions,
     translate,
 )
-from connectors.valkey.protocols import MAX_VERSION, OPS, Invalidator
+from connectors.valkey.protocols import MAX_VERSION, OPS, Invalidator, PendingApply
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,7 @@ TLS_SCHEMES = frozenset({"valkeys", "rediss"})  # URL schemes that mean TLS
 SCHEMES = frozenset({"valkey", "redis", *TLS_SCHEMES})  # accepted URL schemes
 _FCALL = b"FCALL"  # the command, pre-encoded
 _APPLY = APPLY_FUNCTION.encode()  # the function name, pre-encoded
+_APPLY_COMMAND = "FCALL " + APPLY_FUNCTION  # how errors name the call
 # Reply bytes -> the result label (one shared str object per label, no decoding).
 _LABEL = {b"repaired": "repaired", b"fresh": "fresh", b"absent": "absent",
           b"fenced": "fenced"}.__getitem__
@@ -154,12 +156,34 @@ class Shard:
         ops: `v` change, `s` snapshot read, `d` delete, `u` unversioned (see
         `protocols`); `versions[i]` in [0, 2^63-1] (ignored for `d`/`u`).
         """
+        self._check(keys, ops, versions)
+        if not keys:
+            return []
+        commands = apply_commands(keys, ops, versions, self.fence_ttl_ms)
+        replies = self._call(lambda: self._pipeline(commands), _APPLY_COMMAND,
+                             missing=_any_missing)
+        return self._labels(replies, len(keys))
+
+    def send(self, keys: Sequence[str], ops: Sequence[str],
+             versions: Sequence[int]) -> PendingApply:
+        """`apply()` in two halves: the commands go out now, on a connection of their
+        own, and `result()` reads the answers — meanwhile the caller decodes the next
+        batch or sends to the other shards, with no thread and no lock. Whatever goes
+        wrong before every answer is read (the connection, a missing library, an error
+        reply) makes `result()` discard that connection and run the whole `apply()`,
+        with its reload and its errors: every op is idempotent, so sending it twice is
+        safe."""
+        self._check(keys, ops, versions)
+        return _Pending(self, keys, ops, versions)
+
+    def _check(self, keys: Sequence[str], ops: Sequence[str],
+               versions: Sequence[int]) -> None:
         n = len(keys)
         if n != len(ops) or n != len(versions):
             raise ValueError(f"shard {self._name!r}: apply() needs as many ops and versions "
                              f"as keys, got {n} keys, {len(ops)} ops, {len(versions)} versions")
         if not n:
-            return []
+            return
         if not OPS.issuperset(ops):
             bad = next(i for i, op in enumerate(ops) if op not in OPS)
             raise ValueError(f"shard {self._name!r}: op #{bad} for key {keys[bad]!r} must be "
@@ -168,9 +192,10 @@ class Shard:
             bad = next(i for i, v in enumerate(versions) if not 0 <= v <= MAX_VERSION)
             raise ValueError(f"shard {self._name!r}: version #{bad} for key {keys[bad]!r} "
                              f"must be in [0, 2^63-1], got {versions[bad]}")
-        commands = apply_commands(keys, ops, versions, self.fence_ttl_ms)
-        command = "FCALL " + APPLY_FUNCTION
-        replies = self._call(lambda: self._pipeline(commands), command, missing=_any_missing)
+
+    def _labels(self, replies: list[Any], n: int) -> list[str]:
+        """The result labels of `apply_commands()`' replies, for `n` keys."""
+        command = _APPLY_COMMAND
         error = first_error(replies)
         if error is not None:  # still missing after a reload
             raise translate(error, shard=self._name, command=command)
@@ -183,9 +208,9 @@ class Shard:
                 f"valkey shard {self._name!r}: {command} answered {replies!r:.200}, not one "
                 f"label per key: is another {LIBRARY_NAME} loaded? Run `reconciler doctor`",
                 shard=self._name, command=command) from error
-        if len(results) != len(keys):
+        if len(results) != n:
             raise ValkeyRejected(f"valkey shard {self._name!r}: {command} answered "
-                                 f"{len(results)} results for {len(keys)} keys",
+                                 f"{len(results)} results for {n} keys",
                                  shard=self._name, command=command)
         return results
 
@@ -282,6 +307,65 @@ class Shard:
 
 def _any_missing(replies: list[Any]) -> bool:
     return any(isinstance(reply, Exception) for reply in replies)
+
+
+class _Pending:
+    """`Shard.send()`'s commands, sent on a connection held until their answers are read
+    (implements `PendingApply`)."""
+
+    __slots__ = ("_connection", "_count", "_keys", "_ops", "_shard", "_versions")
+
+    def __init__(self, shard: Shard, keys: Sequence[str], ops: Sequence[str],
+                 versions: Sequence[int]) -> None:
+        self._shard = shard
+        self._keys, self._ops, self._versions = keys, ops, versions
+        self._connection: Any = None  # None: nothing in flight, result() runs apply()
+        if not keys:
+            self._count = 0
+            return
+        commands = apply_commands(keys, ops, versions, shard.fence_ttl_ms)
+        self._count = len(commands)
+        pool = shard.client.connection_pool
+        try:
+            connection = pool.get_connection("FCALL")
+        except (vx.ValkeyError, OSError):
+            return  # result() retries the whole call and reports the failure
+        try:
+            connection.send_packed_command(connection.pack_commands(commands))
+        except (vx.ValkeyError, OSError):
+            connection.disconnect()
+            pool.release(connection)
+            return
+        self._connection = connection
+
+    def result(self) -> list[str]:
+        if not self._keys:
+            return []
+        connection, self._connection = self._connection, None
+        if connection is None:
+            return self._shard.apply(self._keys, self._ops, self._versions)
+        pool = self._shard.client.connection_pool
+        replies: list[Any] = []
+        try:
+            for _ in range(self._count):
+                try:
+                    replies.append(connection.read_response())
+                except vx.ResponseError as error:  # an answer: the next ones still come
+                    replies.append(error)
+        except (vx.ValkeyError, OSError):
+            connection.disconnect()  # answers may still be on their way: never reuse it
+            pool.release(connection)
+            return self._shard.apply(self._keys, self._ops, self._versions)
+        pool.release(connection)
+        if first_error(replies) is not None:  # a missing library, a refusal: apply() knows
+            return self._shard.apply(self._keys, self._ops, self._versions)
+        return self._shard._labels(replies, len(self._keys))
+
+    def discard(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            connection.disconnect()
+            self._shard.client.connection_pool.release(connection)
 
 
 

@@ -31,6 +31,7 @@ from connectors.valkey.protocols import (
     REPAIRED,
     VERSION_FIELD,
     Invalidator,
+    PendingApply,
     parse_version,
 )
 
@@ -97,6 +98,21 @@ class FakeShard:
 
     def apply(self, keys: Sequence[str], ops: Sequence[str],
               versions: Sequence[int]) -> list[str]:
+        self._check(keys, ops, versions)
+        self._maybe_fail()
+        results = [self._apply_one(k, o, v) for k, o, v in zip(keys, ops, versions, strict=True)]
+        self.applied += zip(keys, ops, versions, results, strict=True)
+        return results
+
+    def send(self, keys: Sequence[str], ops: Sequence[str],
+             versions: Sequence[int]) -> PendingApply:
+        """Checks the arguments now; applies them when the result is read (nothing else
+        can run on this shard in between)."""
+        self._check(keys, ops, versions)
+        return _FakePending(lambda: self.apply(keys, ops, versions))
+
+    def _check(self, keys: Sequence[str], ops: Sequence[str],
+               versions: Sequence[int]) -> None:
         if len(ops) != len(keys) or len(versions) != len(keys):
             raise ValueError(f"shard {self._name!r}: apply() needs as many ops and versions "
                              f"as keys, got {len(keys)}, {len(ops)}, {len(versions)}")
@@ -107,10 +123,6 @@ class FakeShard:
             if not 0 <= version <= MAX_VERSION:
                 raise ValueError(f"shard {self._name!r}: version for key {key!r} must be in "
                                  f"[0, 2^63-1], got {version}")
-        self._maybe_fail()
-        results = [self._apply_one(k, o, v) for k, o, v in zip(keys, ops, versions, strict=True)]
-        self.applied += zip(keys, ops, versions, results, strict=True)
-        return results
 
     def set_if_newer(self, key: str, version: int, payload: bytes, ttl_ms: int = 0) -> bool:
         """The writer's compare-and-set: the semantics of cr1_set_if_newer."""
@@ -218,3 +230,21 @@ class FakeShard:
 
 if TYPE_CHECKING:
     _implements: type[Invalidator] = FakeShard
+
+
+class _FakePending:
+    """`FakeShard.send()`'s pending call (implements `PendingApply`)."""
+
+    __slots__ = ("_apply",)
+
+    def __init__(self, apply: Callable[[], list[str]] | None) -> None:
+        self._apply = apply
+
+    def result(self) -> list[str]:
+        apply, self._apply = self._apply, None
+        if apply is None:
+            raise RuntimeError("result() read twice, or after discard()")
+        return apply()
+
+    def discard(self) -> None:
+        self._apply = None

@@ -13,7 +13,7 @@ import pytest
 from confluent_kafka import Producer
 
 from reconciler import cli
-from reconciler.invalidator import Invalidator, Outcome
+from reconciler.invalidator import Flight, Invalidator
 from reconciler.planner import Action
 from tests.conftest import ROOT, Stack
 from tests.e2e.support import (
@@ -57,12 +57,12 @@ class Recorder:
 
     def __init__(self, invalidator: Invalidator) -> None:
         self.actions: Counter[Action] = Counter()
-        self._execute = invalidator.execute
+        self._start = invalidator.start
 
-    def __call__(self, actions: Any) -> Outcome:
+    def __call__(self, actions: Any) -> Flight:
         actions = list(actions)
         self.actions.update(actions)
-        return self._execute(actions)
+        return self._start(actions)
 
 
 def test_plan_prints_exactly_the_actions_the_worker_performs(
@@ -89,7 +89,7 @@ def test_plan_prints_exactly_the_actions_the_worker_performs(
 
     with InProcessWorker(config) as running:
         recorder = Recorder(running.worker.invalidator)
-        running.worker.invalidator.execute = recorder  # type: ignore[method-assign]
+        running.worker.invalidator.start = recorder  # type: ignore[method-assign]
         running.wait_caught_up(stack, topics)
         skips = {reason: running.metric("reconciler_skipped_total", {"reason": reason})
                  for reason in planned_skips}

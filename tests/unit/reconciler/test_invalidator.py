@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from connectors.errors import ValkeyRejected, ValkeyUnavailable
+from connectors.valkey.protocols import PendingApply
 from connectors.valkey.testing import FakeShard
 from reconciler.errors import FatalError, RetryBudgetExceeded
 from reconciler.invalidator import Invalidator, segments
@@ -143,6 +144,78 @@ def test_the_between_shards_fault_point_is_only_between_two_shards(
                          Action("b", "post:2", VERSIONED, 2)])
     assert faults._arrivals == 1
     invalidator.close()
+
+
+
+class Recording(FakeShard):
+    """A FakeShard that notes when calls are sent, read and discarded."""
+
+    def __init__(self, name: str, events: list[str]) -> None:
+        super().__init__(name)
+        self.events = events
+
+    def send(self, keys: Sequence[str], ops: Sequence[str],
+             versions: Sequence[int]) -> PendingApply:
+        self.events.append(f"send {self.name}")
+        pending = super().send(keys, ops, versions)
+        shard = self
+
+        class Noted:
+            def result(self) -> list[str]:
+                shard.events.append(f"read {shard.name}")
+                return pending.result()
+
+            def discard(self) -> None:
+                shard.events.append(f"discard {shard.name}")
+                pending.discard()
+
+        return Noted()
+
+
+def test_start_sends_every_shard_and_finish_reads_the_answers() -> None:
+    events: list[str] = []
+    a, b = Recording("a", events), Recording("b", events)
+    invalidator = Invalidator(lambda: {"a": a, "b": b}, retry_budget_seconds=1,
+                              truncate_max_keys_per_second=1e9)
+    flight = invalidator.start([Action("a", "post:1", VERSIONED, 1),
+                                Action("b", "post:2", VERSIONED, 1)])
+    assert events == ["send a", "send b"], "both shards work while the caller goes on"
+    events.append("caller plans the next batch")
+    outcome = invalidator.finish(flight)
+    assert events[-2:] == ["read a", "read b"]
+    assert outcome.results == {("a", "absent"): 1, ("b", "absent"): 1}
+
+
+def test_a_failed_answer_is_retried_with_the_whole_call() -> None:
+    a = FakeShard("a")
+    a.fail_next = [ValkeyUnavailable("reset", shard="a", command="FCALL")]
+    invalidator = Invalidator(lambda: {"a": a}, retry_budget_seconds=5,
+                              truncate_max_keys_per_second=1e9)
+    flight = invalidator.start([Action("a", "post:1", VERSIONED, 3)])
+    assert invalidator.finish(flight).results == {("a", "absent"): 1}
+    assert a.applied == [("post:1", "v", 3, "absent")]
+
+
+def test_a_batch_failing_on_one_shard_discards_the_others_answers() -> None:
+    events: list[str] = []
+    a, b = Recording("a", events), Recording("b", events)
+    a.fail_next = [ValkeyRejected("NOPERM", shard="a", command="FCALL")]
+    invalidator = Invalidator(lambda: {"a": a, "b": b}, retry_budget_seconds=1,
+                              truncate_max_keys_per_second=1e9)
+    flight = invalidator.start([Action("a", "post:1", VERSIONED, 1),
+                                Action("b", "post:2", VERSIONED, 1)])
+    with pytest.raises(FatalError, match="NOPERM"):
+        invalidator.finish(flight)
+    assert "discard b" in events and "read b" not in events
+
+
+def test_an_abandoned_batch_discards_its_answers() -> None:
+    events: list[str] = []
+    a = Recording("a", events)
+    invalidator = Invalidator(lambda: {"a": a}, retry_budget_seconds=1,
+                              truncate_max_keys_per_second=1e9)
+    invalidator.abandon(invalidator.start([Action("a", "post:1", VERSIONED, 1)]))
+    assert events == ["send a", "discard a"] and a.keys() == []
 
 
 # --------------------------------------------------------------------------- coalescing
