@@ -115,7 +115,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     except ShardMapError as exc:
         raise ConfigError(f"shard_map: {exc}") from exc
     planner = Planner.for_settings(settings, shard_map)
-    decoder = Decoder(heartbeat_prefix=settings.kafka.heartbeat_topic_prefix)
+    decoder = Decoder(heartbeat_prefix=settings.kafka.heartbeat_topic_prefix,
+                      columns=planner.columns)  # as the worker decodes
     try:
         source: IO[str] = args.input.open(encoding="utf-8") if args.input else sys.stdin
     except OSError as exc:

@@ -159,6 +159,15 @@ class Planner:
     def tables(self) -> Mapping[str, TableRules]:
         return self._tables
 
+    @property
+    def columns(self) -> frozenset[str]:
+        """Every row column a plan may read, of any table: what the decoder keeps of the
+        row images (`Decoder(columns=...)`)."""
+        return frozenset(
+            column for rules in self._tables.values()
+            for column in (*rules.primary_key, rules.shard_key, rules.version_column,
+                           *(c for template in rules.templates for c in template.columns)))
+
     def plan(self, event: Event) -> Plan:
         """The plan for one event; raises PoisonRecordError for a record to dead-letter."""
         kind = event.kind

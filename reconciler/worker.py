@@ -90,7 +90,8 @@ class Worker:
         self._next_reload = time.monotonic() + settings.shard_map_reload_seconds
         self.metrics.shard_map_version.set(shard_map.version)
         self.planner = Planner.for_settings(settings, shard_map)
-        self.decoder = Decoder(heartbeat_prefix=settings.kafka.heartbeat_topic_prefix)
+        self.decoder = Decoder(heartbeat_prefix=settings.kafka.heartbeat_topic_prefix,
+                               columns=self.planner.columns)
         self.shards = ShardPool(settings, self.metrics)
         problems = self.shards.problems(shard_map)
         if problems:

@@ -12,7 +12,8 @@ reasons: ``invalid_json`` (not JSON, invalid UTF-8, nested too deep), ``invalid_
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, TypedDict, get_type_hints
 
 import msgspec
 
@@ -48,14 +49,33 @@ class Decoder:
     has only P parsed (the schema is often two thirds of the record). Anything else —
     a new schema, other spacing, a payload that does not parse — takes the full,
     validating decode, which also reports what is wrong and where.
+
+    With `columns` (every row column anything reads: the worker passes its tables'
+    key, version and template columns) the row images keep only those: the parser
+    skips the others — still checked as JSON, never built into objects (a post's body
+    is most of its record). The parser does not check skipped text for UTF-8, so the
+    record is checked first (`isascii()`, else a UTF-8 decode); one that fails takes
+    the full decode, which says where the bad byte is, as without `columns`. (A column
+    name that is not ASCII keeps the rows whole: see `__init__`.)
     """
 
-    __slots__ = ("_heartbeat_prefix", "_prefixes", "_schemas")
+    __slots__ = ("_envelope", "_heartbeat_prefix", "_prefixes", "_projected", "_schemas",
+                 "_value")
 
-    def __init__(self, *, heartbeat_prefix: str = HEARTBEAT_PREFIX) -> None:
+    def __init__(self, *, heartbeat_prefix: str = HEARTBEAT_PREFIX,
+                 columns: Iterable[str] | None = None) -> None:
         self._heartbeat_prefix = heartbeat_prefix + "."
         self._schemas: dict[str, tuple[msgspec.Raw, ColumnTypes]] = {}
         self._prefixes: dict[str, tuple[bytes, ColumnTypes]] = {}  # topic → (prefix, types)
+        kept = None if columns is None else frozenset(columns)
+        # msgspec (0.22) matches no TypedDict field whose name is not ASCII: such a
+        # column would be dropped, so with one the rows stay whole.
+        self._projected = kept is not None and all(column.isascii() for column in kept)
+        if kept is None or not self._projected:
+            self._envelope: msgspec.json.Decoder[Any] = _ENVELOPE
+            self._value: msgspec.json.Decoder[Any] = _VALUE
+        else:
+            self._envelope, self._value = _projected_decoders(kept)
 
     def decode(self, topic: str, partition: int, offset: int,
                key: bytes | None, value: bytes | None) -> Event:
@@ -65,14 +85,19 @@ class Decoder:
             return Event(model.TOMBSTONE, topic, partition, offset, key=self._key(key))
         known = self._prefixes.get(topic)
         if known is not None and value.startswith(known[0]) and value.endswith(b"}"):
-            try:
-                payload = _ENVELOPE.decode(memoryview(value)[len(known[0]):-1])
-            except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError,
-                    RecursionError):
-                pass  # the full decode below says what is wrong
-            else:
-                return self._event(topic, partition, offset, key, payload, True, known[1])
-        wire = _parse(_VALUE, value, "value")
+            payload_bytes = memoryview(value)[len(known[0]):-1]
+            if not self._projected or value.isascii() or _is_utf8(payload_bytes):
+                try:
+                    payload = self._envelope.decode(payload_bytes)
+                except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError,
+                        RecursionError):
+                    pass  # the full decode below says what is wrong
+                else:
+                    return self._event(topic, partition, offset, key, payload, True, known[1])
+        if self._projected and (value.isascii() or _is_utf8(value)):
+            wire = _parse(self._value, value, "value")
+        else:
+            wire = _parse(_VALUE, value, "value")  # every string built: checked for UTF-8
         if wire.payload is None:
             return self._event(topic, partition, offset, key, wire, False, None)
         column_types = self._column_types(topic, wire.schema) if wire.schema else None
@@ -164,6 +189,29 @@ def _parse(decoder: msgspec.json.Decoder[Any], data: bytes, what: str) -> Any:
         raise InvalidEvent("invalid_json", f"{what} is not valid JSON: {exc}") from None
     except RecursionError:
         raise InvalidEvent("invalid_json", f"{what} is nested too deeply") from None
+
+
+def _is_utf8(data: bytes | memoryview) -> bool:
+    try:
+        str(data, "utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _projected_decoders(columns: frozenset[str]) -> tuple[msgspec.json.Decoder[Any],
+                                                          msgspec.json.Decoder[Any]]:
+    """`_ENVELOPE` and `_VALUE` with row images of only `columns` (a dict of those
+    present, like the full decode's): the same fields, types and defaults otherwise."""
+    row: Any = TypedDict("Row", dict.fromkeys(sorted(columns), Any), total=False)  # type: ignore[misc]
+    fields: list[tuple[str, Any, Any]] = []
+    for name, hint in get_type_hints(WireEnvelope).items():
+        fields.append((name, row | None if name in ("before", "after") else hint, None))
+    envelope = msgspec.defstruct("ProjectedEnvelope", fields, frozen=True)
+    value = msgspec.defstruct("ProjectedValue", [
+        ("schema", msgspec.Raw, model.EMPTY), ("payload", envelope | None, None),
+        *[(name, hint, None) for name, hint, _ in fields]], frozen=True)
+    return msgspec.json.Decoder(envelope), msgspec.json.Decoder(value)
 
 
 def _utf8_error(data: bytes | memoryview | msgspec.Raw) -> UnicodeDecodeError | None:
