@@ -30,15 +30,13 @@ EMPTY = msgspec.Raw()  # an absent embedded schema (msgspec.Raw cannot be Option
 
 
 class WireSource(msgspec.Struct, frozen=True):
-    """`source`: where and when the change was committed."""
+    """`source`: which table, and when the change was committed. Only what the
+    reconciler reads: the other fields (db, lsn, txId, snapshot, sequence …) are
+    skipped by the parser, as JSON, without being built or type-checked."""
 
     schema: str | None = None
     table: str | None = None
-    db: str | None = None
     ts_ms: int | None = None
-    lsn: int | None = None
-    txId: int | None = None
-    snapshot: str | bool | None = None
 
 
 class WireEnvelope(msgspec.Struct, frozen=True):
