@@ -9,6 +9,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import psycopg
 import pytest
@@ -196,3 +197,73 @@ def test_committed_offsets_below_the_log_start_fail(
     text = line(lines, "FAIL", f"group {group}")
     assert f"{topic}[0] at 2 < log start 6" in text and "deleted 4 change(s)" in text
     assert "audit --repair" in text
+
+
+@pytest.fixture
+def valkey_user(stack: Stack, uid: str) -> Iterator[tuple[str, str]]:
+    """An ACL user on both shards with every command but FCALL, and its password."""
+    import valkey
+
+    user, password = f"doctor-{uid}", f"pw-{uid}"
+    clients = [valkey.Valkey.from_url(url) for url in stack.valkey.values()]
+    for client in clients:
+        client.acl_setuser(user, enabled=True, passwords=[f"+{password}"], keys=["*"],
+                           commands=["+@all", "-fcall"])
+    try:
+        yield user, password
+    finally:
+        for client in clients:
+            client.acl_deluser(user)
+            client.close()
+
+
+def test_a_valkey_user_refused_a_needed_command_fails_with_the_grant(
+        config: Path, valkey_user: tuple[str, str],
+        capsys: pytest.CaptureFixture[str]) -> None:
+    user, password = valkey_user
+    edit(config, lambda c: c.update(valkey={**c.get("valkey", {}), "username": user,
+                                            "password": password}))
+    code, lines = doctor(config, capsys)
+    assert code == 1
+    line(lines, "OK", "shard a")  # reachable: the refusal is the ACL line's
+    text = line(lines, "FAIL", "shard a acl")
+    assert f"user {user} is refused" in text and "FCALL" in text
+    assert f"ACL SETUSER {user} +fcall" in text
+    line(lines, "FAIL", "shard b acl")
+
+
+def test_a_wrong_valkey_password_fails_naming_the_credentials(
+        config: Path, valkey_user: tuple[str, str],
+        capsys: pytest.CaptureFixture[str]) -> None:
+    user, _password = valkey_user
+    edit(config, lambda c: c.update(valkey={**c.get("valkey", {}), "username": user,
+                                            "password": "not-the-password"}))
+    code, lines = doctor(config, capsys)
+    assert code == 1
+    text = line(lines, "FAIL", "shard a")
+    assert "refused us" in text and "check valkey.username/password" in text
+    assert "not-the-password" not in "\n".join(lines), "the password is never printed"
+
+
+def test_an_inactive_replication_slot_warns_with_the_statement_to_drop_it(
+        stack: Stack, tmp_path: Path, uid: str, capsys: pytest.CaptureFixture[str]) -> None:
+    # Without connect.url doctor checks every logical slot of the database.
+    config = write_config(tmp_path, stack, group=f"doctor-{uid}", topics=TOPICS)
+    slot = f"doctor_{uid}"
+    # The connector's role may make slots (REPLICATION); the app's may not.
+    from stack.services import PG_ROLES
+
+    parsed = urlsplit(stack.postgres_dsn)
+    replication_dsn = parsed._replace(
+        netloc=f"debezium:{PG_ROLES['debezium']}@{parsed.hostname}:{parsed.port}").geturl()
+    with psycopg.connect(replication_dsn, autocommit=True) as conn:
+        conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (slot,))
+        try:
+            code, lines = doctor(config, capsys)
+        finally:
+            conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+    text = line(lines, "WARN", f"replication slot {slot}")
+    assert "inactive, retaining" in text
+    assert f"SELECT pg_drop_replication_slot('{slot}')" in text
+    line(lines, "OK", "replication slot nd_debezium")  # the connector's, active
+    assert code == 0, "a warning alone does not fail doctor"
