@@ -3,6 +3,7 @@ real valkey-b server of the stack (flushed before and after by `valkey_clients`)
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -42,3 +43,11 @@ def writer(url: str, valkey_clients: dict[str, Any]) -> Iterator[CacheWriter]:
     yield opened
     opened.close()
 
+
+@pytest.fixture
+def unused_port() -> int:
+    """A loopback port nothing listens on (a down shard)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port

@@ -3,7 +3,6 @@ unavailable shards, ACL refusals, bad credentials."""
 
 from __future__ import annotations
 
-import socket
 import ssl
 from collections.abc import Iterator
 
@@ -52,14 +51,6 @@ def test_restart_is_transparent(shard: Shard, writer: CacheWriter, client: valke
     client.function_flush("SYNC")
     assert writer.set_if_newer(f"{uid}:b", 1, "x", None)
     assert shard.ping() is True
-
-
-@pytest.fixture
-def unused_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 def test_down_server_is_unavailable(unused_port: int) -> None:

@@ -104,11 +104,3 @@ def test_discard_drops_the_answers_and_the_pool_stays_usable(
     assert shard.apply([f"{uid}:c"], ["v"], [1]) == ["absent"]
     assert shard.apply([f"{uid}:a"], ["v"], [1]) == ["fenced"], "the discarded call ran"
 
-
-@pytest.fixture
-def unused_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
