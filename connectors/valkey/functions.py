@@ -4,9 +4,10 @@ The Lua source lives next to this module (`functions.lua`). `load_functions()` i
 it with FUNCTION LOAD REPLACE; `call_with_reload()` runs a call and, when the server
 answers that the function does not exist (a restart without persistence, FUNCTION
 FLUSH, a failover to an empty replica), reloads the library and retries once, so that
-callers never see it. `translate()` maps valkey-py exceptions onto
-`ValkeyUnavailable` (transient, retry) and `ValkeyRejected` (do not retry), with a
-message that names the shard, the command and what to do.
+callers never see it. Missing again right after the reload (flushed twice in a row)
+it is `ValkeyUnavailable`: the caller's retries reload it again. `translate()` maps
+valkey-py exceptions onto `ValkeyUnavailable` (transient, retry) and `ValkeyRejected`
+(do not retry), with a message that names the shard, the command and what to do.
 """
 
 from __future__ import annotations
@@ -89,6 +90,11 @@ def translate(error: Exception, *, shard: str, command: str) -> ValkeyShardError
                   | vx.TryAgainError | vx.ClusterDownError | OSError):
         return ValkeyUnavailable(f"{where} failed, shard unavailable: {text}",
                                  shard=shard, command=command)
+    if is_missing_function(error):  # still missing after a reload: flushed again
+        return ValkeyUnavailable(
+            f"{where} failed: library {LIBRARY_NAME} missing again right after it was "
+            f"reloaded ({text}; FUNCTION FLUSH or failovers in a row?): retrying",
+            shard=shard, command=command)
     if isinstance(error, vx.ResponseError):
         if text.startswith(_TRANSIENT_CODES):
             return ValkeyUnavailable(f"{where} failed, shard busy or not ready: {text}",

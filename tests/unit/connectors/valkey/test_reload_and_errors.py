@@ -32,6 +32,29 @@ def test_function_flush_is_transparent(shard: Shard, writer: CacheWriter,
     assert library_loaded(client)
 
 
+def test_a_library_flushed_again_right_after_its_reload_is_transient(
+        shard: Shard, client: valkey.Valkey, uid: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Flushed between the reload and the retry (FUNCTION FLUSH or failovers in a row):
+    not a refusal that stops the worker, but unavailable — the caller's retries reload
+    it again."""
+    from connectors.valkey import functions
+
+    load = functions.load_functions
+
+    def load_then_flushed(target: valkey.Valkey, *, shard: str = "valkey") -> None:
+        load(target, shard=shard)
+        client.function_flush("SYNC")
+
+    client.function_flush("SYNC")
+    monkeypatch.setattr(functions, "load_functions", load_then_flushed)
+    with pytest.raises(ValkeyUnavailable, match="missing again right after it was reloaded"):
+        shard.apply([f"{uid}:a"], ["v"], [1])
+    with pytest.raises(ValkeyUnavailable, match="missing again"):
+        shard.send([f"{uid}:a"], ["v"], [1]).result()
+    monkeypatch.setattr(functions, "load_functions", load)
+    assert shard.apply([f"{uid}:a"], ["v"], [1]) == ["absent"]
+
+
 def test_restart_is_transparent(shard: Shard, writer: CacheWriter, client: valkey.Valkey,
                                 uid: str) -> None:
     from stack import services
@@ -153,6 +176,7 @@ def _wrapped(cause: OSError) -> vx.ConnectionError:
     (vx.OutOfMemoryError("command not allowed when used memory > 'maxmemory'."),
      ValkeyRejected),
     (vx.ResponseError("cr1_apply: op for key #1 must be one of v, s, d, u"), ValkeyRejected),
+    (vx.ResponseError("Function not found"), ValkeyUnavailable),  # gone again after a reload
     (_wrapped(ssl.SSLCertVerificationError(1, "[SSL: CERTIFICATE_VERIFY_FAILED]")),
      ValkeyRejected),
     (_wrapped(ssl.SSLEOFError(8, "EOF occurred in violation of protocol")), ValkeyUnavailable),
