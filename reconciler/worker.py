@@ -4,9 +4,8 @@ Batch by batch: ``consume()`` up to ``kafka.batch_size`` records; decode and pla
 (``reconciler.batch``); send every action, one pipelined call per shard; produce and
 confirm the dead letters; only then store the batch's offsets — a batch completes
 whole, so stored offsets are contiguous by construction. All on one thread: while a
-large batch's calls run on the shards the next batch is consumed, decoded and planned,
-then the first one's answers are read and it completes before the next one is sent; a
-small batch (a live stream) completes at once.
+batch's calls run on the shards the next batch is consumed, decoded and planned, then
+the first one's answers are read and it completes before the next one is sent.
 Auto-commit ships stored offsets every second; a revocation completes the batch in
 flight and commits synchronously (rebalance callbacks run inside ``consume()``); a
 shutdown finishes the batch in flight, commits and leaves the group.
@@ -67,7 +66,6 @@ log = logging.getLogger(__name__)
 TP = tuple[str, int]
 LIVENESS_SLACK = 60.0  # seconds the loop may stall beyond the retry budget before /healthz fails
 DEAD_LETTER_LOGS_PER_BATCH = 10  # dead letters logged one by one per batch; the rest summed
-PIPELINE_MIN_ACTIONS = 512  # a smaller batch completes at once; a larger one stays in flight
 EXIT_OK = 0  # clean shutdown
 EXIT_FAILED = 2  # a dependency stayed unavailable, or refused us: see the last log line
 METADATA_TIMEOUT_SECONDS = 10.0  # start-up: how long the cluster may take to answer
@@ -224,14 +222,12 @@ class Worker:
         return code
 
     def loop(self, until: Callable[[], bool]) -> None:
-        """Consume until `until()`. A batch of PIPELINE_MIN_ACTIONS actions or more (a
-        backlog) is in flight while the next is consumed, decoded and planned: its
-        Valkey calls are sent, and it completes (answers read, dead letters confirmed,
-        offsets stored) before the next one's calls are sent — so each shard sees every
-        key's operations in order, and no offset is stored before its work is
-        acknowledged. A smaller batch (a live stream) completes at once. When nothing is
-        waiting to be consumed the batch in flight completes before the worker blocks
-        for more."""
+        """Consume until `until()`. A batch is in flight while the next is consumed,
+        decoded and planned: its Valkey calls are sent, and it completes (answers read,
+        dead letters confirmed, offsets stored) before the next one's calls are sent —
+        so each shard sees every key's operations in order, and no offset is stored
+        before its work is acknowledged. When nothing is waiting to be consumed the
+        batch in flight completes before the worker blocks for more."""
         batch_size = self.settings.kafka.batch_size
         timeout = self.settings.kafka.poll_timeout_seconds
         while not until():
@@ -248,15 +244,7 @@ class Worker:
             self._finish_in_flight()
             if faults.STOP_AT:
                 faults.checkpoint("decoded")
-            flight = self._start(prepared)
-            if len(prepared.actions) < PIPELINE_MIN_ACTIONS:
-                # A small batch (a live stream) completes at once: kept in flight until
-                # the next batch is planned, it made the p99 at 5,000 events/s ~19 ms
-                # instead of ~11 (docs/benchmarks.md); overlap gains nothing there.
-                self.complete(prepared, None if flight is None
-                              else self.invalidator.finish(flight))
-            else:
-                self._in_flight = (prepared, flight)
+            self._in_flight = (prepared, self._start(prepared))
         # Stopping: the batch in flight completes. (On an error it is abandoned with its
         # offsets unstored, and processed again after a restart.)
         self._finish_in_flight()
