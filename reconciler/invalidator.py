@@ -201,7 +201,7 @@ class Invalidator:
             flight.sent = None
             try:
                 for shard, batch, pending in sent:
-                    self._count(outcome, shard, self._receive(shard, batch, pending))
+                    self._count(outcome, shard, self._apply(shard, batch, pending))
             except BaseException:
                 for _shard, _batch, pending in sent:
                     pending.discard()  # the answers not read yet: their connections go
@@ -227,18 +227,6 @@ class Invalidator:
             raise
         return sent
 
-    def _receive(self, shard: str, batch: ShardBatch, pending: PendingApply) -> list[str]:
-        """The answers of a sent call; on failure the whole call again, with retries."""
-        first = [pending]
-
-        def call(client: ShardClient) -> list[str]:
-            if first:
-                return first.pop().result()
-            ops: list[Any] = batch.ops
-            return client.apply(batch.keys, ops, batch.versions)
-
-        return self._call(shard, call)
-
     @staticmethod
     def _count(outcome: Outcome, shard: str, results: list[str]) -> None:
         for result, n in Counter(results).items():
@@ -250,9 +238,19 @@ class Invalidator:
 
         return self._call(action.shard, call)
 
-    def _apply(self, shard: str, batch: ShardBatch) -> list[str]:
+    def _apply(self, shard: str, batch: ShardBatch,
+               sent: PendingApply | None = None) -> list[str]:
+        """One shard's call, with retries: the answers of `sent` if it was sent already,
+        else (and on any retry) the whole call."""
         ops: list[Any] = batch.ops  # compacted: no None left
-        return self._call(shard, lambda c: c.apply(batch.keys, ops, batch.versions))
+        first = [sent] if sent is not None else []
+
+        def call(client: ShardClient) -> list[str]:
+            if first:
+                return first.pop().result()
+            return client.apply(batch.keys, ops, batch.versions)
+
+        return self._call(shard, call)
 
     def _client(self, shard: str) -> ShardClient:
         client = self._shards().get(shard)

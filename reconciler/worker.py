@@ -249,23 +249,21 @@ class Worker:
         # offsets unstored, and processed again after a restart.)
         self._finish_in_flight()
 
-    def _execute(self, prepared: Prepared) -> Outcome | None:
-        """The batch's Valkey calls, on the calling thread (None: nothing to send)."""
-        if not prepared.actions or self.dry_run:
-            return None
-        return self.invalidator.execute(prepared.actions)
-
     def _start(self, prepared: Prepared) -> Flight | None:
         """Send the batch's Valkey calls (None: nothing to send)."""
         if not prepared.actions or self.dry_run:
             return None
         return self.invalidator.start(prepared.actions)
 
+    def _finish(self, flight: Flight | None) -> Outcome | None:
+        """Read a started batch's answers (None: it sent nothing)."""
+        return None if flight is None else self.invalidator.finish(flight)
+
     def _finish_in_flight(self) -> None:
         if self._in_flight is not None:
             prepared, flight = self._in_flight
             self._in_flight = None
-            self.complete(prepared, None if flight is None else self.invalidator.finish(flight))
+            self.complete(prepared, self._finish(flight))
 
     def _next_batch(self, batch_size: int, timeout: float) -> list[Message]:
         """Whatever is ready now, up to batch_size; else wait up to `timeout` for one
@@ -320,7 +318,7 @@ class Worker:
         prepared = self.prepare(messages)
         if faults.STOP_AT:
             faults.checkpoint("decoded")
-        return self.complete(prepared, self._execute(prepared))
+        return self.complete(prepared, self._finish(self._start(prepared)))
 
     def prepare(self, messages: list[Message]) -> Prepared:
         """Decode and plan a batch: CPU only, nothing sent anywhere."""

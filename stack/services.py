@@ -5,8 +5,9 @@ Each service is started idempotently (a second ``up`` while running is a no-op),
 waited for with a timeout, and stopped cleanly. A port held by a process that is not
 ours is reported as such, naming the service, the port and the variable to change.
 
-Only the standard library and, where installed, ``confluent_kafka`` (for the broker
-readiness check) are used, so the module can run before the project is installed.
+Only the standard library and, where installed, ``confluent_kafka`` (the broker
+readiness check, the captured tables' topics) are used, so the module can run before
+the project is installed.
 """
 
 from __future__ import annotations
@@ -29,8 +30,12 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from stack import security
+
+if TYPE_CHECKING:
+    from confluent_kafka.admin import AdminClient
 
 ROOT = Path(__file__).resolve().parent.parent
 # A relative CR_STACK_DIR is read from the repository root: Postgres runs in its data
@@ -525,10 +530,15 @@ def kafka_ready() -> bool:
         from confluent_kafka.admin import AdminClient
     except ImportError:
         return port_open(KAFKA_PORT)
-    admin = AdminClient({"bootstrap.servers": f"{HOST}:{KAFKA_PORT}", "log_level": 0,
-                         "logger": _quiet_logger()})
-    metadata = admin.list_topics(timeout=2)
+    metadata = _admin(AdminClient).list_topics(timeout=2)
     return bool(metadata.brokers)
+
+
+def _admin(admin_class: type[AdminClient]) -> AdminClient:
+    """A quiet admin client on the stack's broker (`admin_class`: confluent_kafka's
+    AdminClient, imported by the caller, where installed)."""
+    return admin_class({"bootstrap.servers": f"{HOST}:{KAFKA_PORT}", "log_level": 0,
+                        "logger": _quiet_logger()})
 
 
 def _quiet_logger() -> object:
@@ -699,8 +709,7 @@ def ensure_table_topics() -> None:
     replication = int(config.get("topic.creation.default.replication.factor", "1"))
     wanted = [f"{config['topic.prefix']}.{table.strip()}"
               for table in config["table.include.list"].split(",") if table.strip()]
-    admin = AdminClient({"bootstrap.servers": f"{HOST}:{KAFKA_PORT}", "log_level": 0,
-                         "logger": _quiet_logger()})
+    admin = _admin(AdminClient)
     existing = admin.list_topics(timeout=10).topics
     missing = [NewTopic(topic, partitions, replication) for topic in wanted
                if topic not in existing]

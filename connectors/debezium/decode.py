@@ -83,21 +83,22 @@ class Decoder:
             if key is None:
                 raise InvalidEvent("empty_record", "record has neither a key nor a value")
             return Event(model.TOMBSTONE, topic, partition, offset, key=self._key(key))
+        # Projected, skipped text is not checked for UTF-8: check the record first; one
+        # that fails takes the full decoders, which build (and so check) every string.
+        if not self._projected or value.isascii() or _utf8_error(value) is None:
+            envelope, whole = self._envelope, self._value
+        else:
+            envelope, whole = _ENVELOPE, _VALUE
         known = self._prefixes.get(topic)
         if known is not None and value.startswith(known[0]) and value.endswith(b"}"):
-            payload_bytes = memoryview(value)[len(known[0]):-1]
-            if not self._projected or value.isascii() or _is_utf8(payload_bytes):
-                try:
-                    payload = self._envelope.decode(payload_bytes)
-                except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError,
-                        RecursionError):
-                    pass  # the full decode below says what is wrong
-                else:
-                    return self._event(topic, partition, offset, key, payload, True, known[1])
-        if self._projected and (value.isascii() or _is_utf8(value)):
-            wire = _parse(self._value, value, "value")
-        else:
-            wire = _parse(_VALUE, value, "value")  # every string built: checked for UTF-8
+            try:
+                payload = envelope.decode(memoryview(value)[len(known[0]):-1])
+            except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError,
+                    RecursionError):
+                pass  # the full decode below says what is wrong
+            else:
+                return self._event(topic, partition, offset, key, payload, True, known[1])
+        wire = _parse(whole, value, "value")
         if wire.payload is None:
             return self._event(topic, partition, offset, key, wire, False, None)
         column_types = self._column_types(topic, wire.schema) if wire.schema else None
@@ -189,14 +190,6 @@ def _parse(decoder: msgspec.json.Decoder[Any], data: bytes, what: str) -> Any:
         raise InvalidEvent("invalid_json", f"{what} is not valid JSON: {exc}") from None
     except RecursionError:
         raise InvalidEvent("invalid_json", f"{what} is nested too deeply") from None
-
-
-def _is_utf8(data: bytes | memoryview) -> bool:
-    try:
-        str(data, "utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
 
 
 def _projected_decoders(columns: frozenset[str]) -> tuple[msgspec.json.Decoder[Any],

@@ -343,7 +343,7 @@ class _Pending:
             return []
         connection, self._connection = self._connection, None
         if connection is None:
-            return self._shard.apply(self._keys, self._ops, self._versions)
+            return self._again()
         pool = self._shard.client.connection_pool
         replies: list[Any] = []
         try:
@@ -355,11 +355,15 @@ class _Pending:
         except (vx.ValkeyError, OSError):
             connection.disconnect()  # answers may still be on their way: never reuse it
             pool.release(connection)
-            return self._shard.apply(self._keys, self._ops, self._versions)
+            return self._again()
         pool.release(connection)
         if first_error(replies) is not None:  # a missing library, a refusal: apply() knows
-            return self._shard.apply(self._keys, self._ops, self._versions)
+            return self._again()
         return self._shard._labels(replies, len(self._keys))
+
+    def _again(self) -> list[str]:
+        """The whole call once more, as `apply()`: its reload, its errors."""
+        return self._shard.apply(self._keys, self._ops, self._versions)
 
     def discard(self) -> None:
         connection, self._connection = self._connection, None
