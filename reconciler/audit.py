@@ -9,17 +9,21 @@ batch, rate-limited). Each entry is then:
     fresh   data cached at the row's version
     stale   data cached at an older version (or of unknown version: not a valid entry)
     orphan  data cached for a row that no longer exists
-    ahead   data cached at a newer version than Postgres has (a lagging replica as the
-            DSN, or a row deleted and re-created: versions restart at 1)
+    ahead   data cached at a newer version than Postgres has: the row's versions went
+            back (deleted and re-inserted, its version column restarted: SPEC §2) or
+            the DSN is a lagging replica. The reconciler would call it fresh forever.
     fence   a fence (no data): not an entry to compare, counted apart
     unparsed a key that does not name a row (does not parse, or is not a literal of
             the primary key's type)
 
-Stale and orphan candidates are looked at again after a grace period, so a change the
-live worker is about to reconcile is not reported. ``repair`` then applies the
-reconciler's own protocol through ``Shard.apply``: a versioned op at the row's version
-for stale entries (the entry becomes a fence unless something newer was written
-meanwhile), a delete op for orphans. Nothing is written unless asked.
+Stale, orphan and ahead entries are findings: the audit fails while any remains.
+Candidates are looked at again after a grace period, so a change the live worker is
+about to reconcile (or a replica about to catch up) is not reported. ``repair`` then
+applies the reconciler's own protocol through ``Shard.apply``: a versioned op at the
+row's version for stale entries (the entry becomes a fence unless something newer was
+written meanwhile), a delete op for orphans and for entries ahead (removed and fenced
+for ``fence_ttl``, as if the row had been deleted: a miss is always safe). Nothing is
+written unless asked.
 
 Templates that cannot be read back (a non-key column, a missing key column) and
 unversioned templates are listed as not auditable.
@@ -168,13 +172,13 @@ class Auditor:
         return findings
 
     def repair(self, findings: Sequence[Finding]) -> None:
-        """Stale → versioned op at the row's version; orphan → delete op."""
+        """Stale → versioned op at the row's version; orphan and ahead → delete op."""
         for finding in findings:
             items = list(finding.problems.items())
             for start in range(0, len(items), READ_CHUNK):
                 chunk = items[start:start + READ_CHUNK]
                 keys = [key for key, _ in chunk]
-                ops = [OP_DELETE if state == ORPHAN else OP_VERSIONED for _, (state, _) in chunk]
+                ops = [OP_VERSIONED if state == STALE else OP_DELETE for _, (state, _) in chunk]
                 versions = [version or 0 for _, (_, version) in chunk]
                 try:
                     results = self.shards[finding.shard].apply(keys, ops, versions)
@@ -247,7 +251,7 @@ class Auditor:
 
     def _classify(self, target: Target, table: Table, shard: Shard, keys: list[str],
                   finding: Finding) -> dict[str, str]:
-        """The state of each key; stale and orphan entries are kept in
+        """The state of each key; findings (stale, orphan, ahead) are kept in
         `finding.problems` (with the row's version), the others removed from it."""
         states: dict[str, str] = {}
         lookups: list[tuple[str, int | None, tuple[str, ...]]] = []
@@ -281,12 +285,12 @@ class Auditor:
         return states
 
     def _recheck(self, chosen: Sequence[Target], findings: list[Finding]) -> None:
-        """Look at stale/orphan candidates again after the grace period: a change in
+        """Look at the candidate findings again after the grace period: a change in
         flight (the worker reconciles it within a second) is not a finding."""
         pending = [f for f in findings if f.problems]
         if not pending or self.grace <= 0:
             return
-        log.info("audit: %d stale/orphan candidate(s); checking them again in %.1fs",
+        log.info("audit: %d stale/orphan/ahead candidate(s); checking them again in %.1fs",
                  sum(len(f.problems) for f in pending), self.grace)
         time.sleep(self.grace)
         by_template = {(t.table, t.template.source): t for t in chosen}

@@ -253,8 +253,9 @@ def add_operations_commands(commands: Any, config_arg: Any) -> None:
 
     audit = commands.add_parser(
         "audit", help="compare cache entries with Postgres: fresh / stale / orphan counts",
-        description="Read-only unless --repair. Exit 0 when nothing stale or orphaned "
-                    "remains, 1 when something does, 2 when Valkey or Postgres failed.")
+        description="Read-only unless --repair. Exit 0 when nothing stale, orphaned or "
+                    "ahead of Postgres remains, 1 when something does, 2 when Valkey or "
+                    "Postgres failed (an ACL refusal names the command to grant).")
     config_arg(audit)
     audit.add_argument("--table", dest="tables", action="append", default=None,
                        metavar="SCHEMA.TABLE", help="audit this table (repeatable; default: "
@@ -264,7 +265,8 @@ def add_operations_commands(commands: Any, config_arg: Any) -> None:
                             "scanning them all")
     audit.add_argument("--repair", action="store_true",
                        help="apply the reconciler's protocol to what is found: a versioned "
-                            "op at the row's version for stale entries, a delete for orphans")
+                            "op at the row's version for stale entries, a delete for orphans "
+                            "and entries ahead of Postgres")
     audit.add_argument("--json", action="store_true",
                        help="print the summary as one JSON object on stdout")
     audit.add_argument("--rows-per-second", type=float, default=None, metavar="N",
@@ -406,13 +408,10 @@ def cmd_audit(args: argparse.Namespace) -> int:
         print(json.dumps(data))
     else:
         print_audit_report(data)
-    remaining = sum(data["remaining"].values())
-    if remaining:
-        print(f"reconciler audit: {data['remaining'].get('stale', 0)} stale and "
-              f"{data['remaining'].get('orphan', 0)} orphaned entries remain"
-              + ("" if args.repair else "; run again with --repair to fix them"),
-              file=sys.stderr)
-    return 1 if remaining else 0
+    verdict = report.verdict()
+    for text in verdict:
+        print(f"reconciler audit: {text}", file=sys.stderr)
+    return 1 if verdict else 0
 
 
 def print_audit_report(data: dict[str, Any]) -> None:
@@ -429,8 +428,8 @@ def print_audit_report(data: dict[str, Any]) -> None:
     for table, entry in data["tables"].items():
         repaired = entry["repaired"]
         if any(repaired.values()):
-            print(f"{table}: repaired {repaired['stale']} stale and {repaired['orphan']} "
-                  "orphaned entries")
+            print(f"{table}: repaired {repaired['stale']} stale, {repaired['orphan']} "
+                  f"orphaned and {repaired['ahead']} ahead entries")
     for table, skipped in data["not_auditable"].items():
         for item in skipped:
             print(f"{table}: {item['template']} not audited: {item['reason']}")

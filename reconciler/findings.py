@@ -1,7 +1,11 @@
 """What an audit found: counts per table, template, shard and state; as JSON and as
 Prometheus gauges (for the node-exporter textfile collector or a Pushgateway).
 
-States (see `reconciler.audit`): fresh, stale, orphan, ahead, fence, unparsed.
+States (see `reconciler.audit`): fresh, stale, orphan, ahead, fence, unparsed. Stale,
+orphan and ahead entries are findings: they make the audit fail and `--repair` fixes
+them. An entry *ahead* of Postgres means the row's versions went back (a delete and
+re-insert restarted the version column) or the DSN is a lagging replica; either way
+the reconciler would take it for fresh (SPEC §2, "Versions never go back").
 """
 
 from __future__ import annotations
@@ -16,7 +20,17 @@ from prometheus_client import CollectorRegistry, Gauge
 FRESH, STALE, ORPHAN, AHEAD, FENCE, UNPARSED = (
     "fresh", "stale", "orphan", "ahead", "fence", "unparsed")
 STATES = (FRESH, STALE, ORPHAN, AHEAD, FENCE, UNPARSED)  # every state, in report order
-PROBLEMS = (STALE, ORPHAN)  # what makes the audit fail, and what --repair fixes
+PROBLEMS = (STALE, ORPHAN, AHEAD)  # what makes the audit fail, and what --repair fixes
+LABELS = {STALE: "stale", ORPHAN: "orphaned"}  # a finding's adjective in the report
+# What each finding means (and for `ahead`, what to do), for the report's closing lines.
+ADVICE = {
+    STALE: "data older than its row",
+    ORPHAN: "data of rows that no longer exist",
+    AHEAD: "data newer than its row: the row's versions went back (a delete and re-insert "
+           "restarted the version column: `reconciler doctor` prints the fix, a sequence) "
+           "or postgres.dsn is a lagging replica (point it at the primary); the reconciler "
+           "takes such an entry for fresh and never replaces it",
+}
 
 
 @dataclass
@@ -48,7 +62,7 @@ class AuditReport:
         return out
 
     def remaining(self) -> Counter[str]:
-        """Stale and orphan entries found and not repaired."""
+        """Stale, orphan and ahead entries found and not repaired."""
         left: Counter[str] = Counter()
         for finding in self.findings:
             for state in PROBLEMS:
@@ -87,7 +101,8 @@ class AuditReport:
                         "(fresh, stale, orphan, ahead, fence, unparsed).",
                         ("table", "state"), registry=registry)
         repaired = Gauge("reconciler_audit_repaired_entries",
-                         "Stale and orphan entries the last audit repaired (--repair).",
+                         "Stale, orphan and ahead entries the last audit repaired "
+                         "(--repair).",
                          ("table", "state"), registry=registry)
         for table, counts in self.totals().items():
             for state in STATES:
@@ -99,3 +114,18 @@ class AuditReport:
               "When the last audit finished (Unix time).",
               registry=registry).set(self.started + self.elapsed)
         return registry
+
+    def verdict(self) -> list[str]:
+        """What remains wrong, one line per kind of finding with what it means and what
+        to do; empty when nothing does (the audit passes)."""
+        left = self.remaining()
+        then = "" if self.repair else "; run again with --repair to remove them"
+        lines = []
+        for state in PROBLEMS:
+            count = left[state]
+            if count:
+                entries = "entry" if count == 1 else "entries"
+                what = (f"{count} {entries} ahead of Postgres" if state == AHEAD else
+                        f"{count} {LABELS[state]} {entries}")
+                lines.append(f"{what} ({ADVICE[state]}){then}")
+        return lines

@@ -142,7 +142,7 @@ def test_a_corrupted_cache_is_reported_exactly_repaired_and_then_clean(
     assert posts["shards"]["b"]["stale"] == 1 and posts["shards"]["b"]["orphan"] == 1
     assert [comments[s] for s in counts] == [0, 1, 0, 0, 0, 0]
     assert [profiles[s] for s in counts] == [1, 0, 1, 0, 0, 0]
-    assert found["remaining"] == {"stale": 4, "orphan": 3}
+    assert found["remaining"] == {"stale": 4, "orphan": 3, "ahead": 0}
     assert found["not_auditable"]["public.posts"] == [
         {"template": cache.key("feed:{neighborhood_id}"),
          "reason": "unversioned (a derived key: nothing to compare)"}]
@@ -151,8 +151,8 @@ def test_a_corrupted_cache_is_reported_exactly_repaired_and_then_clean(
     code, repaired = audit(config, capsys, "--grace", "0", "--repair",
                            "--metrics-file", str(metrics))
     assert code == 0  # everything found was repaired
-    assert repaired["tables"]["public.posts"]["repaired"] == {"stale": 3, "orphan": 2}
-    assert repaired["remaining"] == {"stale": 0, "orphan": 0}
+    assert repaired["tables"]["public.posts"]["repaired"] == {"stale": 3, "orphan": 2, "ahead": 0}
+    assert repaired["remaining"] == {"stale": 0, "orphan": 0, "ahead": 0}
     # The reconciler's own protocol: stale → a fence at the row's version, orphan → the
     # delete fence; fresh data untouched.
     assert cache.a.hgetall(cache.key(f"post:{behind}")) == {b"v": str(v_behind).encode()}
@@ -214,8 +214,8 @@ def test_the_result_can_be_pushed_to_a_pushgateway(
     server = http.server.HTTPServer(("127.0.0.1", 0), Gateway)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        post, _ = db.insert_post(7)
-        cache.writer("a").set_if_newer(cache.key(f"post:{post}"), 1, {"t": "x"}, 600)
+        post, version = db.insert_post(7)
+        cache.writer("a").set_if_newer(cache.key(f"post:{post}"), version, {"t": "x"}, 600)
         db.update_post(post)
         code, _ = audit(config, capsys, "--table", "public.posts", "--grace", "0",
                         "--pushgateway", f"http://127.0.0.1:{server.server_port}")
@@ -227,3 +227,38 @@ def test_the_result_can_be_pushed_to_a_pushgateway(
         ("PUT", "/metrics/job/cache-reconciler-audit")]
     body = received[0][2].decode()
     assert 'reconciler_audit_entries{state="stale",table="public.posts"} 1.0' in body
+
+
+def test_an_entry_ahead_of_postgres_is_a_finding_and_repair_removes_it(
+        config: Path, cache: Cache, db: Rows, capsys: pytest.CaptureFixture[str]) -> None:
+    """Data cached at a version above the row's: the row's versions went back (a delete
+    and re-insert that restarted the version) or the DSN lags. The reconciler would call
+    it fresh forever, so audit reports it, fails, and --repair removes it."""
+    post, version = db.insert_post(7)
+    key = cache.key(f"post:{post}")
+    assert cache.writer("a").set_if_newer(key, version + 10, {"t": "older life"}, 600)
+    fresh, v_fresh = db.insert_post(7)
+    assert cache.writer("a").set_if_newer(cache.key(f"post:{fresh}"), v_fresh, {"t": "ok"}, 600)
+
+    code = main(["audit", "-c", str(config), "--table", "public.posts", "--grace", "0.2"])
+    out, err = capsys.readouterr()
+    assert code == 1, out + err
+    assert "1 ahead" in out
+    assert "1 entry ahead of Postgres" in err
+    assert "versions went back" in err and "lagging replica" in err
+    assert "reconciler doctor" in err and "--repair" in err
+
+    code, found = audit(config, capsys, "--table", "public.posts", "--grace", "0")
+    assert code == 1
+    posts = found["tables"]["public.posts"]
+    assert (posts["fresh"], posts["ahead"], posts["stale"]) == (1, 1, 0)
+    assert found["remaining"] == {"stale": 0, "orphan": 0, "ahead": 1}
+
+    code, repaired = audit(config, capsys, "--table", "public.posts", "--grace", "0",
+                           "--repair")
+    assert code == 0
+    assert repaired["tables"]["public.posts"]["repaired"]["ahead"] == 1
+    assert cache.a.hgetall(key) == {b"v": MAX_VERSION}  # removed, and fenced like a delete
+    assert cache.writer("a").get(cache.key(f"post:{fresh}")) == {"t": "ok"}
+    code, after = audit(config, capsys, "--table", "public.posts", "--grace", "0")
+    assert code == 0 and after["totals"]["ahead"] == 0
