@@ -27,6 +27,12 @@ written unless asked.
 
 Templates that cannot be read back (a non-key column, a missing key column) and
 unversioned templates are listed as not auditable.
+
+Valkey errors are errors, never findings: an error reply (a command the ACL user may
+not run, a key outside its patterns, a server loading) or a timeout stops the audit
+(``FatalError``, exit 2) with a message naming the shard, the command, its ACL
+categories and the grant (``AUDIT_GRANT``, the user's least privilege). An entry that
+could not be read is never counted.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from __future__ import annotations
 import functools
 import logging
 import random
+import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -82,6 +89,20 @@ DEFAULT_ROWS_PER_SECOND = 5000.0  # Postgres rows read per second, by default
 DEFAULT_GRACE_SECONDS = 2.0  # wait before re-checking stale/orphan candidates
 GONE = "gone"  # a key that expired between SCAN and the read: not counted
 _TYPE_NONE, _TYPE_HASH = b"none", b"hash"  # TYPE replies
+_WRONGTYPE = "WRONGTYPE"  # HGET/HEXISTS on a key that is not a hash: expected, TYPE says so
+# The ACL categories of each command audit sends (Valkey 8.1, ACL CAT), for its errors.
+ACL_CATEGORIES = {
+    "scan": "@keyspace @read @slow", "type": "@keyspace @read @fast",
+    "hget": "@read @hash @fast", "hexists": "@read @hash @fast",
+    "dbsize": "@keyspace @read @fast", "randomkey": "@keyspace @read @slow",
+    "fcall": "@slow @scripting", "function|load": "@write @slow @scripting",
+    "exists": "@keyspace @read @fast", "del": "@keyspace @write @slow",
+    "hset": "@write @hash @fast", "pexpire": "@keyspace @write @fast",
+}
+# The least privilege of audit's ACL user, besides the template keys' patterns.
+AUDIT_GRANT = ("-@all +scan +type +hget +hexists, +dbsize +randomkey for --sample, +fcall "
+               "+function|load +exists +del +hset +pexpire for --repair")
+_REFUSED_COMMAND = re.compile(r"run the '([^']+)' command")  # in a NOPERM message
 
 T = TypeVar("T")
 
@@ -146,8 +167,10 @@ class Auditor:
 
     def __init__(self, shards: dict[str, Shard], postgres: Postgres, *,
                  sample: int | None = None, rows_per_second: float = DEFAULT_ROWS_PER_SECOND,
-                 grace_seconds: float = DEFAULT_GRACE_SECONDS, seed: int | None = None) -> None:
+                 grace_seconds: float = DEFAULT_GRACE_SECONDS, seed: int | None = None,
+                 user: str = "default") -> None:
         self.shards = shards
+        self.user = user  # the Valkey ACL user, named in refusals
         self.postgres = postgres
         self.sample = sample
         self.grace = grace_seconds
@@ -183,7 +206,8 @@ class Auditor:
                 try:
                     results = self.shards[finding.shard].apply(keys, ops, versions)
                 except ConnectorError as exc:
-                    raise FatalError(f"audit repair on shard {finding.shard}: {exc}") from exc
+                    raise FatalError(f"audit repair on shard {finding.shard}: {exc}"
+                                     f"{_categories(str(exc))}") from exc
                 for (_, (state, _)), _result in zip(chunk, results, strict=True):
                     finding.repaired[state] += 1  # every result leaves nothing stale behind
             if items:
@@ -215,7 +239,7 @@ class Auditor:
         while True:
             cursor, found = self._valkey(
                 shard, "SCAN", functools.partial(client.scan, cursor, match=pattern,
-                                                 count=SCAN_COUNT))
+                                                 count=SCAN_COUNT), pattern)
             for raw in found:
                 yield raw.decode("utf-8", "surrogateescape")
             if int(cursor) == 0:
@@ -225,12 +249,12 @@ class Auditor:
         """n random keys of the template: RANDOMKEY while the template's keys are common
         enough in the keyspace, else reservoir sampling over a SCAN."""
         client: Any = shard.client
-        size = int(self._valkey(shard, "DBSIZE", client.dbsize))
+        size = int(self._valkey(shard, "DBSIZE", client.dbsize, pattern))
         matches = key_pattern(target.template).fullmatch
         found: set[str] = set()
         if size > RANDOMKEY_TRIES * n:
             for _ in range(RANDOMKEY_TRIES * n):
-                raw = self._valkey(shard, "RANDOMKEY", client.randomkey)
+                raw = self._valkey(shard, "RANDOMKEY", client.randomkey, pattern)
                 if raw is None:
                     break
                 key = raw.decode("utf-8", "surrogateescape")
@@ -255,7 +279,8 @@ class Auditor:
         `finding.problems` (with the row's version), the others removed from it."""
         states: dict[str, str] = {}
         lookups: list[tuple[str, int | None, tuple[str, ...]]] = []
-        for key, (kind, version) in zip(keys, self._read(shard, keys), strict=True):
+        pattern = target.template.pattern()
+        for key, (kind, version) in zip(keys, self._read(shard, keys, pattern), strict=True):
             values = target.parse(key) if kind == "data" else None
             if kind != "data":
                 states[key] = kind
@@ -307,10 +332,12 @@ class Auditor:
                         if state != GONE:
                             finding.counts[state] += 1
 
-    def _read(self, shard: Shard, keys: list[str]) -> list[tuple[str, int | None]]:
+    def _read(self, shard: Shard, keys: list[str],
+              pattern: str) -> list[tuple[str, int | None]]:
         """Per key: (GONE | FENCE | "data", the cached version or None when unknown).
         A non-hash value, or a hash without a valid version, is data of unknown
-        version: the protocol treats it as stale."""
+        version: the protocol treats it as stale. An error reply stops the audit
+        (but HGET/HEXISTS on a key that is not a hash: WRONGTYPE, as TYPE said)."""
         def call() -> list[Any]:
             pipe: Any = shard.client.pipeline(transaction=False)
             for key in keys:
@@ -320,10 +347,13 @@ class Auditor:
             replies: list[Any] = pipe.execute(raise_on_error=False)
             return replies
 
-        replies = self._valkey(shard, "TYPE/HGET/HEXISTS", call)
+        replies = self._valkey(shard, "TYPE/HGET/HEXISTS", call, pattern)
         out: list[tuple[str, int | None]] = []
         for index in range(len(keys)):
             kind, raw, has_data = replies[3 * index:3 * index + 3]
+            for command, reply in (("TYPE", kind), ("HGET", raw), ("HEXISTS", has_data)):
+                if isinstance(reply, Exception) and not str(reply).startswith(_WRONGTYPE):
+                    raise self._error(shard, command, reply, pattern) from reply
             if kind == _TYPE_NONE:
                 out.append((GONE, None))
             elif kind != _TYPE_HASH:
@@ -335,13 +365,32 @@ class Auditor:
                             version))
         return out
 
-    @staticmethod
-    def _valkey(shard: Shard, command: str, call: Callable[[], T]) -> T:
+    def _valkey(self, shard: Shard, command: str, call: Callable[[], T], pattern: str) -> T:
         try:
             return call()
         except (valkey.ValkeyError, OSError) as exc:
-            raise FatalError(f"audit: {translate(exc, shard=shard.name, command=command)}") \
-                from exc
+            raise self._error(shard, command, exc, pattern) from exc
+
+    def _error(self, shard: Shard, command: str, error: Exception, pattern: str) -> FatalError:
+        """An error reply or failure of `command`: what was refused and the grant, for an
+        ACL refusal; otherwise the connectors' reading of it (timeout, unavailable…)."""
+        text = str(error) or type(error).__name__
+        if not isinstance(error, valkey.exceptions.NoPermissionError) and \
+                not text.startswith("NOPERM") and "no permissions" not in text.lower():
+            return FatalError(f"audit: {translate(error, shard=shard.name, command=command)}; "
+                              "no entry was counted")
+        where = f"audit: shard {shard.name} refused {command} to user {self.user} (NOPERM {text})"
+        if "access a key" in text or "access one of the keys" in text:
+            return FatalError(f"{where}: the ACL user may not access the template's keys; "
+                              f"nothing was counted. Grant the pattern: ACL SETUSER "
+                              f"{self.user} ~{pattern} (with {AUDIT_GRANT})")
+        found = _REFUSED_COMMAND.search(text)
+        name = found.group(1).lower() if found else command.lower()
+        categories = ACL_CATEGORIES.get(name, "see ACL CAT")
+        return FatalError(f"{where}: the ACL user lacks {name.upper()} (ACL categories "
+                          f"{categories}); nothing was counted. Grant it: ACL SETUSER "
+                          f"{self.user} +{name} (audit's least privilege: {AUDIT_GRANT}; "
+                          "docs/operations.md)")
 
     @staticmethod
     def _postgres(call: Callable[[], T]) -> T:
@@ -349,6 +398,14 @@ class Auditor:
             return call()
         except ConnectorError as exc:
             raise FatalError(f"audit: {exc}") from exc
+
+
+def _categories(text: str) -> str:
+    """ " (ACL categories …)" for the command a NOPERM message names, else nothing."""
+    found = _REFUSED_COMMAND.search(text)
+    categories = ACL_CATEGORIES.get(found.group(1).lower()) if found else None
+    return f" ({found.group(1).upper()} is in the ACL categories {categories})" \
+        if found and categories else ""
 
 
 def _chunks(keys: Iterator[str], size: int) -> Iterator[list[str]]:
@@ -387,7 +444,8 @@ def run_audit(settings: Settings, *, tables: Sequence[str] | None = None,
         raise FatalError(f"audit: {exc}") from exc
     try:
         auditor = Auditor(dict(pool.clients()), postgres, sample=sample,
-                          rows_per_second=rows_per_second, grace_seconds=grace_seconds)
+                          rows_per_second=rows_per_second, grace_seconds=grace_seconds,
+                          user=settings.valkey.username or "default")
         report.findings = auditor.audit(chosen)
         if repair:
             auditor.repair(report.findings)

