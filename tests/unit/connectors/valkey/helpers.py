@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any
 
 import valkey
@@ -15,3 +17,16 @@ def entry(client: valkey.Valkey, key: str) -> tuple[str, Any]:
     if kind == "string":
         return kind, client.get(key)
     return kind, None
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    """Poll `condition` until it holds; fail naming `what` after `timeout` seconds.
+
+    For a server-side effect a test must see before going on: the test then never
+    depends on how fast the server is, only on the effect happening at all.
+    """
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not seen within {timeout:g} s: {what}")
+        time.sleep(0.005)

@@ -12,14 +12,27 @@ import valkey
 from connectors.errors import ValkeyRejected, ValkeyUnavailable
 from connectors.valkey.shard import APPLY_CHUNK, Shard
 from tests.unit.connectors.valkey.conftest import FENCE_TTL_MS
+from tests.unit.connectors.valkey.helpers import wait_until
 from tests.unit.connectors.valkey.test_apply import data
 from tests.unit.connectors.valkey.test_reload_and_errors import library_loaded
 
 
-def _lose_answers_of(pending: object) -> None:
-    """End the connection a pending call's answers come on, before they are read (its
-    reading side shut: what arrived, or arrives, is never seen)."""
-    pending._connection._sock.shutdown(socket.SHUT_RD)  # type: ignore[attr-defined]
+def _lose_answers_of(pending: object, answers: bytes) -> None:
+    """Take a pending call's `answers` off its connection, then end the connection
+    before the client reads them: what the client then reads is the end of the stream.
+
+    Waiting for the answers first makes sure the server has run the call: shutting the
+    reading side alone raced it (answers already arrived were still read, and a call
+    cut before the server read it was never run)."""
+    sock: socket.socket = pending._connection._sock  # type: ignore[attr-defined]
+    sock.settimeout(10)
+    taken = b""
+    while len(taken) < len(answers):
+        chunk = sock.recv(len(answers) - len(taken))
+        assert chunk, f"the connection ended after {taken!r}, before the answers"
+        taken += chunk
+    assert taken == answers
+    sock.shutdown(socket.SHUT_RD)
 
 
 def test_answers_are_read_later_and_equal_apply(shard: Shard, client: valkey.Valkey,
@@ -38,9 +51,13 @@ def test_answers_are_read_later_and_equal_apply(shard: Shard, client: valkey.Val
     assert 0 < client.pttl(keys[1]) <= FENCE_TTL_MS
 
 
-def test_two_shards_in_flight_at_once(shard: Shard, url: str, uid: str) -> None:
+def test_two_shards_in_flight_at_once(shard: Shard, client: valkey.Valkey, url: str,
+                                     uid: str) -> None:
     with Shard("second", url, fence_ttl_ms=FENCE_TTL_MS) as second:
         first_pending = shard.send([f"{uid}:a"], ["v"], [3])
+        # Two connections: which call the server runs first is its choice, so the
+        # second is sent once the first has run (still unread: both in flight).
+        wait_until(lambda: client.hgetall(f"{uid}:a") == {b"v": b"3"}, "the first call run")
         second_pending = second.send([f"{uid}:b", f"{uid}:a"], ["v", "v"], [1, 2])
         assert first_pending.result() == ["absent"]
         assert second_pending.result() == ["absent", "fenced"]
@@ -67,7 +84,7 @@ def test_a_connection_killed_before_the_answers_are_read_sends_the_call_again(
         shard: Shard, client: valkey.Valkey, uid: str) -> None:
     data(client, f"{uid}:a", 1)
     pending = shard.send([f"{uid}:a"], ["v"], [2])  # repairs it, answer unread
-    _lose_answers_of(pending)
+    _lose_answers_of(pending, b"*1\r\n$8\r\nrepaired\r\n")
     # The answer was lost with the connection: the call is sent again, and answers
     # what it finds then (its own fence, at the same version).
     assert pending.result() == ["fenced"]
@@ -102,5 +119,8 @@ def test_discard_drops_the_answers_and_the_pool_stays_usable(
     pending.discard()
     # A connection with unread answers must never serve another call.
     assert shard.apply([f"{uid}:c"], ["v"], [1]) == ["absent"]
-    assert shard.apply([f"{uid}:a"], ["v"], [1]) == ["fenced"], "the discarded call ran"
+    # The discarded call still runs (sent before its connection closed), but on a
+    # connection of its own: when, relative to this one's calls, is the server's choice.
+    wait_until(lambda: client.hgetall(f"{uid}:b") == {b"v": b"1"}, "the discarded call run")
+    assert shard.apply([f"{uid}:a"], ["v"], [1]) == ["fenced"]
 
