@@ -13,14 +13,22 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from confluent_kafka import KafkaError, Message
 
 from connectors.debezium import model
 from connectors.debezium.decode import Decoder
 from reconciler.metrics import Metrics
-from reconciler.planner import HEARTBEAT, Action, DeadLetter, Plan, Planner, plan_record
+from reconciler.planner import (
+    HEARTBEAT,
+    KEY_ONLY,
+    Action,
+    DeadLetter,
+    Plan,
+    Planner,
+    plan_record,
+)
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +47,20 @@ class BatchResult:
     invalidations: Counter[tuple[str, str]] = field(default_factory=Counter)
     coalesced: Counter[str] = field(default_factory=Counter)  # shard → derived deletes saved
     actions: Counter[tuple[str, str, str]] = field(default_factory=Counter)  # table, shard, kind
-    unresolved: Counter[str] = field(default_factory=Counter)
+    # table, template, cause → templates that could not be built
+    unresolved: Counter[tuple[str, str, str]] = field(default_factory=Counter)
     # table -> the first record of the batch with unresolved templates, and those templates
     unresolved_at: dict[str, tuple[str, tuple[str, ...]]] = field(default_factory=dict)
+
+    def merge(self, other: BatchResult) -> None:
+        """Add `other`'s counts to these (every counter, whatever its name)."""
+        self.records += other.records
+        for spec in fields(self):
+            mine = getattr(self, spec.name)
+            if isinstance(mine, Counter):
+                mine.update(getattr(other, spec.name))
+        for table, first in other.unresolved_at.items():
+            self.unresolved_at.setdefault(table, first)
 
 
 @dataclass
@@ -89,6 +108,11 @@ def prepare_batch(messages: list[Message], decoder: Decoder, planner: Planner, *
                            message.key(), message.value())
         if type(plan) is DeadLetter:
             dead.append((message, plan.reason, plan.message))
+            if plan.plan is None:
+                continue
+            plan = plan.plan  # the key-only delete the dead letter's key allows
+            _unresolved(result, plan, topic, partition, offset)
+            actions.extend(plan.actions)
             continue
         assert type(plan) is Plan
         event = plan.event
@@ -101,10 +125,7 @@ def prepare_batch(messages: list[Message], decoder: Decoder, planner: Planner, *
         table: str = event.table or ""
         result.events[table, event.op or ""] += 1
         if plan.unresolved:
-            result.unresolved[table] += len(plan.unresolved)
-            if table not in result.unresolved_at:
-                result.unresolved_at[table] = (f"{topic}[{partition}]@{offset}",
-                                               plan.unresolved)
+            _unresolved(result, plan, topic, partition, offset)
         if event.op == "t":
             log.info("%s[%d]@%d: %s truncated: removing every key of its templates on "
                      "every shard", topic, partition, offset, table)
@@ -117,6 +138,14 @@ def prepare_batch(messages: list[Message], decoder: Decoder, planner: Planner, *
             latest[tp] = (event.ts_ms, event.table)
     return Prepared(started, result, positions, actions, commits, latest, dead, heartbeat)
 
+
+def _unresolved(result: BatchResult, plan: Plan, topic: str, partition: int,
+                offset: int) -> None:
+    table = plan.event.table or ""
+    for template, cause in plan.causes():
+        result.unresolved[table, template, cause] += 1
+    if table not in result.unresolved_at and plan.unresolved != plan.key_only:
+        result.unresolved_at[table] = (f"{topic}[{partition}]@{offset}", plan.unresolved)
 
 
 class BatchMetrics:
@@ -137,17 +166,20 @@ class BatchMetrics:
             metrics.skipped.labels(reason).inc(n)
         for reason, n in result.dead_letters.items():
             metrics.dead_letters.labels(reason).inc(n)
-        for table, n in result.unresolved.items():
-            metrics.unresolved.labels(table).inc(n)
+        for (table, template, cause), n in result.unresolved.items():
+            metrics.unresolved.labels(table, template, cause).inc(n)
+            if cause == KEY_ONLY:
+                continue  # expected: a DEFAULT-identity delete, a tombstone
             self._unresolved_since_log[table] = self._unresolved_since_log.get(table, 0) + n
             if time.monotonic() < self._unresolved_logged.get(table, 0.0) + UNRESOLVED_LOG_EVERY:
                 continue
             self._unresolved_logged[table] = time.monotonic()
             where, templates = result.unresolved_at.get(table, ("?", ()))
-            log.info("%s: %d key template(s) unresolved since the last such line, latest %s: "
-                     "%s (a column the event does not carry: see `reconciler doctor` about "
-                     "REPLICA IDENTITY FULL)", table, self._unresolved_since_log.pop(table), where,
-                     ", ".join(templates))
+            log.warning("%s: %d key template(s) unresolved since the last such line, latest "
+                        "%s: %s (a column the event does not carry: renamed or dropped? NULL? "
+                        "an unchanged TOASTed value? `reconciler plan` shows it per record)",
+                        table, self._unresolved_since_log.pop(table), where,
+                        ", ".join(templates))
         for (shard, outcome), n in result.invalidations.items():
             metrics.invalidations.labels(shard, outcome).inc(n)
         if observe_delay:

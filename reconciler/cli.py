@@ -133,11 +133,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
             topic, key, value, partition, offset = record
             result = plan_record(decoder, planner, settings.max_event_bytes, topic,
                                  partition, offset, key, value)
-            if isinstance(result, DeadLetter):
-                line: dict[str, Any] = {"topic": topic, "dead_letter": result.message,
-                                        "reason": result.reason}
-            else:
-                line = result.as_json()
+            line = result.as_json(topic) if isinstance(result, DeadLetter) else result.as_json()
             out.write(json.dumps(line) + "\n")
     out.flush()
     if bad_lines:
@@ -355,10 +351,14 @@ def print_replay_report(report: Any) -> None:
     if data["coalesced"]:
         print("coalesced deletes (a later delete of the same derived key in the batch did "
               "it): " + ", ".join(f"{shard} {n}" for shard, n in data["coalesced"].items()))
-    for name in ("skipped", "dead_letters", "unresolved"):
+    for name in ("skipped", "dead_letters"):
         if data[name]:
             print(f"{name.replace('_', ' ')}: " + ", ".join(
                 f"{key} {count}" for key, count in data[name].items()))
+    if data["unresolved"]:
+        print("unresolved key templates: " + ", ".join(
+            f"{u['table']} {u['template']} ({u['cause']}) {u['count']}"
+            for u in data["unresolved"]))
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

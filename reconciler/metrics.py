@@ -131,9 +131,11 @@ class Metrics:
                 "(repaired, fresh, absent, fenced).", ("shard", "result")),
             unresolved=counter(
                 "reconciler_unresolved_keys_total",
-                "Key templates that could not be built from an event (a column unknown: "
-                "REPLICA IDENTITY DEFAULT delete, unchanged TOAST value), by table.",
-                ("table",)),
+                "Key templates that could not be built from a record, by table, template and "
+                "cause: key_only (only the key is known: a REPLICA IDENTITY DEFAULT delete, a "
+                "tombstone — expected) or missing (the event lacks a column the template "
+                "needs: renamed, NULL, an unchanged TOAST value).",
+                ("table", "template", "cause")),
             dead_letters=counter("reconciler_dead_letters_total",
                                  "Records sent to the dead-letter topic, by reason.",
                                  ("reason",)),

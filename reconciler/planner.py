@@ -17,6 +17,12 @@ The rules (SPEC §2, §3):
   every shard (broadcast) unless the shard key is part of the primary key; the other
   templates are reported unresolved.
 - t: every key of every template of the table is removed on every shard.
+- A tombstone (the key alone) is a key-only delete: on a compacted topic it may be all
+  that is left of the delete. Its table is the one its key schema names, else the one
+  its topic is named after (``<prefix>.<schema>.<table>``); the keys buildable from the
+  key are deleted and fenced as for a DEFAULT-identity delete, the others reported
+  unresolved (expected, like a DEFAULT delete's). The same key-only delete is planned
+  for a record that is dead-lettered but whose key decodes (``key_only``).
 - An unchanged TOASTed column (``__debezium_unavailable_value``) or a NULL is never a
   value: a template that needs it is unresolved; a shard key that is unknown means
   every shard.
@@ -24,7 +30,7 @@ The rules (SPEC §2, §3):
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,8 +59,13 @@ SKIP_REASONS = {
     model.MESSAGE: "message",
 }
 UNKNOWN_TABLE = "unknown_table"
+TOMBSTONE_OP = "tombstone"  # the op a tombstone is counted and printed under
+# Why a key template was not built (the `cause` label of reconciler_unresolved_keys_total).
+MISSING = "missing"  # the event lacks a column the template needs (NULL, TOAST, absent)
+KEY_ONLY = "key_only"  # only the key is known (DEFAULT-identity delete, tombstone): expected
 HEARTBEAT = "heartbeat"  # a heartbeat record, or a change to the heartbeat table
 MAX_VERSION = 2**63 - 1  # the delete fence; the cache functions refuse anything larger
+MAX_KEY_ONLY_BYTES = 64 * 1024  # a dead letter's key larger than this gets no key-only delete
 
 
 class Action(msgspec.Struct, frozen=True, gc=False):
@@ -84,10 +95,18 @@ class Plan(msgspec.Struct, frozen=True, gc=False):
     actions: tuple[Action, ...] = ()
     unresolved: tuple[str, ...] = ()  # templates that needed a column the event lacks
     skip: str | None = None  # why the event causes nothing
+    key_only: tuple[str, ...] = ()  # of `unresolved`, those expected: only the key is known
+
+    def causes(self) -> Iterator[tuple[str, str]]:
+        """(template, MISSING or KEY_ONLY) for every unresolved template."""
+        for template in self.unresolved:
+            yield template, KEY_ONLY if template in self.key_only else MISSING
 
     def as_json(self) -> dict[str, Any]:
         event = self.event
-        if event.table is None:  # tombstones, heartbeats, transaction markers, messages
+        if event.table is None or (self.skip is not None and event.kind != model.CHANGE
+                                   and event.kind != model.TRUNCATE):
+            # heartbeats, transaction markers, messages, tombstones of unknown tables
             return {"topic": event.topic, "skip": self.skip}
         out: dict[str, Any] = {"topic": event.topic, "table": event.table, "op": event.op}
         if self.skip is not None:
@@ -130,29 +149,37 @@ class TableRules:
 class Planner:
     """Turns events into plans, for a fixed set of tables and a shard map."""
 
-    __slots__ = ("_tables", "heartbeat_tables", "shard_map", "unknown_tables_error")
+    __slots__ = ("_tables", "_topic_tables", "heartbeat_tables", "shard_map", "tombstones",
+                 "unknown_tables_error")
 
     def __init__(self, tables: Mapping[str, TableSpec], shard_map: ShardMap, *,
                  unknown_tables_error: bool = False,
-                 heartbeat_tables: frozenset[str] = frozenset()) -> None:
+                 heartbeat_tables: frozenset[str] = frozenset(),
+                 tombstones: bool = True) -> None:
         self._tables = {name: TableRules.compile(name, spec) for name, spec in tables.items()}
+        self._topic_tables: dict[str, TableRules | None] = {}  # topic → its table (memo)
         self.shard_map = shard_map
         self.unknown_tables_error = unknown_tables_error
         self.heartbeat_tables = heartbeat_tables  # Debezium's heartbeat.action.query table
+        self.tombstones = tombstones  # False only for the fault suite's broken worker
 
     @classmethod
-    def for_settings(cls, settings: Settings, shard_map: ShardMap) -> Planner:
+    def for_settings(cls, settings: Settings, shard_map: ShardMap, *,
+                     tombstones: bool = True) -> Planner:
         heartbeat = settings.freshness.heartbeat_table
         return cls(settings.tables, shard_map,
                    unknown_tables_error=settings.unknown_tables == "error",
-                   heartbeat_tables=frozenset([heartbeat] if heartbeat else []))
+                   heartbeat_tables=frozenset([heartbeat] if heartbeat else []),
+                   tombstones=tombstones)
 
     def with_shard_map(self, shard_map: ShardMap) -> Planner:
         planner = Planner.__new__(Planner)
         planner._tables = self._tables
+        planner._topic_tables = self._topic_tables
         planner.shard_map = shard_map
         planner.unknown_tables_error = self.unknown_tables_error
         planner.heartbeat_tables = self.heartbeat_tables
+        planner.tombstones = self.tombstones
         return planner
 
     @property
@@ -172,6 +199,8 @@ class Planner:
         """The plan for one event; raises PoisonRecordError for a record to dead-letter."""
         kind = event.kind
         if kind != model.CHANGE and kind != model.TRUNCATE:
+            if kind == model.TOMBSTONE and self.tombstones:
+                return self.key_only(event) or Plan(event, skip=SKIP_REASONS[kind])
             return Plan(event, skip=SKIP_REASONS[kind])
         assert event.table is not None
         rules = self._tables.get(event.table)
@@ -222,14 +251,14 @@ class Planner:
             return Plan(event, _unique(actions), _sources(unresolved))
         return Plan(event, tuple(actions), _sources(unresolved))
 
-    # ------------------------------------------------------------------ d
+    # ------------------------------------------------------------------ d, key only
 
     def _delete(self, event: Event, rules: TableRules) -> Plan:
         before = event.before
         assert before is not None
-        actions: list[Action] = []
-        unresolved: list[str] = []
         if rules.full_identity:
+            actions: list[Action] = []
+            unresolved: list[str] = []
             shards = self._shards(rules, before.get(rules.shard_key), event)
             self._emit(event, rules, before, shards, rules.templates, None, True, DELETE,
                        actions, unresolved)
@@ -238,14 +267,55 @@ class Planner:
         known = {column: before[column] for column in rules.primary_key if column in before}
         if event.key:
             known.update((c, v) for c, v in event.key.items() if c in rules.primary_key)
-        if rules.shard_key in rules.primary_key:
+        return self._delete_known(event, rules, known)
+
+    def key_only(self, event: Event) -> Plan | None:
+        """The key-only delete of a record known by its key alone (`Decoder.key_event`):
+        every key buildable from the record key deleted and fenced on its shard(s) — on
+        every shard unless the shard key is part of the key — the other templates
+        reported unresolved. None when the record's table is not configured."""
+        # The table the record names (its envelope, its key schema) wins; the topic's
+        # name is the fallback for a key without a schema.
+        rules = (self._tables.get(event.table) if event.table
+                 else self._table_of_topic(event.topic))
+        if rules is None or not event.key:
+            return None
+        event = msgspec.structs.replace(event, table=rules.name, op=TOMBSTONE_OP)
+        assert event.key is not None
+        known = {c: v for c, v in event.key.items() if c in rules.primary_key}
+        try:
+            return self._delete_known(event, rules, known)
+        except PoisonRecordError:  # a shard key in the key that routes nowhere
+            return self._delete_known(event, rules, known, broadcast=True)
+
+    def _delete_known(self, event: Event, rules: TableRules, known: Mapping[str, Any], *,
+                      broadcast: bool = False) -> Plan:
+        actions: list[Action] = []
+        unresolved: list[str] = []
+        if rules.shard_key in rules.primary_key and not broadcast:
             shards = self._shards(rules, known.get(rules.shard_key), event)
         else:
             shards = self.shard_map.shard_names()
         self._emit(event, rules, known, shards, rules.key_templates, None, True, DELETE,
                    actions, unresolved)
-        unresolved.extend(t.source for t in rules.templates if t not in rules.key_templates)
-        return Plan(event, tuple(actions), _sources(unresolved))
+        expected = tuple(t.source for t in rules.templates if t not in rules.key_templates)
+        return Plan(event, tuple(actions), _sources([*unresolved, *expected]),
+                    key_only=expected)
+
+    def _table_of_topic(self, topic: str) -> TableRules | None:
+        """The configured table a topic is named after (``<prefix>.<schema>.<table>``:
+        the longest configured name the topic ends with), or None."""
+        try:
+            return self._topic_tables[topic]
+        except KeyError:
+            pass
+        found = None
+        for name, rules in self._tables.items():
+            if (topic == name or topic.endswith("." + name)) and (
+                    found is None or len(name) > len(found.name)):
+                found = rules
+        self._topic_tables[topic] = found
+        return found
 
     # ------------------------------------------------------------------ helpers
 
@@ -327,10 +397,22 @@ def _show(value: Any) -> str:
 
 
 class DeadLetter(msgspec.Struct, frozen=True, gc=False):
-    """A record that goes to the dead-letter topic, and why."""
+    """A record that goes to the dead-letter topic, and why — with the key-only delete
+    its key still allows (`plan`), so that a dead letter never swallows an
+    invalidation."""
 
     reason: str  # low-cardinality label
     message: str  # the full explanation
+    plan: Plan | None = None  # the key-only delete, when the key decodes and names a table
+
+    def as_json(self, topic: str) -> dict[str, Any]:
+        out: dict[str, Any] = {"topic": topic, "dead_letter": self.message,
+                               "reason": self.reason}
+        if self.plan is not None:
+            out["table"] = self.plan.event.table
+            out["actions"] = [action.as_json() for action in self.plan.actions]
+            out["unresolved"] = list(self.plan.unresolved)
+        return out
 
 
 def plan_record(decoder: Decoder, planner: Planner, max_bytes: int, topic: str,
@@ -339,10 +421,23 @@ def plan_record(decoder: Decoder, planner: Planner, max_bytes: int, topic: str,
     """Size check, decode and plan one raw record: exactly what the worker does per
     record, and what `reconciler plan` prints."""
     size = (len(value) if value else 0) + (len(key) if key else 0)
+    table = None
     if size > max_bytes:
-        return DeadLetter("oversized",
+        dead = DeadLetter("oversized",
                           f"record is {size} bytes, more than max_event_bytes ({max_bytes})")
+    else:
+        try:
+            event = decoder.decode(topic, partition, offset, key, value)
+            table = event.table
+            return planner.plan(event)
+        except (InvalidEvent, PoisonRecordError) as exc:
+            dead = DeadLetter(exc.reason, exc.message)
+    if key is None or len(key) > MAX_KEY_ONLY_BYTES or dead.reason == UNKNOWN_TABLE:
+        return dead
     try:
-        return planner.plan(decoder.decode(topic, partition, offset, key, value))
-    except (InvalidEvent, PoisonRecordError) as exc:
-        return DeadLetter(exc.reason, exc.message)
+        known = decoder.key_event(topic, partition, offset, key)
+    except InvalidEvent:
+        return dead
+    if table is not None:  # the value named its table: that one, whatever the key says
+        known = msgspec.structs.replace(known, table=table)
+    return DeadLetter(dead.reason, dead.message, planner.key_only(known))

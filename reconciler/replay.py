@@ -26,7 +26,6 @@ import secrets
 import shlex
 import threading
 import time
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -144,11 +143,7 @@ class ReplayReport:
         return {tp: self.reached[tp] for tp in self.ends if self.reached[tp] < self.ends[tp]}
 
     def add(self, result: BatchResult) -> None:
-        totals = self.totals
-        for name in ("events", "skipped", "dead_letters", "invalidations", "coalesced",
-                     "actions", "unresolved"):
-            counter: Counter[Any] = getattr(totals, name)
-            counter.update(getattr(result, name))
+        self.totals.merge(result)
 
     def as_json(self) -> dict[str, Any]:
         t = self.totals
@@ -170,7 +165,8 @@ class ReplayReport:
             "coalesced": dict(sorted(t.coalesced.items())),
             "skipped": dict(sorted(t.skipped.items())),
             "dead_letters": dict(sorted(t.dead_letters.items())),
-            "unresolved": dict(sorted(t.unresolved.items())),
+            "unresolved": [{"table": table, "template": template, "cause": cause, "count": n}
+                           for (table, template, cause), n in sorted(t.unresolved.items())],
         }
 
 

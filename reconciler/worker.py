@@ -55,7 +55,7 @@ from reconciler.invalidator import Flight, Invalidator, Outcome
 from reconciler.lag import REQUEST_TIMEOUT as LAG_REQUEST_TIMEOUT
 from reconciler.lag import LagMonitor
 from reconciler.metrics import Metrics
-from reconciler.planner import Planner
+from reconciler.planner import KEY_ONLY, MISSING, Planner
 from reconciler.settings import Settings
 from reconciler.shards import ShardPool
 from reconciler.templates import overlapping_patterns
@@ -90,6 +90,11 @@ class Worker:
         self._next_reload = time.monotonic() + settings.shard_map_reload_seconds
         self.metrics.shard_map_version.set(shard_map.version)
         self.planner = Planner.for_settings(settings, shard_map)
+        for name, rules in self.planner.tables.items():  # series at zero, for the alerts
+            for template in rules.templates:
+                self.metrics.unresolved.labels(name, template.source, MISSING)
+                if template not in rules.key_templates:
+                    self.metrics.unresolved.labels(name, template.source, KEY_ONLY)
         self.decoder = Decoder(heartbeat_prefix=settings.kafka.heartbeat_topic_prefix,
                                columns=self.planner.columns)
         self.shards = ShardPool(settings, self.metrics)

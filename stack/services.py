@@ -514,6 +514,7 @@ def kafka_properties() -> Path:
         "group.initial.rebalance.delay.ms=0\n"
         "auto.create.topics.enable=true\n"
         "log.retention.hours=168\n"
+        "log.cleaner.backoff.ms=1000\n"  # compaction tests: the cleaner looks every second
         "log.segment.bytes=268435456\n"
         "message.max.bytes=4194304\n"
         + security.kafka_broker_properties()  # TLS + SCRAM listener, ACLs (stack/security.py)

@@ -22,6 +22,7 @@ from connectors.debezium.model import ColumnTypes, Event, WireEnvelope, WireKey,
 from connectors.errors import DecodeError
 
 HEARTBEAT_PREFIX = "__debezium-heartbeat"  # Debezium's default topic.heartbeat.prefix
+KEY_SCHEMA_SUFFIX = ".Key"  # Debezium names a key schema <prefix>.<schema>.<table>.Key
 
 
 class InvalidEvent(DecodeError):
@@ -82,7 +83,7 @@ class Decoder:
         if value is None:
             if key is None:
                 raise InvalidEvent("empty_record", "record has neither a key nor a value")
-            return Event(model.TOMBSTONE, topic, partition, offset, key=self._key(key))
+            return self.key_event(topic, partition, offset, key)
         # Projected, skipped text is not checked for UTF-8: check the record first; one
         # that fails takes the full decoders, which build (and so check) every string.
         if not self._projected or value.isascii() or _utf8_error(value) is None:
@@ -144,6 +145,18 @@ class Decoder:
         row_key = self._key(key) if key is not None else None
         return Event(model.CHANGE, topic, partition, offset, table=table, op=op, before=before,
                      after=after, key=row_key, ts_ms=ts_ms, column_types=column_types)
+
+    def key_event(self, topic: str, partition: int, offset: int, key: bytes) -> Event:
+        """A record known by its key alone (a tombstone; the key of a record whose value
+        is dead-lettered): a TOMBSTONE event with the key's columns and, when the key
+        embeds its Connect schema, the table its schema names (Debezium's
+        ``<prefix>.<schema>.<table>.Key``) and the columns' logical types."""
+        columns = self._key(key)
+        table, types = None, None
+        if key.startswith(b'{"schema":'):  # rare records: the schema is parsed each time
+            table, types = _key_schema(key)
+        return Event(model.TOMBSTONE, topic, partition, offset, table=table, key=columns,
+                     column_types=types)
 
     def _key(self, key: bytes) -> dict[str, Any] | None:
         try:
@@ -223,6 +236,43 @@ def _bare_key(key: bytes) -> Any:
         raise InvalidEvent("invalid_key", exc.message) from None
 
 
+def _key_schema(key: bytes) -> tuple[str | None, ColumnTypes | None]:
+    """The table a key's embedded schema names, and its columns' logical types."""
+    try:
+        schema = _ANY.decode(key).get("schema")
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError, AttributeError):
+        return None, None
+    if not isinstance(schema, dict):
+        return None, None
+    name = schema.get("name")
+    table = None
+    if isinstance(name, str) and name.endswith(KEY_SCHEMA_SUFFIX):
+        parts = name[:-len(KEY_SCHEMA_SUFFIX)].split(".")
+        if len(parts) >= 2 and all(parts[-2:]):
+            table = f"{parts[-2]}.{parts[-1]}"
+    fields = schema.get("fields")
+    return table, _struct_types(fields if isinstance(fields, list) else [])
+
+
+def _struct_types(columns: list[Any]) -> ColumnTypes:
+    """Column → (logical name, scale) for the fields of a Connect struct schema."""
+    types: ColumnTypes = {}
+    for column in columns:
+        # A malformed column entry is skipped: its values are then formatted untyped.
+        if not isinstance(column, dict) or not isinstance(column.get("field"), str):
+            continue
+        name = column.get("name")
+        if not name:
+            continue
+        params = column.get("parameters")
+        try:
+            scale = int(params.get("scale", 0)) if isinstance(params, dict) else 0
+        except (TypeError, ValueError):
+            scale = 0
+        types[column["field"]] = (str(name), scale)
+    return types
+
+
 def _row_types(schema: msgspec.Raw) -> ColumnTypes:
     """Column → (logical name, scale) for the row struct of an envelope schema."""
     try:
@@ -241,19 +291,7 @@ def _row_types(schema: msgspec.Raw) -> ColumnTypes:
                 "after", "before"):
             continue
         columns = envelope_field.get("fields")
-        for column in columns if isinstance(columns, list) else []:
-            # A malformed column entry is skipped: its values are then formatted untyped.
-            if not isinstance(column, dict) or not isinstance(column.get("field"), str):
-                continue
-            name = column.get("name")
-            if not name:
-                continue
-            params = column.get("parameters")
-            try:
-                scale = int(params.get("scale", 0)) if isinstance(params, dict) else 0
-            except (TypeError, ValueError):
-                scale = 0
-            types[column["field"]] = (str(name), scale)
+        types = _struct_types(columns if isinstance(columns, list) else [])
         if types:
             break
     return types

@@ -19,7 +19,7 @@ from connectors.debezium.values import LogicalType
 # Event kinds.
 CHANGE = "change"  # op c, u, d or r on a table row
 TRUNCATE = "truncate"  # op t: every row of a table is gone
-TOMBSTONE = "tombstone"  # null value after a delete: a duplicate of the delete, skipped
+TOMBSTONE = "tombstone"  # null value after a delete: the key alone (a key-only delete)
 HEARTBEAT = "heartbeat"  # __debezium-heartbeat.<prefix>: the connector is alive at ts_ms
 TRANSACTION = "transaction"  # <prefix>.transaction BEGIN/END markers
 MESSAGE = "message"  # op m: a logical decoding message (pg_logical_emit_message)

@@ -47,9 +47,9 @@ def shard_map(change: Callable[[dict[str, Any]], None] | None = None) -> ShardMa
 
 def planner(*, table_change: Callable[[dict[str, Any]], None] | None = None,
             map_change: Callable[[dict[str, Any]], None] | None = None,
-            unknown_tables_error: bool = False) -> Planner:
+            unknown_tables_error: bool = False, tombstones: bool = True) -> Planner:
     return Planner(tables(table_change), shard_map(map_change),
-                   unknown_tables_error=unknown_tables_error)
+                   unknown_tables_error=unknown_tables_error, tombstones=tombstones)
 
 
 LOCAL_PLANNER = planner()

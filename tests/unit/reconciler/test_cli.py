@@ -167,9 +167,16 @@ def test_dead_letter_record_prints_topic_reason_and_message(capsys: pytest.Captu
     code, lines, _ = plan_cli(capsys, "--input", str(path))
     assert code == 0  # a dead letter is an answer, not bad input
     first, second = (json.loads(line) for line in lines)
-    assert set(first) == {"topic", "dead_letter", "reason"}
+    # With the key-only delete its key still allows (a dead letter never swallows one).
+    assert set(first) == {"topic", "dead_letter", "reason", "table", "actions", "unresolved"}
     assert first["topic"] == rec.topic and first["reason"] == "invalid_json"
+    assert {(a["shard"], a["key"], a["kind"]) for a in first["actions"]} == {
+        ("a", "post:19", "delete"), ("b", "post:19", "delete")}
     assert second["reason"] == "unroutable" and "5000" in second["dead_letter"]
+    no_key = rec.with_raw(key=None, value=rec.text()[:100])
+    path = write_input(tmp_path, [no_key.as_input_line()])
+    _, lines, _ = plan_cli(capsys, "--input", str(path))
+    assert set(json.loads(lines[0])) == {"topic", "dead_letter", "reason"}
 
 
 def test_missing_input_file_is_an_error_without_a_traceback(capsys: pytest.CaptureFixture[str],

@@ -16,7 +16,9 @@ SPEC = {  # SPEC §6: name -> (type, labels)
     "reconciler_events": ("counter", ("table", "op")),
     "reconciler_skipped": ("counter", ("reason",)),
     "reconciler_invalidations": ("counter", ("shard", "result")),
-    "reconciler_unresolved_keys": ("counter", ("table",)),
+    # SPEC: by table; the template and the cause (key_only: expected, missing: a column the
+    # event lacks) tell a renamed column from a DEFAULT-identity delete.
+    "reconciler_unresolved_keys": ("counter", ("table", "template", "cause")),
     "reconciler_dead_letters": ("counter", ("reason",)),
     "reconciler_consumer_lag_messages": ("gauge", ("topic", "partition")),
     "reconciler_end_to_end_seconds": ("histogram", ()),

@@ -70,8 +70,24 @@ def test_heartbeat_matches_the_spec_example(file: str) -> None:
     assert plan(rec).as_json() == {"topic": "__debezium-heartbeat.nd", "skip": "heartbeat"}
 
 
-@pytest.mark.parametrize(("line", "reason"), [(r.POSTS_DELETE_TOMBSTONE, "tombstone"),
-                                              (r.MESSAGE, "message"), (4, "transaction")])
+@both_files
+def test_tombstone_prints_its_key_only_delete(file: str) -> None:
+    rec = as_nd(record(file, r.POSTS_DELETE_TOMBSTONE), "posts")
+    assert_same(plan(rec).as_json(), {
+        "topic": "nd.public.posts", "table": "public.posts", "op": "tombstone",
+        "actions": [{"shard": "a", "key": "post:19", "kind": "delete"},
+                    {"shard": "b", "key": "post:19", "kind": "delete"}],
+        "unresolved": ["feed:{neighborhood_id}"]})
+
+
+@both_files
+def test_tombstone_of_an_unconfigured_topic_is_topic_and_reason(file: str) -> None:
+    rec = record(file, r.POSTS_DELETE_TOMBSTONE)
+    rec = rec.with_raw(topic="nd.public.audit", key=(rec.key or "").replace("posts", "audit"))
+    assert plan(rec).as_json() == {"topic": "nd.public.audit", "skip": "tombstone"}
+
+
+@pytest.mark.parametrize(("line", "reason"), [(r.MESSAGE, "message"), (4, "transaction")])
 @both_files
 def test_skipped_record_without_a_table_is_topic_and_reason(file: str, line: int,
                                                             reason: str) -> None:
@@ -142,6 +158,54 @@ def test_plan_record_dead_letters_an_unroutable_event() -> None:
         lambda p: p["after"].__setitem__("neighborhood_id", 5000))
     result = run(rec)
     assert isinstance(result, DeadLetter) and result.reason == "unroutable"
+
+
+KEY_ONLY_POST_19 = [{"shard": "a", "key": "post:19", "kind": "delete"},
+                    {"shard": "b", "key": "post:19", "kind": "delete"}]
+
+
+@pytest.mark.parametrize(("name", "change"), [
+    ("invalid_json", lambda rec: rec.with_raw(value=rec.text()[:50])),
+    ("invalid_version", lambda rec: rec.with_payload(
+        lambda p: p["after"].__setitem__("system_version", "seven"))),
+    ("unroutable", lambda rec: rec.with_payload(
+        lambda p: p["after"].__setitem__("neighborhood_id", 5000))),
+    ("invalid_envelope", lambda rec: rec.with_payload(lambda p: p.__setitem__("after", None))),
+])
+@both_files
+def test_a_dead_letter_whose_key_decodes_still_deletes_its_keys(file: str, name: str,
+                                                                change: Any) -> None:
+    """A dead letter never swallows an invalidation: the key-only delete runs for it."""
+    result = run(change(record(file, r.POSTS_INSERT)))
+    assert isinstance(result, DeadLetter) and result.reason == name
+    assert result.plan is not None
+    out = result.as_json("nd.public.posts")
+    assert (out["reason"], out["table"], out["unresolved"]) == (
+        name, "public.posts", ["feed:{neighborhood_id}"])
+    assert canonical(out["actions"]) == canonical(KEY_ONLY_POST_19)
+    assert list(result.plan.causes()) == [("feed:{neighborhood_id}", "key_only")]
+
+
+def test_an_oversized_record_with_a_small_key_still_deletes_its_keys() -> None:
+    rec = record(r.SCHEMAS_TRUE, r.POSTS_INSERT)
+    result = run(rec, max_bytes=100)
+    assert isinstance(result, DeadLetter) and result.reason == "oversized"
+    assert result.plan is not None
+    assert canonical([a.as_json() for a in result.plan.actions]) == canonical(KEY_ONLY_POST_19)
+
+
+def test_a_dead_letter_without_a_usable_key_or_table_deletes_nothing() -> None:
+    rec = record(r.SCHEMAS_FALSE, r.POSTS_INSERT)
+    broken = rec.with_raw(value=rec.text()[:50])
+    assert run(broken.with_raw(key="not json")).plan is None  # type: ignore[attr-defined]
+    assert run(broken.with_raw(key=None)).plan is None  # type: ignore[attr-defined]
+    unknown = broken.with_raw(topic="capbare.public.audit")  # a table not configured
+    assert run(unknown).plan is None  # type: ignore[attr-defined]
+    table = rec.with_payload(lambda p: p["source"].__setitem__("table", "audit"))
+    dead = run(table, unknown_tables_error=True)
+    assert isinstance(dead, DeadLetter) and dead.reason == "unknown_table"
+    assert dead.plan is None
+    assert set(dead.as_json(rec.topic)) == {"topic", "dead_letter", "reason"}
 
 
 def test_plan_record_dead_letters_an_unknown_table_when_configured() -> None:

@@ -12,7 +12,7 @@ import pytest
 from reconciler.planner import DELETE, TRUNCATE, UNVERSIONED, VERSIONED
 from tests.unit.connectors.debezium import recorded as r
 from tests.unit.connectors.debezium.recorded import FILES, decode, record
-from tests.unit.reconciler.planning import LOCAL_PLANNER, actions, plan
+from tests.unit.reconciler.planning import LOCAL_PLANNER, actions, plan, planner
 
 PROFILE_SEEDED = "profile:bee40a0a-ca8c-41ed-83fc-2735e7e03139"
 PROFILE_ADA = "profile:712feb77-78e7-4b7a-92b1-ebd7d756e2fa"
@@ -139,7 +139,9 @@ def test_primary_key_change_invalidates_the_old_and_the_new_key(file: str) -> No
     assert {(a.shard, a.key, a.kind) for a in old.actions} == {
         ("a", "post:20", DELETE), ("b", "post:20", DELETE)}
     assert ("a", "post:1000020", VERSIONED, 2) in actions(new)
-    assert tombstone.skip == "tombstone" and tombstone.actions == ()
+    # The old key's tombstone deletes it again (idempotent beside the delete).
+    assert {(a.shard, a.key, a.kind) for a in tombstone.actions} == {
+        ("a", "post:20", DELETE), ("b", "post:20", DELETE)}
 
 
 @pytest.mark.parametrize("file", FILES)
@@ -153,7 +155,7 @@ def test_truncate_removes_every_template_on_every_shard(file: str) -> None:
 
 @pytest.mark.parametrize(
     ("line", "reason"),
-    [*((n, "tombstone") for n in r.TOMBSTONES), *((n, "heartbeat") for n in r.HEARTBEATS),
+    [*((n, "heartbeat") for n in r.HEARTBEATS),
      (r.MESSAGE, "message"), (4, "transaction"), (6, "transaction")],
 )
 @pytest.mark.parametrize("file", FILES)
@@ -161,6 +163,53 @@ def test_records_without_a_row_are_skipped_with_their_reason(file: str, line: in
                                                              reason: str) -> None:
     result = plan(record(file, line))
     assert (result.skip, result.actions, result.unresolved) == (reason, (), ())
+
+
+# A tombstone is a key-only delete: the keys buildable from the key, deleted and fenced
+# on every shard; the others unresolved, and expected (cause key_only).
+TOMBSTONE_PLANS: dict[int, tuple[list[tuple[Any, ...]], list[str]]] = {
+    r.POSTS_DELETE_TOMBSTONE: ([d("a", "post:19"), d("b", "post:19")],
+                               ["feed:{neighborhood_id}"]),
+    r.POSTS_PK_TOMBSTONE: ([d("a", "post:20"), d("b", "post:20")], ["feed:{neighborhood_id}"]),
+    r.COMMENTS_TOMBSTONE: ([d("a", "comment:14"), d("b", "comment:14")],
+                           ["post_comments:{post_id}"]),
+    r.PROFILES_TOMBSTONE: ([d("a", PROFILE_ADA), d("b", PROFILE_ADA)], []),
+}
+
+
+@pytest.mark.parametrize(("file", "line"), each(sorted(TOMBSTONE_PLANS)))
+def test_a_tombstone_is_a_key_only_delete_on_every_shard(file: str, line: int) -> None:
+    result = plan(record(file, line))
+    wanted, unresolved = TOMBSTONE_PLANS[line]
+    assert result.skip is None
+    assert actions(result) == sorted(wanted)
+    assert list(result.unresolved) == unresolved
+    assert list(result.causes()) == [(template, "key_only") for template in unresolved]
+    # The table: from the key schema's name, or (schemas.enable=false) the topic's name.
+    delete = decode(file, line - 1)
+    assert (result.event.table, result.event.op) == (delete.table, "tombstone")
+
+
+@pytest.mark.parametrize("line", sorted(TOMBSTONE_PLANS))
+def test_a_tombstone_deletes_what_the_delete_before_it_deleted(line: int) -> None:
+    """On a compacted topic the tombstone may be all that is left of the delete: it must
+    invalidate at least every versioned key the delete did (FULL identity's delete also
+    knows the derived keys; those are the tombstone's unresolved ones)."""
+    for file in FILES:
+        delete = plan(record(file, line - 1))
+        tombstone = plan(record(file, line))
+        deleted = {(a.shard, a.key) for a in delete.actions if a.kind == DELETE}
+        assert deleted <= {(a.shard, a.key) for a in tombstone.actions}
+
+
+@pytest.mark.parametrize("file", FILES)
+def test_a_tombstone_of_an_unconfigured_table_is_skipped(file: str) -> None:
+    rec = record(file, r.POSTS_DELETE_TOMBSTONE)
+    other = rec.with_raw(topic="capx.public.audit",
+                         key=rec.key.replace("public.posts", "public.audit")
+                         if rec.key else None)
+    assert plan(other).skip == "tombstone" and plan(other).actions == ()
+    assert plan(rec, planner(tombstones=False)).skip == "tombstone"
 
 
 @pytest.mark.parametrize("line", (*r.CHANGES, r.COMMENTS_TRUNCATE))

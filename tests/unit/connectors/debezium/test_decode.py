@@ -40,17 +40,18 @@ Json = dict[str, Any]
 POSTS, COMMENTS, PROFILES = "public.posts", "public.comments", "public.profiles"
 
 # What each recorded line is (README.md of the fixtures); every other line is a
-# transaction BEGIN or END marker.
+# transaction BEGIN or END marker. A tombstone's table is the one its key schema names,
+# so it is known only with schemas.enable (`expected`).
 EXPECTED: dict[int, tuple[str, str | None, str | None]] = {
     1: (m.CHANGE, "r", POSTS), 2: (m.CHANGE, "r", COMMENTS), 3: (m.CHANGE, "r", PROFILES),
     5: (m.CHANGE, "c", POSTS), 8: (m.CHANGE, "u", POSTS), 11: (m.CHANGE, "u", POSTS),
-    14: (m.CHANGE, "d", POSTS), 15: (m.TOMBSTONE, None, None), 18: (m.CHANGE, "c", POSTS),
-    21: (m.CHANGE, "d", POSTS), 22: (m.TOMBSTONE, None, None), 23: (m.CHANGE, "c", POSTS),
+    14: (m.CHANGE, "d", POSTS), 15: (m.TOMBSTONE, None, POSTS), 18: (m.CHANGE, "c", POSTS),
+    21: (m.CHANGE, "d", POSTS), 22: (m.TOMBSTONE, None, POSTS), 23: (m.CHANGE, "c", POSTS),
     26: (m.CHANGE, "c", COMMENTS), 29: (m.CHANGE, "u", COMMENTS),
     32: (m.CHANGE, "u", COMMENTS), 35: (m.CHANGE, "d", COMMENTS),
-    36: (m.TOMBSTONE, None, None), 39: (m.TRUNCATE, "t", COMMENTS),
+    36: (m.TOMBSTONE, None, COMMENTS), 39: (m.TRUNCATE, "t", COMMENTS),
     42: (m.CHANGE, "c", PROFILES), 45: (m.CHANGE, "u", PROFILES),
-    48: (m.CHANGE, "d", PROFILES), 49: (m.TOMBSTONE, None, None),
+    48: (m.CHANGE, "d", PROFILES), 49: (m.TOMBSTONE, None, PROFILES),
     52: (m.CHANGE, "c", POSTS), 53: (m.CHANGE, "c", COMMENTS), 54: (m.CHANGE, "c", PROFILES),
     55: (m.CHANGE, "u", POSTS), 58: (m.MESSAGE, "m", None),
     60: (m.HEARTBEAT, None, None), 61: (m.HEARTBEAT, None, None),
@@ -77,7 +78,14 @@ def test_both_files_record_the_same_steps_on_the_same_lines() -> None:
 @pytest.mark.parametrize(("file", "line"), EVERY_LINE)
 def test_every_recorded_line_decodes_to_its_kind_op_and_table(file: str, line: int) -> None:
     event = decode(file, line)
-    assert (event.kind, event.op, event.table) == EXPECTED.get(line, TRANSACTION)
+    assert (event.kind, event.op, event.table) == expected(file, line)
+
+
+def expected(file: str, line: int) -> tuple[str, str | None, str | None]:
+    kind, op, table = EXPECTED.get(line, TRANSACTION)
+    if kind == m.TOMBSTONE and file == SCHEMAS_FALSE:
+        return kind, op, None  # no key schema: the table is known from the topic only
+    return kind, op, table
 
 
 @pytest.mark.parametrize(("file", "line"), EVERY_LINE)
