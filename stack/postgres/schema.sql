@@ -1,20 +1,31 @@
 -- The demo neighbourhood schema: what the local stack, the demo and the tests use.
--- Idempotent: applied on every `python -m stack up`.
+-- Idempotent: applied on every `python -m stack up` (as one transaction).
 --
 --   posts     REPLICA IDENTITY DEFAULT  (deletes carry only the primary key; updates
 --                                        carry no `before`; a large body is TOASTed)
 --   comments  REPLICA IDENTITY FULL     (`before` is the true old row)
 --   profiles  REPLICA IDENTITY DEFAULT  (uuid primary key, decimal and timestamp columns)
 --
--- Every table carries `system_version`, bumped by a BEFORE UPDATE trigger.
+-- Every table carries `system_version`, set from the table's own sequence on every
+-- INSERT and UPDATE (a BEFORE INSERT OR UPDATE trigger; the column's default is the
+-- same sequence). Versions never go back, not even across a delete and a re-insert
+-- of the same key: the delete fence and cached entries are compared with the new
+-- row's versions (SPEC §2). `DEFAULT 1` with `OLD.system_version + 1` on UPDATE, the
+-- first version of this schema, restarted a re-inserted row at 1; the block below
+-- moves a database made with it (rows keep their versions, each sequence starts above
+-- its table's highest).
 
-CREATE OR REPLACE FUNCTION bump_system_version() RETURNS trigger
+CREATE OR REPLACE FUNCTION next_system_version() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    NEW.system_version := OLD.system_version + 1;
+    NEW.system_version := nextval(TG_ARGV[0]::regclass);  -- TG_ARGV[0]: the sequence
     RETURN NEW;
 END;
 $$;
+
+CREATE SEQUENCE IF NOT EXISTS posts_system_version_seq;
+CREATE SEQUENCE IF NOT EXISTS comments_system_version_seq;
+CREATE SEQUENCE IF NOT EXISTS profiles_system_version_seq;
 
 CREATE TABLE IF NOT EXISTS posts (
     id               bigserial PRIMARY KEY,
@@ -25,7 +36,7 @@ CREATE TABLE IF NOT EXISTS posts (
     score            numeric(12, 2) NOT NULL DEFAULT 0,
     metadata         jsonb,
     created_at       timestamptz NOT NULL DEFAULT now(),
-    system_version   bigint      NOT NULL DEFAULT 1
+    system_version   bigint      NOT NULL DEFAULT nextval('posts_system_version_seq')
 );
 
 CREATE TABLE IF NOT EXISTS comments (
@@ -35,7 +46,7 @@ CREATE TABLE IF NOT EXISTS comments (
     author_id        bigint      NOT NULL,
     body             text        NOT NULL,
     created_at       timestamptz NOT NULL DEFAULT now(),
-    system_version   bigint      NOT NULL DEFAULT 1
+    system_version   bigint      NOT NULL DEFAULT nextval('comments_system_version_seq')
 );
 
 CREATE TABLE IF NOT EXISTS profiles (
@@ -45,7 +56,7 @@ CREATE TABLE IF NOT EXISTS profiles (
     karma            numeric(10, 2) NOT NULL DEFAULT 0,
     birthday         date,
     updated_at       timestamp   NOT NULL DEFAULT now(),
-    system_version   bigint      NOT NULL DEFAULT 1
+    system_version   bigint      NOT NULL DEFAULT nextval('profiles_system_version_seq')
 );
 
 -- Debezium writes this row on every heartbeat (heartbeat.action.query): the change
@@ -60,19 +71,39 @@ ALTER TABLE posts    REPLICA IDENTITY DEFAULT;
 ALTER TABLE comments REPLICA IDENTITY FULL;
 ALTER TABLE profiles REPLICA IDENTITY DEFAULT;
 
+-- Each table: its sequence above every version it holds (writes blocked meanwhile),
+-- the sequence as the column's default, and the trigger; the old OLD + 1 trigger goes.
+-- Done once: a table that has the trigger is left alone (no lock on later runs).
 DO $$
-DECLARE t text;
+DECLARE
+    t    text;
+    seq  text;
+    top  bigint;
+    last bigint;
 BEGIN
     FOREACH t IN ARRAY ARRAY['posts', 'comments', 'profiles'] LOOP
-        IF NOT EXISTS (SELECT 1 FROM pg_trigger
-                       WHERE tgname = t || '_bump_system_version' AND NOT tgisinternal) THEN
-            EXECUTE format('CREATE TRIGGER %I BEFORE UPDATE ON %I
-                            FOR EACH ROW EXECUTE FUNCTION bump_system_version()',
-                           t || '_bump_system_version', t);
+        seq := t || '_system_version_seq';
+        CONTINUE WHEN EXISTS (SELECT 1 FROM pg_trigger
+                              WHERE tgrelid = t::regclass AND NOT tgisinternal
+                                AND tgname = t || '_next_system_version');
+        EXECUTE format('LOCK TABLE %I IN SHARE ROW EXCLUSIVE MODE', t);
+        EXECUTE format('SELECT max(system_version) FROM %I', t) INTO top;
+        EXECUTE format('SELECT last_value FROM %I', seq) INTO last;
+        IF top IS NOT NULL AND top >= last THEN
+            PERFORM setval(seq, top);  -- the next version is top + 1
         END IF;
+        EXECUTE format('ALTER SEQUENCE %I OWNED BY %I.system_version', seq, t);
+        EXECUTE format('ALTER TABLE %I ALTER COLUMN system_version SET DEFAULT nextval(%L)',
+                       t, seq);
+        EXECUTE format('DROP TRIGGER IF EXISTS %I ON %I', t || '_bump_system_version', t);
+        EXECUTE format('CREATE TRIGGER %I BEFORE INSERT OR UPDATE ON %I
+                        FOR EACH ROW EXECUTE FUNCTION next_system_version(%L)',
+                       t || '_next_system_version', t, seq);
     END LOOP;
 END;
 $$;
+
+DROP FUNCTION IF EXISTS bump_system_version();
 
 -- The publication Debezium streams (created here by the owner, so the replication
 -- role needs no CREATE privilege: the connector runs with publication.autocreate.mode

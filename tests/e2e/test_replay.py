@@ -158,8 +158,8 @@ def test_a_replay_from_a_time_processes_exactly_that_range_and_its_dry_run_the_s
     since = datetime.now(UTC)
     time.sleep(0.2)
     db = Rows(stack.postgres_dsn)
-    mine = {db.insert_post(7, "replayed")[0] for _ in range(5)}
-    wait_until(lambda: mine <= {post_id(m) for m in records_between(
+    mine = dict(db.insert_post(7, "replayed") for _ in range(5))  # id -> version
+    wait_until(lambda: mine.keys() <= {post_id(m) for m in records_between(
         stack, offsets_at(stack, [POSTS], int(since.timestamp() * 1000)),
         end_offsets(stack, [POSTS]))}, 30, "the posts' events on Kafka")
 
@@ -186,7 +186,7 @@ def test_a_replay_from_a_time_processes_exactly_that_range_and_its_dry_run_the_s
     in_range = records_between(stack, report.starts, report.ends)
     assert len(in_range) == report.records
     replayed = {post_id(m) for m in in_range}
-    assert mine <= replayed
+    assert mine.keys() <= replayed
     later = {post for post, marked in feeder.ids if marked}
     assert later and not later & replayed, "events after the captured ends were replayed"
     # The dry run touched no cache entry.
@@ -216,8 +216,8 @@ def test_a_replay_from_a_time_processes_exactly_that_range_and_its_dry_run_the_s
     assert performed + coalesced == planned
     assert real.totals.coalesced == coalesced  # the report says so too
     assert real.as_json()["coalesced"] == {k: n for k, n in sorted(coalesced.items()) if n}
-    for post in mine:  # c at version 1 on an absent entry: a fence at 1 on shard a
-        assert shards["a"].hgetall(f"{prefix}post:{post}") == {b"v": b"1"}
+    for post, version in mine.items():  # c on an absent entry: a fence at its version on a
+        assert shards["a"].hgetall(f"{prefix}post:{post}") == {b"v": str(version).encode()}
     assert not any(shards["a"].exists(f"{prefix}post:{post}") for post in later)
     # Its own group advanced to the ends; the live group never moved.
     assert committed(stack, live_group, TOPICS) == live_before
