@@ -30,6 +30,7 @@ INVALID: Final = "invalid"  # a key value that is not a literal of the column's 
 # Trigger type bits (pg_trigger.tgtype, from catalog/pg_trigger.h).
 TRIGGER_ROW = 1 << 0
 TRIGGER_BEFORE = 1 << 1
+TRIGGER_INSERT = 1 << 2
 TRIGGER_UPDATE = 1 << 4
 
 REPLICA_IDENTITY = {"d": "default", "f": "full", "n": "nothing", "i": "index"}
@@ -47,6 +48,8 @@ class Column:
     type: str  # format_type(): "bigint", "character varying(20)", "uuid"…
     base: str  # pg_type.typname: "int8", "varchar", "uuid"…
     not_null: bool
+    default: str | None = None  # the DEFAULT expression (pg_get_expr): "nextval('s'::regclass)"
+    identity: bool = False  # GENERATED … AS IDENTITY: its values come from a sequence
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +63,7 @@ class Trigger:
     language: str
     source: str  # the function body (prosrc)
     args: tuple[str, ...]  # CREATE TRIGGER … EXECUTE FUNCTION f(args)
+    on_insert: bool = False  # fires on INSERT (as well as, or instead of, UPDATE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,7 +128,8 @@ class Postgres:
         return str(self._one("SELECT current_database()", (), "current database")[0])
 
     def table(self, schema: str, name: str) -> Table | None:
-        """The table's columns, keys, replica identity and triggers; None if missing."""
+        """The table's columns (with their defaults), keys, replica identity and
+        triggers (with their functions' source); None if missing."""
         found = self._all(
             "SELECT c.oid, c.relreplident, has_table_privilege(c.oid, 'SELECT') "
             "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
@@ -134,9 +139,12 @@ class Postgres:
             return None
         oid, identity, can_select = found[0]
         columns = {
-            row[0]: Column(row[0], row[1], row[2], row[3]) for row in self._all(
+            row[0]: Column(row[0], row[1], row[2], row[3], row[4], row[5] != "")
+            for row in self._all(
                 "SELECT a.attname, format_type(a.atttypid, a.atttypmod), t.typname, "
-                "a.attnotnull FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid "
+                "a.attnotnull, pg_get_expr(d.adbin, d.adrelid), a.attidentity "
+                "FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid "
+                "LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum "
                 "WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped "
                 "ORDER BY a.attnum", (oid,), f"columns of {schema}.{name}")}
         primary_key = self._index_columns(oid, "i.indisprimary")
@@ -146,7 +154,8 @@ class Postgres:
             Trigger(name=row[0], enabled=row[1] != "D",
                     before=bool(row[2] & TRIGGER_BEFORE), row=bool(row[2] & TRIGGER_ROW),
                     on_update=bool(row[2] & TRIGGER_UPDATE), function=row[3],
-                    language=row[4], source=row[5] or "", args=_trigger_args(row[6]))
+                    language=row[4], source=row[5] or "", args=_trigger_args(row[6]),
+                    on_insert=bool(row[2] & TRIGGER_INSERT))
             for row in self._all(
                 "SELECT t.tgname, t.tgenabled, t.tgtype, "
                 "p.pronamespace::regnamespace || '.' || p.proname, l.lanname, p.prosrc, "

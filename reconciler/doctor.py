@@ -11,9 +11,11 @@ Each check yields one line, ``OK | WARN | FAIL <check>: <detail> — <what to do
 - connect (optional ``connect.url``): the Debezium connector and its tasks RUNNING,
   and capturing every configured table.
 - postgres (optional ``postgres.dsn``): each table exists with its primary key, shard
-  key and version column; a BEFORE UPDATE trigger bumps the version; the replica
-  identity carries what deletes and moves need; the table is in the connector's
-  publication; the replication slot is active and its retained WAL bounded.
+  key and version column; a BEFORE UPDATE trigger bumps the version, and the version
+  never goes back across a delete and re-insert (a sequence on INSERT and UPDATE, not
+  ``DEFAULT 1`` plus ``OLD + 1``: a WARN with the SQL); the replica identity carries
+  what deletes and moves need; the table is in the connector's publication; the
+  replication slot is active and its retained WAL bounded.
 
 Any FAIL makes the exit status non-zero. Checks never write, except loading the
 functions library on a shard where it is missing (what the worker does on first use).

@@ -1,5 +1,14 @@
 """Doctor's Postgres checks: tables, version triggers, replica identity, publication, slot.
 
+Versions never go back (SPEC §2): the delete fence and cached entries are compared with
+the versions of a row re-inserted under the same key, so the version column must keep
+rising across a delete and re-insert. It does when INSERT takes it from a sequence (a
+``nextval(…)`` default or identity, or a BEFORE INSERT trigger calling ``nextval``) and
+UPDATE too (a BEFORE UPDATE trigger calling ``nextval``, or a transaction id). The
+common ``DEFAULT 1`` plus ``NEW.v := OLD.v + 1`` restarts at 1: a WARN, with the SQL
+that moves the table to a sequence (``sequence_fix``). Trigger sources are read
+pragmatically: the right-hand side of every ``NEW.<column> :=`` in the function.
+
 Replica identity, against what the templates need (SPEC §3):
 
 - NOTHING: a delete carries no key at all → FAIL.
@@ -27,6 +36,10 @@ from reconciler.settings import Settings, TableSpec
 
 DEFAULT_MAX_RETAINED_WAL = 1 << 30  # bytes of WAL a slot may hold before a WARN
 INTEGER_TYPES = frozenset({"int2", "int4", "int8", "numeric"})  # usable version columns
+# Calls whose value never goes back: a sequence, the transaction id.
+RISING = re.compile(r"\b(nextval|txid_current|pg_current_xact_id)\s*\(", re.IGNORECASE)
+_NEXTVAL = re.compile(r"nextval\('((?:[^']|'')+)'(?:::regclass)?\)", re.IGNORECASE)
+_PLAIN = re.compile(r"[a-z_][a-z0-9_$]*")  # an identifier that needs no quotes
 
 
 def postgres_checks(settings: Settings, connector: dict[str, str] | None, *,
@@ -84,6 +97,9 @@ def table_checks(name: str, spec: TableSpec, table: Table | None) -> Iterator[Ch
         yield Check(OK, f"table {name}", f"primary key ({', '.join(table.primary_key)}), "
                                          f"columns present")
     yield _trigger(name, spec.version_column, table)
+    reinsert = _reinsert(name, spec.version_column, table)
+    if reinsert is not None:
+        yield reinsert
     yield _identity(name, spec, table)
 
 
@@ -93,7 +109,8 @@ def _trigger(name: str, column: str, table: Table) -> Check:
     if found is None:
         return Check(FAIL, check, f"no column {column}",
                      f"set tables.{name}.version_column, or ALTER TABLE {name} ADD COLUMN "
-                     f"{column} bigint NOT NULL DEFAULT 1 (with the trigger below)")
+                     f"{column} bigint NOT NULL DEFAULT 0; then "
+                     + sequence_fix(table, column))
     if found.base not in INTEGER_TYPES:
         return Check(FAIL, check, f"{column} is {found.type}, not an integer",
                      "use a bigint version column")
@@ -111,13 +128,110 @@ def _trigger(name: str, column: str, table: Table) -> Check:
                                   f"{', '.join(t.name for t in candidates)} exist, but none "
                                   f"visibly sets NEW.{column}",
                      f"make sure one increments {column} on every UPDATE")
-    function = f"{table.schema}.bump_{column}"
     return Check(FAIL, check, f"no BEFORE UPDATE trigger bumps {column}: updates keep the old "
                               "version, so stale cached data passes for fresh",
-                 f"CREATE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-                 f"NEW.{column} := OLD.{column} + 1; RETURN NEW; END $$; CREATE TRIGGER "
-                 f"{table.name}_bump_{column} BEFORE UPDATE ON {name} FOR EACH ROW EXECUTE "
-                 f"FUNCTION {function}();")
+                 sequence_fix(table, column))
+
+
+def _reinsert(name: str, column: str, table: Table) -> Check | None:
+    """Whether a row deleted and re-inserted can start again below its old version."""
+    found = table.columns.get(column)
+    if found is None or found.base not in INTEGER_TYPES:
+        return None  # the version trigger check fails already
+    check = f"table {name} version on re-insert"
+    setters = [t for t in table.triggers
+               if t.enabled and t.before and t.row and _rising(t, column) is not None]
+    # Triggers of one timing fire in name order (the list is sorted): the last one to
+    # set the column decides its value.
+    on_insert = [t for t in setters if t.on_insert]
+    on_update = [t for t in setters if t.on_update]
+    default = found.default
+    if on_insert:
+        insert_ok = bool(_rising(on_insert[-1], column))
+        insert = _shows(on_insert[-1], column)
+    elif found.identity:
+        insert_ok, insert = True, "an identity (a sequence)"
+    else:
+        insert_ok = default is not None and bool(RISING.search(default))
+        insert = f"DEFAULT {default}" if default is not None else "no DEFAULT (the "\
+                                                                   "application's value)"
+    if on_update:
+        update_ok = bool(_rising(on_update[-1], column))
+        update = _shows(on_update[-1], column)
+    else:
+        update_ok, update = False, "no trigger sets it"
+    same = bool(on_insert and on_update and on_insert[-1] is on_update[-1])
+    where = f"INSERT and UPDATE: {insert}" if same else f"INSERT: {insert}; UPDATE: {update}"
+    if insert_ok and update_ok:
+        return Check(OK, check, f"{column} never goes back ({where})")
+    if not insert_ok:
+        problem = f"a row deleted and re-inserted starts again at {insert}"
+    else:
+        problem = (f"updates do not take {column} from the sequence, so a row deleted and "
+                   "re-inserted can start below the version its updates reached")
+    return Check(WARN, check, f"{problem} ({where}): the delete fence and cached entries "
+                              "are compared with the re-inserted row's versions, so its "
+                              "changes can be taken for old ones (versions must never go "
+                              "back)", sequence_fix(table, column))
+
+
+def sequence_fix(table: Table, column: str) -> str:
+    """The SQL that sets `column` from a sequence on every INSERT and UPDATE, in one
+    transaction with writes blocked: the sequence (the default's, if it has one) raised
+    above every version in the table, the default, the trigger, and the triggers that
+    set the column otherwise dropped. Existing rows keep their versions."""
+    qualified = f"{_ident(table.schema)}.{_ident(table.name)}"
+    found = table.columns.get(column)
+    current = _NEXTVAL.search(found.default or "") if found is not None else None
+    sequence = (current.group(1).replace("''", "'") if current else
+                f"{_ident(table.schema)}.{_ident(f'{table.name}_{column}_seq')}")
+    literal = "'" + sequence.replace("'", "''") + "'"
+    col = _ident(column)
+    function = f"{_ident(table.schema)}.{_ident(f'next_{column}')}"
+    trigger = _ident(f"{table.name}_next_{column}")
+    drops = "".join(f"DROP TRIGGER IF EXISTS {_ident(t.name)} ON {qualified}; "
+                    for t in table.triggers
+                    if _rising(t, column) is False and _ident(t.name) != trigger)
+    return (f"BEGIN; CREATE SEQUENCE IF NOT EXISTS {sequence}; "
+            f"LOCK TABLE {qualified} IN SHARE ROW EXCLUSIVE MODE; "
+            f"SELECT setval({literal}, GREATEST((SELECT max({col}) FROM {qualified}), "
+            f"(SELECT last_value FROM {sequence}))); "
+            f"ALTER TABLE {qualified} ALTER COLUMN {col} SET DEFAULT nextval({literal}); "
+            f"CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS "
+            f"$$ BEGIN NEW.{col} := nextval(TG_ARGV[0]::regclass); RETURN NEW; END $$; "
+            f"{drops}CREATE OR REPLACE TRIGGER {trigger} BEFORE INSERT OR UPDATE ON "
+            f"{qualified} FOR EACH ROW EXECUTE FUNCTION {function}({literal}); COMMIT;")
+
+
+def _rising(trigger: Trigger, column: str) -> bool | None:
+    """Whether the trigger sets `column` from a source that never goes back: True when
+    every assignment calls nextval() (or a transaction id), False when it assigns
+    something else (OLD.v + 1, a constant), None when it visibly sets nothing."""
+    assigned = _assignments(trigger, column)
+    if assigned:
+        return all(RISING.search(value) for value in assigned)
+    if column in trigger.args:  # a generic function told which column to set
+        return bool(RISING.search(trigger.source))
+    return None
+
+
+def _assignments(trigger: Trigger, column: str) -> list[str]:
+    """The right-hand sides of `NEW.<column> := …;` in the trigger function."""
+    assign = re.compile(rf'\bNEW\s*\.\s*"?{re.escape(column)}"?\s*:?=(?!=)\s*([^;]*)',
+                        re.IGNORECASE)
+    return [" ".join(match.group(1).split()) for match in assign.finditer(trigger.source)]
+
+
+def _shows(trigger: Trigger, column: str) -> str:
+    args = ", ".join(f"'{arg}'" for arg in trigger.args)
+    values = " / ".join(f"NEW.{column} := {value}" for value in
+                        _assignments(trigger, column)) or f"{column} (an argument)"
+    return f"trigger {trigger.name} ({trigger.function}({args})) sets {values}"
+
+
+def _ident(name: str) -> str:
+    """`name` as an SQL identifier (quoted when it must be)."""
+    return name if _PLAIN.fullmatch(name) else '"' + name.replace('"', '""') + '"'
 
 
 def _sets(trigger: Trigger, column: str) -> bool:

@@ -67,7 +67,9 @@ def test_the_healthy_local_stack_passes(config: Path,
                   "shard a", "shard a functions", "shard a acl", "shard b",
                   "shard b functions", "shard b acl", "connector nd-postgres", "postgres",
                   "table public.posts version trigger", "table public.comments replica identity",
-                  "publication nd_publication", "replication slot nd_debezium"):
+                  "publication nd_publication", "replication slot nd_debezium",
+                  *(f"table public.{t} version on re-insert"
+                    for t in ("posts", "comments", "profiles"))):
         line(lines, "OK", check)
     # posts: DEFAULT identity with a derived key on a non-key column: a warning, not a
     # failure (the reconciler counts those keys as unresolved), with the fix.
@@ -128,7 +130,7 @@ def test_a_table_without_the_version_trigger_fails(
     assert code == 1
     text = line(lines, "FAIL", f"table {table} version trigger")
     assert "no BEFORE UPDATE trigger bumps system_version" in text
-    assert f"BEFORE UPDATE ON {table} FOR EACH ROW" in text  # the statement to run
+    assert f"BEFORE INSERT OR UPDATE ON {table} FOR EACH ROW" in text  # the statement to run
     # With the trigger it asks for, the same check passes.
     with psycopg.connect(stack.postgres_dsn, autocommit=True) as conn:
         conn.execute(f"CREATE FUNCTION bump_{uid}() RETURNS trigger LANGUAGE plpgsql AS $$ "
@@ -267,3 +269,109 @@ def test_an_inactive_replication_slot_warns_with_the_statement_to_drop_it(
     assert f"SELECT pg_drop_replication_slot('{slot}')" in text
     line(lines, "OK", "replication slot nd_debezium")  # the connector's, active
     assert code == 0, "a warning alone does not fail doctor"
+
+
+def doctor_json(config: Path, capsys: pytest.CaptureFixture[str]) -> dict[str, dict[str, str]]:
+    """The checks of `doctor --json`, by name."""
+    main(["doctor", "-c", str(config), "--json"])
+    return {check["check"]: check for check in json.loads(capsys.readouterr().out)["checks"]}
+
+
+def add_table(config: Path, table: str, uid: str) -> None:
+    edit(config, lambda c: c["tables"].update({table: {
+        "primary_key": ["id"], "shard_key": "neighborhood_id",
+        "keys": [{"template": f"doctor-{uid}:{{id}}", "versioned": True}]}}))
+
+
+@pytest.fixture
+def versioned_table(stack: Stack, uid: str) -> Iterator[tuple[str, psycopg.Connection[Any]]]:
+    """A table name for the test to create (as the application's role), dropped after,
+    with the functions the test made."""
+    name = f"doctor_v_{uid}"
+    with psycopg.connect(stack.postgres_dsn, autocommit=True) as conn:
+        try:
+            yield name, conn
+        finally:
+            conn.execute(f"DROP TABLE IF EXISTS {name}")
+            conn.execute(f"DROP FUNCTION IF EXISTS bump_{uid}()")
+
+
+def test_a_version_that_restarts_on_re_insert_warns_and_its_fix_keeps_it_rising(
+        config: Path, versioned_table: tuple[str, psycopg.Connection[Any]], uid: str,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    name, conn = versioned_table
+    table = f"public.{name}"
+    # The old recommendation: DEFAULT 1, and OLD + 1 on every UPDATE.
+    conn.execute(f"CREATE TABLE {name} (id bigint PRIMARY KEY, neighborhood_id bigint "
+                 "NOT NULL, system_version bigint NOT NULL DEFAULT 1)")
+    conn.execute(f"GRANT SELECT ON {name} TO reconciler")
+    conn.execute(f"CREATE FUNCTION bump_{uid}() RETURNS trigger LANGUAGE plpgsql AS $$ "
+                 "BEGIN NEW.system_version := OLD.system_version + 1; RETURN NEW; END $$")
+    conn.execute(f"CREATE TRIGGER bump BEFORE UPDATE ON {name} FOR EACH ROW "
+                 f"EXECUTE FUNCTION bump_{uid}()")
+
+    def version(sql: str, *params: object) -> int:
+        row = conn.execute(f"{sql} RETURNING system_version", params).fetchone()
+        assert row is not None
+        return int(row[0])
+
+    # What it breaks: deleted and re-inserted, a row starts again below its old version.
+    version(f"INSERT INTO {name} VALUES (1, 7)")
+    version(f"UPDATE {name} SET neighborhood_id = 8 WHERE id = 1")
+    before = version(f"UPDATE {name} SET neighborhood_id = 9 WHERE id = 1")
+    conn.execute(f"DELETE FROM {name} WHERE id = 1")
+    assert version(f"INSERT INTO {name} VALUES (1, 7)") == 1 < before == 3
+
+    add_table(config, table, uid)
+    checks = doctor_json(config, capsys)
+    assert checks[f"table {table} version trigger"]["status"] == "OK"  # it does bump
+    check = checks[f"table {table} version on re-insert"]
+    assert check["status"] == "WARN", check
+    assert f"{table}: a row deleted and re-inserted starts again at DEFAULT 1" in (
+        f"{table}: {check['detail']}")
+    assert "OLD.system_version + 1" in check["detail"] and "bump" in check["detail"]
+    fix = check["fix"]
+    assert f"CREATE SEQUENCE IF NOT EXISTS public.{name}_system_version_seq" in fix
+    assert f"BEFORE INSERT OR UPDATE ON {table} FOR EACH ROW" in fix
+    assert f"DROP TRIGGER IF EXISTS bump ON {table}" in fix
+
+    # The fix, run as printed: existing rows keep their versions, the sequence starts
+    # above them, and a re-inserted row now rises above what it had.
+    for n in range(2, 7):
+        version(f"UPDATE {name} SET neighborhood_id = %s WHERE id = 1", n)
+    assert version(f"UPDATE {name} SET neighborhood_id = 1 WHERE id = 1") == 7
+    conn.execute(fix)
+    assert conn.execute(f"SELECT system_version FROM {name}").fetchall() == [(7,)]
+    risen = version(f"UPDATE {name} SET neighborhood_id = 2 WHERE id = 1")
+    assert risen > 7
+    conn.execute(f"DELETE FROM {name} WHERE id = 1")
+    assert version(f"INSERT INTO {name} VALUES (1, 7)") > risen
+    assert version(f"INSERT INTO {name} (id, neighborhood_id, system_version) "
+                   "VALUES (2, 7, 1)") > risen  # an explicit version is overridden too
+    checks = doctor_json(config, capsys)
+    assert checks[f"table {table} version trigger"]["status"] == "OK"
+    ok = checks[f"table {table} version on re-insert"]
+    assert ok["status"] == "OK", ok
+    assert (f"INSERT and UPDATE: trigger {name}_next_system_version (public.next_system_"
+            f"version('public.{name}_system_version_seq')) sets NEW.system_version := "
+            "nextval(TG_ARGV[0]::regclass)") in ok["detail"]
+
+
+def test_a_sequence_default_and_an_update_trigger_from_the_sequence_pass(
+        config: Path, versioned_table: tuple[str, psycopg.Connection[Any]], uid: str,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    name, conn = versioned_table
+    table = f"public.{name}"
+    conn.execute(f"CREATE TABLE {name} (id bigint PRIMARY KEY, neighborhood_id bigint "
+                 f"NOT NULL, system_version bigserial NOT NULL)")
+    conn.execute(f"GRANT SELECT ON {name} TO reconciler")
+    conn.execute(f"CREATE FUNCTION bump_{uid}() RETURNS trigger LANGUAGE plpgsql AS $$ "
+                 f"BEGIN NEW.system_version := nextval('{name}_system_version_seq'); "
+                 "RETURN NEW; END $$")
+    conn.execute(f"CREATE TRIGGER bump BEFORE UPDATE ON {name} FOR EACH ROW "
+                 f"EXECUTE FUNCTION bump_{uid}()")
+    add_table(config, table, uid)
+    check = doctor_json(config, capsys)[f"table {table} version on re-insert"]
+    assert check["status"] == "OK", check
+    assert f"INSERT: DEFAULT nextval('{name}_system_version_seq'::regclass)" in check["detail"]
+    assert "UPDATE: trigger bump" in check["detail"]
