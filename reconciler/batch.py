@@ -75,6 +75,8 @@ class Prepared:
     latest: dict[TP, tuple[int, str | None]]  # last change per partition, for freshness
     dead: list[tuple[Message, str, str]]
     heartbeat: int | None
+    firsts: dict[TP, int]  # the batch's first offset per partition
+    jumps: list[tuple[TP, int, int]]  # (partition, expected, found): offsets skipped inside
 
 
 def prepare_batch(messages: list[Message], decoder: Decoder, planner: Planner, *,
@@ -90,6 +92,8 @@ def prepare_batch(messages: list[Message], decoder: Decoder, planner: Planner, *
     latest: dict[TP, tuple[int, str | None]] = {}
     dead: list[tuple[Message, str, str]] = []
     heartbeat: int | None = None
+    firsts: dict[TP, int] = {}
+    jumps: list[tuple[TP, int, int]] = []
     for message in messages:
         error = message.error()
         if error is not None:
@@ -100,6 +104,11 @@ def prepare_batch(messages: list[Message], decoder: Decoder, planner: Planner, *
         partition: int = message.partition()  # type: ignore[assignment]
         offset: int = message.offset()  # type: ignore[assignment]
         tp = (topic, partition)
+        expected = positions.get(tp)
+        if expected is None:
+            firsts[tp] = offset
+        elif offset != expected:  # compaction, transaction markers — or retention
+            jumps.append((tp, expected, offset))
         positions[tp] = offset + 1
         if topic == dead_letter_topic:
             result.skipped["dead_letter_topic"] += 1
@@ -136,7 +145,8 @@ def prepare_batch(messages: list[Message], decoder: Decoder, planner: Planner, *
         if event.ts_ms is not None:
             commits.append(event.ts_ms)
             latest[tp] = (event.ts_ms, event.table)
-    return Prepared(started, result, positions, actions, commits, latest, dead, heartbeat)
+    return Prepared(started, result, positions, actions, commits, latest, dead, heartbeat,
+                    firsts, jumps)
 
 
 def _unresolved(result: BatchResult, plan: Plan, topic: str, partition: int,

@@ -106,6 +106,7 @@ class Metrics:
     truncated_keys: Counter
     coalesced: Counter
     retries: Counter
+    unseen: Counter
     assigned_partitions: Gauge
     ready: Gauge
     build_info: Gauge
@@ -175,6 +176,11 @@ class Metrics:
             retries=counter("reconciler_retries_total",
                             "Retries of transient failures, by dependency (valkey, kafka).",
                             ("target",)),
+            unseen=counter(
+                "reconciler_unseen_records_total",
+                "Records deleted (retention, DeleteRecords) before this group read them: "
+                "changes never reconciled. Repair with `reconciler audit --repair`.",
+                ("topic", "partition")),
             assigned_partitions=gauge("reconciler_assigned_partitions",
                                       "Partitions currently assigned to this worker."),
             ready=gauge("reconciler_ready", "1 when /readyz answers ready, else 0."),

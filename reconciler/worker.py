@@ -50,6 +50,7 @@ from reconciler.errors import (
     TransientError,
 )
 from reconciler.freshness import Freshness
+from reconciler.gaps import RetentionGaps
 from reconciler.health import HealthServer, Status
 from reconciler.invalidator import Flight, Invalidator, Outcome
 from reconciler.lag import REQUEST_TIMEOUT as LAG_REQUEST_TIMEOUT
@@ -140,6 +141,7 @@ class Worker:
             on_shard_state=self.shards.mark,
             on_retry=self.metrics.retries.labels("valkey").inc,
             should_stop=self._stopping.is_set)
+        self.gaps = RetentionGaps(self._low_watermark, self.metrics.unseen)
         self._http: HealthServer | None = None
         if serve_metrics:
             self._http = HealthServer(
@@ -246,6 +248,7 @@ class Worker:
             if not messages:
                 continue
             prepared = self.prepare(messages)
+            self.gaps.check(prepared.firsts, prepared.jumps, prepared.positions)
             self._finish_in_flight()
             if faults.STOP_AT:
                 faults.checkpoint("decoded")
@@ -408,6 +411,7 @@ class Worker:
         consumer.incremental_assign(partitions)
         if self._paused:
             consumer.pause(partitions)
+        self.gaps.assigned(self._starts(consumer, partitions))
         for tp in partitions:
             self._positions[tp.topic, tp.partition] = None
         self.freshness.assigned((tp.topic, tp.partition) for tp in partitions)
@@ -430,7 +434,41 @@ class Worker:
         self._forget(partitions)
         log.warning("lost %s (group membership expired)", _names(partitions))
 
+    def _starts(self, consumer: Consumer, partitions: list[TopicPartition]
+                ) -> dict[TP, int | None]:
+        """Where each assigned partition continues: its committed offset, or 0 for one
+        without (a new group starts at the earliest offset); None when the broker does
+        not say (the retention-gap check then starts from the first batch)."""
+        starts: dict[TP, int | None] = {(tp.topic, tp.partition): None for tp in partitions}
+        if not partitions:
+            return starts
+        try:
+            for tp in consumer.committed(partitions, timeout=METADATA_TIMEOUT_SECONDS):
+                if tp.error is None:
+                    # OFFSET_INVALID (-1001): nothing committed; auto.offset.reset=earliest
+                    starts[tp.topic, tp.partition] = tp.offset if tp.offset >= 0 else 0
+        except KafkaException as exc:
+            log.warning("committed offsets of the assigned partitions unavailable (%s): the "
+                        "retention-gap check starts after their first batch", exc)
+        return starts
+
+    def _low_watermark(self, tp: TP) -> int | None:
+        """A partition's log start offset: librdkafka's, from its last fetch, else the
+        broker's."""
+        partition = TopicPartition(*tp)
+        try:
+            low, _ = self.consumer.get_watermark_offsets(partition, cached=True)
+            if low is None or low < 0:
+                low, _ = self.consumer.get_watermark_offsets(partition, timeout=5,
+                                                             cached=False)
+        except KafkaException as exc:
+            log.warning("%s[%d]: log start offset unavailable (%s): a retention gap may go "
+                        "uncounted", tp[0], tp[1], exc)
+            return None
+        return low if low is not None and low >= 0 else None
+
     def _forget(self, partitions: list[TopicPartition]) -> None:
+        self.gaps.revoked((tp.topic, tp.partition) for tp in partitions)
         for tp in partitions:
             self._positions.pop((tp.topic, tp.partition), None)
         self.freshness.revoked((tp.topic, tp.partition) for tp in partitions)
