@@ -6,8 +6,8 @@ Each check yields one line, ``OK | WARN | FAIL <check>: <detail> — <what to do
   some); every table has a topic; the dead-letter topic exists; the group's committed
   offsets are not below the log start (retention deleted changes it never processed).
 - shards: each answers, runs Valkey/Redis ≥ 7 (Functions), has (or accepts) the
-  functions library, and lets the ACL user run every command the reconciler, the
-  functions and audit need (ACL DRYRUN, else a harmless probe).
+  functions library, and lets the ACL user run every command the reconciler and the
+  functions need (ACL DRYRUN, else a harmless probe); what only audit needs is a WARN.
 - connect (optional ``connect.url``): the Debezium connector and its tasks RUNNING,
   and capturing every configured table.
 - postgres (optional ``postgres.dsn``): each table exists with its primary key, shard
@@ -53,12 +53,16 @@ MIN_VERSION = (7, 0)  # Valkey/Redis Functions (FUNCTION LOAD, FCALL) arrived in
 TIMEOUT = 10.0  # seconds for one Kafka / Connect request
 PROBE_VALUE = "doctor-probe"  # placeholder value used to render template keys for ACL checks
 # Commands on a cache key: the reconciler's FCALL and what the functions call inside it
-# (ACLs apply there too), and what audit and the writer helper read.
+# (ACLs apply there too), and UNLINK (truncate).
 KEY_COMMANDS = (("FCALL", APPLY_FUNCTION, "1", "{key}", "60000", "u", "0"),
                 ("HGET", "{key}", "v"), ("HSET", "{key}", "v", "1"), ("HEXISTS", "{key}", "d"),
                 ("EXISTS", "{key}"), ("DEL", "{key}"), ("PEXPIRE", "{key}", "1000"),
-                ("UNLINK", "{key}"), ("HMGET", "{key}", "v", "d"), ("TYPE", "{key}"))
+                ("UNLINK", "{key}"))
 SERVER_COMMANDS = (("PING",), ("INFO", "server"), ("SCAN", "0"), ("FUNCTION", "LOAD", "x"))
+# What `reconciler audit` needs besides those: a WARN only, since audit may run as a user
+# of its own (docs/operations.md), and the worker's least privilege lacks them.
+AUDIT_KEY_COMMANDS = (("TYPE", "{key}"),)
+AUDIT_SERVER_COMMANDS = (("DBSIZE",), ("RANDOMKEY",))
 PROBE_KEY = "__cache-reconciler:doctor-probe"  # a key nothing else uses, for probes
 EARLIEST = OffsetSpec.earliest()  # type: ignore[no-untyped-call]  # the log start offset
 LATEST = OffsetSpec.latest()  # type: ignore[no-untyped-call]  # the high watermark
@@ -256,48 +260,74 @@ class Doctor:
         client: Any = shard.client
         keys = sorted({t.render(dict.fromkeys(t.columns, PROBE_VALUE))
                        for spec in self.settings.tables.values() for t in spec.templates()})
-        commands = list(SERVER_COMMANDS) + [
-            tuple(part.replace("{key}", key) for part in command)
-            for key in keys for command in KEY_COMMANDS]
+
+        def on_keys(templates: tuple[tuple[str, ...], ...]) -> list[tuple[str, ...]]:
+            return [tuple(part.replace("{key}", key) for part in command)
+                    for key in keys for command in templates]
+
+        worker = list(SERVER_COMMANDS) + on_keys(KEY_COMMANDS)
+        audit = list(AUDIT_SERVER_COMMANDS) + on_keys(AUDIT_KEY_COMMANDS)
         try:
             pipe = client.pipeline(transaction=False)
-            for command in commands:
+            for command in worker + audit:
                 pipe.execute_command("ACL", "DRYRUN", user, *command)
             replies = pipe.execute(raise_on_error=False)
         except Exception as exc:  # noqa: BLE001 - the shard answered a moment ago
             return Check(WARN, check, f"could not check: {exc}", "run doctor again")
         if isinstance(replies[0], Exception):  # ACL DRYRUN itself not allowed: probe
-            return self._probe(check, user, shard)
-        denied = [(" ".join(command[:2] if command[0] == "FUNCTION" else command[:1]),
-                   reply if isinstance(reply, Exception) else reply.decode())
-                  for command, reply in zip(commands, replies, strict=True)
-                  if reply != b"OK"]
-        if not denied:
-            shown = ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
-            return Check(OK, check, f"user {user} may run every command needed (ACL DRYRUN "
-                                    f"on {shown})")
-        first = "; ".join(sorted({f"{cmd}: {reason}" for cmd, reason in denied})[:4])
-        commands_needed = sorted({cmd.lower().replace(" ", "|") for cmd, _ in denied})
-        return Check(FAIL, check, f"user {user} is refused {len(denied)} command(s): {first}",
-                     f"ACL SETUSER {user} " + " ".join(f"+{c}" for c in commands_needed)
-                     + " and key patterns for " + ", ".join(keys))
+            return self._probe(check, user, shard, keys[0] if keys else PROBE_KEY)
+
+        def refused(commands: list[tuple[str, ...]], answers: list[Any]) -> list[tuple[str, str]]:
+            return [(" ".join(command[:2] if command[0] == "FUNCTION" else command[:1]),
+                     str(reply) if isinstance(reply, Exception) else reply.decode())
+                    for command, reply in zip(commands, answers, strict=True)
+                    if reply != b"OK"]
+
+        denied = refused(worker, replies[:len(worker)])
+        audit_denied = refused(audit, replies[len(worker):])
+        if denied:
+            first = "; ".join(sorted({f"{cmd}: {reason}" for cmd, reason in denied})[:4])
+            needed = sorted({cmd.lower().replace(" ", "|") for cmd, _ in denied})
+            return Check(FAIL, check, f"user {user} is refused {len(denied)} command(s): "
+                                      f"{first}",
+                         f"ACL SETUSER {user} " + " ".join(f"+{c}" for c in needed)
+                         + " and key patterns for " + ", ".join(keys))
+        shown = ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
+        if audit_denied:
+            needed = sorted({cmd.lower() for cmd, _ in audit_denied})
+            return Check(WARN, check, f"user {user} may run every command the worker needs "
+                                      f"(ACL DRYRUN on {shown}), but `reconciler audit` as "
+                                      f"this user would be refused {', '.join(needed).upper()}",
+                         "run audit as a user of its own (its ACL: docs/operations.md), or "
+                         f"ACL SETUSER {user} " + " ".join(f"+{c}" for c in needed))
+        return Check(OK, check, f"user {user} may run every command needed (ACL DRYRUN "
+                                f"on {shown})")
 
     @staticmethod
-    def _probe(check: str, user: str, shard: Shard) -> Check:
+    def _probe(check: str, user: str, shard: Shard, key: str) -> Check:
+        """Without ACL DRYRUN: harmless calls on a template's key (the FCALL removes a
+        key of a row that cannot exist, `doctor-probe`)."""
         client: Any = shard.client
         try:
             client.ping()
             client.info("server")
             client.scan(0, count=1)
-            client.type(PROBE_KEY)
-            client.fcall(APPLY_FUNCTION, 1, PROBE_KEY, 60000, "u", 0)
+            client.fcall(APPLY_FUNCTION, 1, key, 60000, "u", 0)
         except Exception as exc:  # noqa: BLE001 - any refusal is the finding
             return Check(FAIL, check, f"user {user}: {exc}",
-                         "grant +fcall +function|load +ping +info +scan +unlink +type "
-                         "+hget +hset +hexists +exists +del +pexpire +hmget and the key "
-                         "patterns of every template")
-        return Check(OK, check, f"user {user}: probes passed (ACL DRYRUN not permitted, "
-                                "so key patterns were checked on a probe key only)")
+                         "grant +fcall +function|load +ping +info +scan +unlink +hget +hset "
+                         "+hexists +exists +del +pexpire and the key patterns of every "
+                         "template")
+        passed = (f"user {user}: probes passed on {key} (ACL DRYRUN not permitted, so "
+                  "only one key was checked)")
+        try:
+            client.type(key)
+        except Exception as exc:  # noqa: BLE001 - audit's command only: a warning
+            return Check(WARN, check, f"{passed}, but `reconciler audit` as this user "
+                                      f"would be refused: {exc}",
+                         "run audit as a user of its own (its ACL: docs/operations.md), or "
+                         f"ACL SETUSER {user} +type")
+        return Check(OK, check, passed)
 
     # ------------------------------------------------------------------ connect
 

@@ -202,15 +202,18 @@ def test_committed_offsets_below_the_log_start_fail(
 
 
 @pytest.fixture
-def valkey_user(stack: Stack, uid: str) -> Iterator[tuple[str, str]]:
-    """An ACL user on both shards with every command but FCALL, and its password."""
+def valkey_user(stack: Stack, uid: str,
+                request: pytest.FixtureRequest) -> Iterator[tuple[str, str]]:
+    """An ACL user on both shards with every command but one (FCALL, unless the test is
+    parametrized indirectly with another), and its password."""
     import valkey
 
     user, password = f"doctor-{uid}", f"pw-{uid}"
+    refused = getattr(request, "param", "fcall")
     clients = [valkey.Valkey.from_url(url) for url in stack.valkey.values()]
     for client in clients:
         client.acl_setuser(user, enabled=True, passwords=[f"+{password}"], keys=["*"],
-                           commands=["+@all", "-fcall"])
+                           commands=["+@all", f"-{refused}"])
     try:
         yield user, password
     finally:
@@ -232,6 +235,44 @@ def test_a_valkey_user_refused_a_needed_command_fails_with_the_grant(
     assert f"user {user} is refused" in text and "FCALL" in text
     assert f"ACL SETUSER {user} +fcall" in text
     line(lines, "FAIL", "shard b acl")
+
+
+@pytest.mark.parametrize("valkey_user", ["type"], indirect=True)
+def test_a_valkey_user_refused_only_what_audit_needs_warns(
+        config: Path, valkey_user: tuple[str, str],
+        capsys: pytest.CaptureFixture[str]) -> None:
+    user, password = valkey_user
+    edit(config, lambda c: c.update(valkey={**c.get("valkey", {}), "username": user,
+                                            "password": password}))
+    code, lines = doctor(config, capsys)
+    text = line(lines, "WARN", "shard a acl")
+    assert f"user {user} may run every command the worker needs" in text
+    assert "`reconciler audit` as this user would be refused TYPE" in text
+    assert f"ACL SETUSER {user} +type" in text and "docs/operations.md" in text
+    assert code == 0, "\n".join(lines)
+
+
+def test_the_workers_documented_least_privilege_passes_the_acl_check(
+        stack: Stack, config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The `reconciler` user of stack/security.py (docs/security.md) on valkey-acl: it
+    may not run ACL DRYRUN, so doctor probes; it lacks only audit's TYPE (a warning)."""
+    from stack import security
+
+    url = f"valkey://{security.HOST}:{security.VALKEY_ACL_PORT}/0"
+    shard_map = config.parent / "shard_map.yaml"
+    shards = yaml.safe_load(shard_map.read_text())
+    shards.update(shards={"a": {"url": url}}, moving=[],
+                  ranges=[{"from": 1, "to": 1000, "shard": "a"}])
+    shard_map.write_text(yaml.safe_dump(shards, sort_keys=False))
+    edit(config, lambda c: c.update(valkey={
+        **c.get("valkey", {}), "username": security.VALKEY_USER,
+        "password": security.secret(f"valkey-{security.VALKEY_USER}")}))
+    code, lines = doctor(config, capsys)
+    line(lines, "OK", "shard a")
+    text = line(lines, "WARN", "shard a acl")
+    assert f"user {security.VALKEY_USER}: probes passed on " in text
+    assert "`reconciler audit` as this user would be refused" in text and "'type'" in text
+    assert code == 0, "\n".join(lines)
 
 
 def test_a_wrong_valkey_password_fails_naming_the_credentials(
