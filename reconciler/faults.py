@@ -1,19 +1,24 @@
-"""A seam for the fault-injection tests: stop the process at a named point of a batch.
+"""The fault suite's seams: stop the process at a point of a batch, or run it broken.
 
-Off unless ``RECONCILER_FAULT_STOP_AT`` is set in the environment (never in a real
-deployment). When the Nth batch (``RECONCILER_FAULT_STOP_ON``, default 1) reaches that
-point, the process sends itself SIGSTOP; the test then SIGKILLs it — a crash at an
-exact place, which a timer can never hit reliably.
+Off unless the environment asks (never in a real deployment):
 
-Points, in batch order:
-    decoded        every record of the batch decoded and planned, no Valkey call yet
-    between_shards the first shard's call is acknowledged, the others not yet sent
-    acknowledged   every Valkey call and dead letter acknowledged, offsets not stored
-    stored         offsets stored (not yet committed)
+``RECONCILER_FAULT_STOP_AT`` names a point of `reconciler.hooks` (decoded,
+between_shards, acknowledged, stored). When the Nth batch (``RECONCILER_FAULT_STOP_ON``,
+default 1) reaches it, the process sends itself SIGSTOP; the test then SIGKILLs it — a
+crash at an exact place of the production path, which a timer can never hit reliably.
 
 ``RECONCILER_FAULT_SLOW_CLOSE_SECONDS`` makes the worker's shutdown sleep that long
 before it commits: a shutdown that hangs (a broker that stopped answering while the
 group is left), to prove that ``shutdown_timeout_seconds`` bounds it.
+
+``RECONCILER_FAULT_BROKEN`` runs the worker deliberately broken, one classic bug at a
+time, for the suite's negative controls: each mode must make some scenario fail, which
+proves the oracle can see that class of bug.
+
+    no_fences          keys are plainly deleted, never fenced (the naive invalidator)
+    early_offsets      a batch's offsets are stored and committed once it is planned,
+                       before its invalidations are sent
+    ignore_tombstones  tombstones are skipped (a compacted topic loses its deletes)
 """
 
 from __future__ import annotations
@@ -21,21 +26,55 @@ from __future__ import annotations
 import os
 import signal
 
+from reconciler.hooks import POINTS, NoHooks
+
 STOP_AT = os.environ.get("RECONCILER_FAULT_STOP_AT") or None  # the point to stop at, if any
 STOP_ON = int(os.environ.get("RECONCILER_FAULT_STOP_ON", "1"))  # the Nth arrival stops
 SLOW_CLOSE = float(os.environ.get("RECONCILER_FAULT_SLOW_CLOSE_SECONDS") or 0)  # a hung close
-POINTS = ("decoded", "between_shards", "acknowledged", "stored")  # valid point names
-_arrivals = 0
+BROKEN = os.environ.get("RECONCILER_FAULT_BROKEN") or None  # a deliberately broken worker
+BROKEN_MODES = ("no_fences", "early_offsets", "ignore_tombstones")
 
 if STOP_AT is not None and STOP_AT not in POINTS:
     raise SystemExit(f"RECONCILER_FAULT_STOP_AT={STOP_AT!r}: expected one of {', '.join(POINTS)}")
+if BROKEN is not None and BROKEN not in BROKEN_MODES:
+    raise SystemExit(f"RECONCILER_FAULT_BROKEN={BROKEN!r}: expected one of "
+                     f"{', '.join(BROKEN_MODES)}")
 
 
-def checkpoint(point: str) -> None:
-    """Stop the process here if the environment asks for it (call only when STOP_AT)."""
-    global _arrivals
-    if point != STOP_AT:
-        return
-    _arrivals += 1
-    if _arrivals == STOP_ON:
-        os.kill(os.getpid(), signal.SIGSTOP)
+def broken(mode: str) -> bool:
+    """Whether the worker runs with this deliberate bug (`BROKEN_MODES`)."""
+    assert mode in BROKEN_MODES, mode
+    return mode == BROKEN
+
+
+class StopAt(NoHooks):
+    """Hooks that SIGSTOP the process at the `on`th arrival at `point`."""
+
+    def __init__(self, point: str, on: int) -> None:
+        self.point = point
+        self.on = on
+        self.arrivals = 0
+
+    def _arrive(self, point: str) -> None:
+        if point != self.point:
+            return
+        self.arrivals += 1
+        if self.arrivals == self.on:
+            os.kill(os.getpid(), signal.SIGSTOP)
+
+    def decoded(self) -> None:
+        self._arrive("decoded")
+
+    def between_shards(self) -> None:
+        self._arrive("between_shards")
+
+    def acknowledged(self) -> None:
+        self._arrive("acknowledged")
+
+    def stored(self) -> None:
+        self._arrive("stored")
+
+
+def hooks() -> NoHooks:
+    """The hooks the environment asks for: a `StopAt`, or none."""
+    return StopAt(STOP_AT, STOP_ON) if STOP_AT else NoHooks()

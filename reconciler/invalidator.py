@@ -33,14 +33,17 @@ from typing import Any, Protocol, TypeVar
 
 from connectors.errors import ValkeyRejected, ValkeyUnavailable
 from connectors.valkey.protocols import PendingApply
-from reconciler import faults
 from reconciler.errors import FatalError, RetryBudgetExceeded, TransientError
+from reconciler.hooks import Hooks, NoHooks
 from reconciler.planner import DELETE, TRUNCATE, UNVERSIONED, VERSIONED, Action
 
 log = logging.getLogger(__name__)
 
 OP_BY_KIND = {VERSIONED: "v", DELETE: "d", UNVERSIONED: "u"}  # kind → op code (fence on)
 SNAPSHOT_OP = "s"  # a versioned action without fence: a snapshot read (op r)
+# The fault suite's broken worker (RECONCILER_FAULT_BROKEN=no_fences): every key plainly
+# deleted, as a naive invalidator does.
+UNFENCED_OPS = {VERSIONED: "u", DELETE: "u", UNVERSIONED: "u"}
 BACKOFF_START = 0.1  # seconds before the first retry
 BACKOFF_MAX = 5.0  # longest wait between retries
 
@@ -97,10 +100,12 @@ class Outcome:
     coalesced: Counter[str] = field(default_factory=Counter)  # shard → derived deletes saved
 
 
-def segments(actions: Iterable[Action]) -> list[Segment]:
+def segments(actions: Iterable[Action],
+             codes: Mapping[str, str] = OP_BY_KIND) -> list[Segment]:
     """Group actions per shard, in order, cutting at every truncate, and coalesce the
     deletes of each derived key into the last one (the hot path: one pass, three
-    appends per action, a dict lookup per derived key)."""
+    appends per action, a dict lookup per derived key). `codes` maps kinds to op codes."""
+    snapshot = SNAPSHOT_OP if codes is OP_BY_KIND else codes[VERSIONED]
     out = [Segment()]
     shards = out[0].shards
     for action in actions:
@@ -125,7 +130,7 @@ def segments(actions: Iterable[Action]) -> list[Segment]:
                 batch.coalesced += 1
             derived[action.key] = len(ops)
         batch.keys.append(action.key)
-        ops.append(OP_BY_KIND[kind] if action.fence else SNAPSHOT_OP)
+        ops.append(codes[kind] if action.fence else snapshot)
         batch.versions.append(action.version or 0)
     kept = [segment for segment in out if segment.shards or segment.truncates]
     for segment in kept:
@@ -153,8 +158,11 @@ class Invalidator:
                  retry_budget_seconds: float, truncate_max_keys_per_second: float,
                  on_shard_state: Callable[[str, bool], None] = lambda shard, up: None,
                  on_retry: Callable[[], None] = lambda: None,
-                 should_stop: Callable[[], bool] = lambda: False) -> None:
+                 should_stop: Callable[[], bool] = lambda: False,
+                 hooks: Hooks | None = None, fences: bool = True) -> None:
         self._shards = shards
+        self._hooks = hooks or NoHooks()
+        self._codes = OP_BY_KIND if fences else UNFENCED_OPS
         self._budget = retry_budget_seconds
         self._truncate_rate = truncate_max_keys_per_second
         self._on_shard_state = on_shard_state
@@ -172,8 +180,8 @@ class Invalidator:
         """Group `actions` per shard and send the first segment's calls; `finish()` reads
         the answers (and runs any later segments). Nothing is retried here: a call that
         cannot be sent fails, and is retried, when its answer is read."""
-        parts = segments(actions)
-        if not parts or parts[0].truncates or faults.STOP_AT:
+        parts = segments(actions, self._codes)
+        if not parts or parts[0].truncates:
             return Flight(parts)
         return Flight(parts, self._send(parts[0]))
 
@@ -189,13 +197,6 @@ class Invalidator:
             for shard, batch in segment.shards.items():
                 if batch.coalesced:
                     outcome.coalesced[shard] += batch.coalesced
-            if faults.STOP_AT:  # one shard at a time, so a crash can land between two
-                items = list(segment.shards.items())
-                for position, (shard, batch) in enumerate(items):
-                    self._count(outcome, shard, self._apply(shard, batch))
-                    if position < len(items) - 1:  # not after the last: not between
-                        faults.checkpoint("between_shards")
-                continue
             sent = flight.sent if index == 0 and flight.sent is not None \
                 else self._send(segment)
             flight.sent = None
@@ -218,6 +219,8 @@ class Invalidator:
         sent: list[tuple[str, ShardBatch, PendingApply]] = []
         try:
             for shard, batch in segment.shards.items():
+                if sent:
+                    self._hooks.between_shards()
                 ops: list[Any] = batch.ops  # compacted: no None left
                 sent.append((shard, batch, self._client(shard).send(batch.keys, ops,
                                                                       batch.versions)))

@@ -52,6 +52,7 @@ from reconciler.errors import (
 from reconciler.freshness import Freshness
 from reconciler.gaps import RetentionGaps
 from reconciler.health import HealthServer, Status
+from reconciler.hooks import Hooks
 from reconciler.invalidator import Flight, Invalidator, Outcome
 from reconciler.lag import REQUEST_TIMEOUT as LAG_REQUEST_TIMEOUT
 from reconciler.lag import LagMonitor
@@ -77,9 +78,11 @@ class Worker:
 
     def __init__(self, settings: Settings, *, registry: CollectorRegistry | None = None,
                  group_id: str | None = None, serve_metrics: bool = True,
-                 dry_run: bool = False, count_actions: bool = False) -> None:
+                 dry_run: bool = False, count_actions: bool = False,
+                 hooks: Hooks | None = None) -> None:
         self.settings = settings
         self.metrics = Metrics.create(registry or CollectorRegistry())
+        self.hooks = hooks or faults.hooks()
         self.group_id = group_id or settings.kafka.group_id
         self.dry_run = dry_run
         self.count_actions = dry_run or count_actions  # per table/shard/kind, for replay
@@ -90,7 +93,8 @@ class Worker:
         shard_map = self._watcher.current
         self._next_reload = time.monotonic() + settings.shard_map_reload_seconds
         self.metrics.shard_map_version.set(shard_map.version)
-        self.planner = Planner.for_settings(settings, shard_map)
+        self.planner = Planner.for_settings(
+            settings, shard_map, tombstones=not faults.broken("ignore_tombstones"))
         for name, rules in self.planner.tables.items():  # series at zero, for the alerts
             for template in rules.templates:
                 self.metrics.unresolved.labels(name, template.source, MISSING)
@@ -140,7 +144,8 @@ class Worker:
             truncate_max_keys_per_second=settings.valkey.truncate_max_keys_per_second,
             on_shard_state=self.shards.mark,
             on_retry=self.metrics.retries.labels("valkey").inc,
-            should_stop=self._stopping.is_set)
+            should_stop=self._stopping.is_set, hooks=self.hooks,
+            fences=not faults.broken("no_fences"))
         self.gaps = RetentionGaps(self._low_watermark, self.metrics.unseen)
         self._http: HealthServer | None = None
         if serve_metrics:
@@ -203,6 +208,10 @@ class Worker:
     def run(self) -> int:
         """Consume until stopped; the exit code says whether it ended cleanly."""
         log.info("effective configuration: %s", json.dumps(self.settings.masked(), default=str))
+        if faults.BROKEN:
+            log.warning("RECONCILER_FAULT_BROKEN=%s: this worker is DELIBERATELY BROKEN for the "
+                        "fault suite's negative controls; never run it anywhere else",
+                        faults.BROKEN)
         for overlap in overlapping_patterns({name: rules.templates
                                              for name, rules in self.planner.tables.items()}):
             log.warning("key templates overlap: %s", overlap)
@@ -250,8 +259,10 @@ class Worker:
             prepared = self.prepare(messages)
             self.gaps.check(prepared.firsts, prepared.jumps, prepared.positions)
             self._finish_in_flight()
-            if faults.STOP_AT:
-                faults.checkpoint("decoded")
+            if faults.broken("early_offsets"):  # stored and committed before any call
+                self._store(prepared.positions)
+                self._commit()
+            self.hooks.decoded()
             self._in_flight = (prepared, self._start(prepared))
         # Stopping: the batch in flight completes. (On an error it is abandoned with its
         # offsets unstored, and processed again after a restart.)
@@ -324,8 +335,7 @@ class Worker:
     def process(self, messages: list[Message]) -> BatchResult:
         """One batch, start to finish (what replay and the tests call)."""
         prepared = self.prepare(messages)
-        if faults.STOP_AT:
-            faults.checkpoint("decoded")
+        self.hooks.decoded()
         return self.complete(prepared, self._finish(self._start(prepared)))
 
     def prepare(self, messages: list[Message]) -> Prepared:
@@ -350,16 +360,14 @@ class Worker:
         if prepared.dead:
             self._dead_letter(prepared.dead, result)
         acknowledged = time.time()
-        if faults.STOP_AT:
-            faults.checkpoint("acknowledged")
+        self.hooks.acknowledged()
         # Counted before the offsets are stored: once an offset is committed, the work
         # before it shows in the metrics.
         self._batch_metrics.publish(result, prepared.commits, acknowledged,
                                     observe_delay=not self.dry_run)
         if not self.dry_run:
             self._store(prepared.positions)
-            if faults.STOP_AT:
-                faults.checkpoint("stored")
+            self.hooks.stored()
         for tp, (commit_ms, source_table) in prepared.latest.items():
             self.freshness.reconciled(tp, commit_ms, source_table)
         if prepared.heartbeat is not None:

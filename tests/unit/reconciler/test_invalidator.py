@@ -16,6 +16,7 @@ from connectors.errors import ValkeyRejected, ValkeyUnavailable
 from connectors.valkey.protocols import PendingApply
 from connectors.valkey.testing import FakeShard
 from reconciler.errors import FatalError, RetryBudgetExceeded
+from reconciler.hooks import NoHooks
 from reconciler.invalidator import Invalidator, segments
 from reconciler.planner import DELETE, TRUNCATE, UNVERSIONED, VERSIONED, Action
 
@@ -126,27 +127,6 @@ def test_two_shards_are_called_and_counted_separately() -> None:
     assert outcome.results == {("a", "absent"): 1, ("b", "repaired"): 1}
 
 
-def test_the_between_shards_fault_point_is_only_between_two_shards(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    """The seam's `between_shards` arrives after every shard of a segment but the last:
-    after the last one, nothing is left unsent, so a crash there is not between shards."""
-    from reconciler import faults
-
-    monkeypatch.setattr(faults, "STOP_AT", "between_shards")
-    monkeypatch.setattr(faults, "STOP_ON", 10**9)  # counted, never reached: no SIGSTOP
-    monkeypatch.setattr(faults, "_arrivals", 0)
-    a, b = FakeShard("a"), FakeShard("b")
-    invalidator = Invalidator(lambda: {"a": a, "b": b}, retry_budget_seconds=1,
-                              truncate_max_keys_per_second=1e9)
-    invalidator.execute([Action("a", "post:1", VERSIONED, 1)])  # one shard: never between
-    assert faults._arrivals == 0
-    invalidator.execute([Action("a", "post:1", VERSIONED, 2),
-                         Action("b", "post:2", VERSIONED, 2)])
-    assert faults._arrivals == 1
-    invalidator.close()
-
-
-
 class Recording(FakeShard):
     """A FakeShard that notes when calls are sent, read and discarded."""
 
@@ -170,6 +150,63 @@ class Recording(FakeShard):
                 pending.discard()
 
         return Noted()
+
+
+class SendOrder(NoHooks):
+    """Hooks that note each `between_shards` among the shards' events."""
+
+    def __init__(self, events: list[str]) -> None:
+        self.events = events
+
+    def between_shards(self) -> None:
+        self.events.append("between_shards")
+
+
+def test_the_between_shards_point_is_on_the_pipelined_path_between_two_sends() -> None:
+    """`between_shards` arrives after a shard's call is sent and before the next
+    shard's — on the path production runs (every call sent before any answer is read),
+    never after the last shard: nothing is left unsent there."""
+    events: list[str] = []
+    a, b, c = Recording("a", events), Recording("b", events), Recording("c", events)
+    invalidator = Invalidator(lambda: {"a": a, "b": b, "c": c}, retry_budget_seconds=1,
+                              truncate_max_keys_per_second=1e9, hooks=SendOrder(events))
+    invalidator.execute([Action("a", "post:1", VERSIONED, 1)])  # one shard: never between
+    assert events == ["send a", "read a"]
+    events.clear()
+    invalidator.execute([Action("a", "post:1", VERSIONED, 2),
+                         Action("b", "post:2", VERSIONED, 2),
+                         Action("c", "post:3", VERSIONED, 2)])
+    assert events == ["send a", "between_shards", "send b", "between_shards", "send c",
+                      "read a", "read b", "read c"]
+
+
+class OpsSeen(FakeShard):
+    """A FakeShard that keeps the op codes of every call."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.ops: list[list[str]] = []
+
+    def send(self, keys: Sequence[str], ops: Sequence[str],
+             versions: Sequence[int]) -> PendingApply:
+        self.ops.append(list(ops))
+        return super().send(keys, ops, versions)
+
+
+def test_without_fences_every_op_is_a_plain_delete() -> None:
+    """The fault suite's broken worker (no_fences): what a naive invalidator does."""
+    a = OpsSeen("a")
+    invalidator = Invalidator(lambda: {"a": a}, retry_budget_seconds=1,
+                              truncate_max_keys_per_second=1e9, fences=False)
+    invalidator.execute([Action("a", "post:1", VERSIONED, 1), Action("a", "post:2", DELETE),
+                         Action("a", "post:3", VERSIONED, 1, fence=False)])
+    assert a.ops == [["u", "u", "u"]]
+    fenced = OpsSeen("a")
+    Invalidator(lambda: {"a": fenced}, retry_budget_seconds=1,
+                truncate_max_keys_per_second=1e9).execute(
+        [Action("a", "post:1", VERSIONED, 1), Action("a", "post:2", DELETE),
+         Action("a", "post:3", VERSIONED, 1, fence=False)])
+    assert fenced.ops == [["v", "d", "s"]]
 
 
 def test_start_sends_every_shard_and_finish_reads_the_answers() -> None:
