@@ -177,9 +177,10 @@ def _reinsert(name: str, column: str, table: Table) -> Check | None:
 
 def sequence_fix(table: Table, column: str) -> str:
     """The SQL that sets `column` from a sequence on every INSERT and UPDATE, in one
-    transaction with writes blocked: the sequence (the default's, if it has one) raised
-    above every version in the table, the default, the trigger, and the triggers that
-    set the column otherwise dropped. Existing rows keep their versions."""
+    transaction with writes blocked: the sequence (the default's, if it has one; a new
+    one belongs to the column) raised above every version in the table, the default,
+    the trigger, and the triggers that set the column otherwise dropped. Existing rows
+    keep their versions."""
     qualified = f"{_ident(table.schema)}.{_ident(table.name)}"
     found = table.columns.get(column)
     current = _NEXTVAL.search(found.default or "") if found is not None else None
@@ -192,7 +193,8 @@ def sequence_fix(table: Table, column: str) -> str:
     drops = "".join(f"DROP TRIGGER IF EXISTS {_ident(t.name)} ON {qualified}; "
                     for t in table.triggers
                     if _rising(t, column) is False and _ident(t.name) != trigger)
-    return (f"BEGIN; CREATE SEQUENCE IF NOT EXISTS {sequence}; "
+    owned = "" if current else f"ALTER SEQUENCE {sequence} OWNED BY {qualified}.{col}; "
+    return (f"BEGIN; CREATE SEQUENCE IF NOT EXISTS {sequence}; {owned}"
             f"LOCK TABLE {qualified} IN SHARE ROW EXCLUSIVE MODE; "
             f"SELECT setval({literal}, GREATEST((SELECT max({col}) FROM {qualified}), "
             f"(SELECT last_value FROM {sequence}))); "

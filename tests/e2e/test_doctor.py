@@ -334,6 +334,7 @@ def versioned_table(stack: Stack, uid: str) -> Iterator[tuple[str, psycopg.Conne
             yield name, conn
         finally:
             conn.execute(f"DROP TABLE IF EXISTS {name}")
+            conn.execute(f"DROP SEQUENCE IF EXISTS {name}_system_version_seq")
             conn.execute(f"DROP FUNCTION IF EXISTS bump_{uid}()")
 
 
@@ -373,6 +374,7 @@ def test_a_version_that_restarts_on_re_insert_warns_and_its_fix_keeps_it_rising(
     assert "OLD.system_version + 1" in check["detail"] and "bump" in check["detail"]
     fix = check["fix"]
     assert f"CREATE SEQUENCE IF NOT EXISTS public.{name}_system_version_seq" in fix
+    assert f"OWNED BY {table}.system_version" in fix  # dropped with the table
     assert f"BEFORE INSERT OR UPDATE ON {table} FOR EACH ROW" in fix
     assert f"DROP TRIGGER IF EXISTS bump ON {table}" in fix
 

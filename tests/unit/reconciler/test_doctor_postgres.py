@@ -94,7 +94,12 @@ def test_the_fix_reuses_the_defaults_sequence_and_drops_only_the_triggers_that_g
     found = table("nextval('\"Odd seq\"'::regclass)", trigger("bump", OLD_PLUS_ONE),
                   trigger("audit_log", "BEGIN INSERT INTO log VALUES (NEW.id); RETURN NEW; END"))
     fix = sequence_fix(found, "system_version")
-    assert fix.startswith('BEGIN; CREATE SEQUENCE IF NOT EXISTS "Odd seq"; ')
+    assert fix.startswith('BEGIN; CREATE SEQUENCE IF NOT EXISTS "Odd seq"; LOCK TABLE ')
+    assert "OWNED BY" not in fix  # the default's sequence: perhaps another table's too
+    fresh = sequence_fix(table("1", trigger("bump", OLD_PLUS_ONE)), "system_version")
+    assert fresh.startswith("BEGIN; CREATE SEQUENCE IF NOT EXISTS public.posts_system_version_seq;"
+                            " ALTER SEQUENCE public.posts_system_version_seq OWNED BY "
+                            "public.posts.system_version; ")
     assert "LOCK TABLE public.posts IN SHARE ROW EXCLUSIVE MODE" in fix
     assert "SET DEFAULT nextval('\"Odd seq\"')" in fix
     assert "DROP TRIGGER IF EXISTS bump ON public.posts;" in fix
