@@ -44,9 +44,9 @@ class CacheMix:
 def actions(change: Change, router: Router) -> list[Action]:
     """What the reconciler must do for a change to public.posts (the local config's
     `post:{id}` versioned and `feed:{neighborhood_id}` unversioned templates)."""
-    if change.op == TOMBSTONE:
-        return []
-    if change.op == DELETE:  # DEFAULT identity: the neighbourhood is unknown, broadcast
+    if change.op in (DELETE, TOMBSTONE):
+        # DEFAULT identity: the neighbourhood is unknown, broadcast; the tombstone after
+        # the delete is a key-only delete of its own (the same actions again)
         return [(shard, f"post:{change.id}", REMOVE, 0) for shard in router.names]
     out: list[Action] = []
     for shard in router.shards(change.neighborhood_id):

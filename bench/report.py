@@ -105,12 +105,6 @@ def histogram_percentile(buckets: Sequence[Sequence[float]], q: float) -> float 
     return lower
 
 
-def histogram_delta(after: Sequence[Sequence[float]],
-                    before: Sequence[Sequence[float]]) -> list[tuple[float, float]]:
-    earlier = dict((le, n) for le, n in before)
-    return [(le, n - earlier.get(le, 0.0)) for le, n in after]
-
-
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     cells = [[str(h) for h in headers]] + [[_cell(v) for v in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]

@@ -40,10 +40,17 @@ from bench.env import Router
 from bench.events import DELETE, Change
 from connectors.kafka import consumer_config
 from connectors.valkey.functions import APPLY_FUNCTION
-from reconciler.clients import kafka_security
 from reconciler.logs import configure_logging
 from reconciler.settings import Settings, load_settings
-from reconciler.worker import Worker
+
+try:  # the worker as of the pipeline split: timed through its hooks
+    from reconciler.pipeline.clients import kafka_security
+    from reconciler.pipeline.worker import Worker
+    LEGACY = False
+except ImportError:  # a worker from before it (`--worker-ref`): timed by wrapping it
+    from reconciler.clients import kafka_security  # type: ignore[no-redef]
+    from reconciler.worker import Worker  # type: ignore[no-redef]
+    LEGACY = True
 
 PROGRESS_EVERY = 0.25  # seconds between rewrites of the progress file
 WATCH_EVERY = 0.05  # seconds between the watcher's looks at the worker's counters
@@ -218,54 +225,66 @@ def _naive_change(event: dict[str, Any]) -> Change:
 # --------------------------------------------------------------------------- worker
 
 
-class TimedConsumer:
-    """The worker's consumer, noting when records first arrive and how long the worker
-    waits in consume(); everything else goes straight to the real consumer."""
+class Timings:
+    """The worker's hooks (`reconciler.pipeline.hooks`): when records first arrive, how
+    long the worker waits in consume(), in the invalidator, and completing batches."""
 
-    def __init__(self, consumer: Consumer, meter: Meter, on_first: Callable[[], None],
-                 on_call: Callable[[], None]) -> None:
-        self._consumer = consumer
+    def __init__(self, meter: Meter, on_first: Callable[[], None],
+                 on_poll: Callable[[], None]) -> None:
         self._meter = meter
         self._on_first = on_first
-        self._on_call = on_call
+        self._on_poll = on_poll
         self.waiting = 0.0  # seconds inside consume() once records flow (not the group join)
+        self.invalidating = 0.0  # seconds inside the invalidator's start and finish
+        self.completing = 0.0  # seconds completing the batch in flight
 
-    def consume(self, num_messages: int = 1, timeout: float = -1) -> list[Message]:
-        self._on_call()
-        started = time.perf_counter()
-        messages = self._consumer.consume(num_messages, timeout)
+    def polled(self, records: int, seconds: float) -> None:
         if self._meter.started is not None:  # the run's seconds start at the first record
-            self.waiting += time.perf_counter() - started
-        if messages and self._meter.started is None:
+            self.waiting += seconds
+        elif records:
             self._on_first()
             self._meter.start()
-        return messages
+        self._on_poll()
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._consumer, name)
+    def invalidated(self, seconds: float) -> None:
+        self.invalidating += seconds
+
+    def completed(self, seconds: float) -> None:
+        if self._meter.started is not None:
+            self.completing += seconds
+
+    def decoded(self) -> None:
+        pass
+
+    def between_shards(self) -> None:
+        pass
+
+    def acknowledged(self) -> None:
+        pass
+
+    def stored(self) -> None:
+        pass
 
 
 class Measured:
-    """Our worker, unmodified, observed through its public seams only — its `consumer`
-    and its metrics (SPEC §6) — so that the harness keeps working while the worker's
-    internals change. Every record ends up counted once in reconciler_events_total,
+    """Our worker, unmodified, observed through its hooks and its metrics (SPEC §6).
+    Every record ends up counted once in reconciler_events_total,
     reconciler_skipped_total or reconciler_dead_letters_total, after its offset is
     stored: when they add up to the topic's records, the worker has caught up."""
 
     def __init__(self, settings: Settings, spec: Spec) -> None:
         self.spec = spec
-        self.worker = Worker(settings, registry=CollectorRegistry(), serve_metrics=False)
-        self.registry = self.worker.metrics.registry
         self.meter = Meter()
-        self.consumer = TimedConsumer(self.worker.consumer, self.meter, self._start_profile,
-                                      self._check)
+        self.timings = Timings(self.meter, self._start_profile, self._check)
+        if LEGACY:
+            self.worker = Worker(settings, registry=CollectorRegistry(), serve_metrics=False)
+            _legacy_timing(self.worker, self.timings)
+        else:
+            self.worker = Worker(settings, registry=CollectorRegistry(), serve_metrics=False,
+                                 hooks=self.timings)
+        self.registry = self.worker.metrics.registry
         metrics = self.worker.metrics
         self._counters = (metrics.events, metrics.skipped, metrics.dead_letters)
-        self.worker.consumer = self.consumer  # type: ignore[assignment]
-        self.invalidating = 0.0  # seconds inside the Invalidator's calls (any thread)
-        self.completing = 0.0  # seconds completing the batch in flight (main thread)
-        self._wrap_invalidator()
-        self._wrap_complete()
         self._profiler: Any = None
 
     def run(self) -> int:
@@ -282,7 +301,7 @@ class Measured:
                        if sample.name.endswith("_total")))
 
     def _check(self) -> None:
-        """Stop once caught up. Called before every consume() — exact for a worker that
+        """Stop once caught up. Called after every consume() — exact for a worker that
         finishes a batch before it asks for the next — and by the watcher thread, for
         one that finishes it later."""
         if self.spec.ends and self.meter.finished is None and self.meter.started is not None:
@@ -308,39 +327,6 @@ class Measured:
                 progress_at = time.monotonic() + PROGRESS_EVERY
                 Path(self.spec.progress).write_text(f"{self.processed()}\n")
 
-    def _wrap_invalidator(self) -> None:
-        """Time the Valkey calls: `start` (send) and `finish` (read the answers), or, in
-        a worker from before 2026-12-07, `execute` (both, on a background thread)."""
-        invalidator = self.worker.invalidator
-        names = ("start", "finish") if hasattr(invalidator, "finish") else ("execute",)
-        for name in names:
-            setattr(invalidator, name, self._timed(getattr(invalidator, name)))
-
-    def _timed(self, call: Callable[[Any], Any]) -> Callable[[Any], Any]:
-        def timed(argument: Any) -> Any:  # no import of the worker's types
-            started = time.perf_counter()
-            try:
-                return call(argument)
-            finally:
-                self.invalidating += time.perf_counter() - started
-
-        return timed
-
-    def _wrap_complete(self) -> None:
-        """Time the main thread spends completing the batch in flight: waiting for its
-        Valkey answers, confirming dead letters, storing offsets, metrics."""
-        finish = self.worker._finish_in_flight
-
-        def timed_finish() -> None:
-            started = time.perf_counter()
-            try:
-                finish()
-            finally:
-                if self.meter.started is not None:
-                    self.completing += time.perf_counter() - started
-
-        self.worker._finish_in_flight = timed_finish  # type: ignore[method-assign]
-
     def _start_profile(self) -> None:  # in the main thread, with the first records
         if self.spec.profile:
             from pyinstrument import Profiler
@@ -357,6 +343,41 @@ class Measured:
         Path(self.spec.profile).write_text(f"{tree}\n\nThe same, flat (self time):\n{flat}")
 
 
+def _legacy_timing(worker: Any, timings: Timings) -> None:
+    """A worker from before the pipeline split has no hooks: wrap its consumer, its
+    invalidator's calls and its completion of the batch in flight instead (only ever
+    for `--worker-ref` comparisons with such a commit)."""
+
+    class TimedConsumer:
+        def __init__(self, real: Any) -> None:
+            self._real = real
+
+        def consume(self, num_messages: int = 1, timeout: float = -1) -> list[Message]:
+            started = time.perf_counter()
+            messages: list[Message] = self._real.consume(num_messages, timeout)
+            timings.polled(len(messages), time.perf_counter() - started)
+            return messages
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._real, name)
+
+    def timed(call: Callable[..., Any], note: Callable[[float], None]) -> Callable[..., Any]:
+        def wrapper(*args: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return call(*args)
+            finally:
+                note(time.perf_counter() - started)
+
+        return wrapper
+
+    worker.consumer = TimedConsumer(worker.consumer)
+    invalidator = worker.invalidator
+    for name in ("start", "finish") if hasattr(invalidator, "finish") else ("execute",):
+        setattr(invalidator, name, timed(getattr(invalidator, name), timings.invalidated))
+    worker._finish_in_flight = timed(worker._finish_in_flight, timings.completed)
+
+
 def worker(spec: Spec, settings: Settings) -> dict[str, Any]:
     measured = Measured(settings, spec)
     if not spec.ends:
@@ -368,12 +389,12 @@ def worker(spec: Spec, settings: Settings) -> dict[str, Any]:
     return {
         **figures,
         "wall_split": {  # where the measured seconds went
-            "waiting_in_consume": round(min(measured.consumer.waiting, figures["seconds"]), 3),
-            "rest_of_the_loop": round(max(0.0, figures["seconds"] - measured.consumer.waiting),
+            "waiting_in_consume": round(min(measured.timings.waiting, figures["seconds"]), 3),
+            "rest_of_the_loop": round(max(0.0, figures["seconds"] - measured.timings.waiting),
                                       3),
             # of the rest: completing batches (mostly waiting for the one in flight)
-            "inside_complete": round(measured.completing, 3),
-            "inside_invalidator_execute": round(measured.invalidating, 3)},
+            "inside_complete": round(measured.timings.completing, 3),
+            "inside_invalidator_execute": round(measured.timings.invalidating, 3)},
         "exit_code": code,
         "invalidations": _nested(_counter(registry, "reconciler_invalidations_total",
                                           "shard", "result")),

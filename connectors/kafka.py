@@ -121,20 +121,6 @@ def _consumer_only(name: str) -> bool:
                             "auto.commit", "enable.auto", "isolation.", "group."))
 
 
-def is_transient(error: KafkaError) -> bool:
-    """True for errors that a retry can fix (broker down, timeouts, rebalances)."""
-    if error.retriable():
-        return True
-    return error.code() in {
-        KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._TIMED_OUT,
-        KafkaError._MSG_TIMED_OUT, KafkaError.REQUEST_TIMED_OUT,
-        KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_NOT_AVAILABLE,
-        KafkaError.COORDINATOR_LOAD_IN_PROGRESS, KafkaError.REBALANCE_IN_PROGRESS,
-        KafkaError.LEADER_NOT_AVAILABLE, KafkaError.NOT_LEADER_FOR_PARTITION,
-        KafkaError.NETWORK_EXCEPTION, KafkaError._RESOLVE,
-    }
-
-
 def is_fatal(error: KafkaError) -> bool:
     """True for errors the client reports as fatal, or that no retry can fix."""
     return bool(error.fatal()) or error.code() in {

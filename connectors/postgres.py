@@ -77,10 +77,6 @@ class Table:
     triggers: tuple[Trigger, ...]
     can_select: bool  # the session user may SELECT from it
 
-    @property
-    def qualified(self) -> str:
-        return f"{self.schema}.{self.name}"
-
 
 @dataclass(frozen=True, slots=True)
 class Slot:

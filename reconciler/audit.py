@@ -73,10 +73,10 @@ from reconciler.findings import (
     Finding,
 )
 from reconciler.keyparse import key_pattern, parse_key
-from reconciler.metrics import Metrics
-from reconciler.ratelimit import TokenBucket
+from reconciler.observe.metrics import Metrics
+from reconciler.ops.ratelimit import TokenBucket
+from reconciler.pipeline.shards import ShardPool
 from reconciler.settings import Settings
-from reconciler.shards import ShardPool
 from reconciler.templates import KeyTemplate
 from shard_map import ShardMapError, load_shard_map
 

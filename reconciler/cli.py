@@ -95,7 +95,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from reconciler.worker import run_worker
+    from reconciler.pipeline.worker import run_worker
 
     return run_worker(_settings(args))
 
@@ -105,7 +105,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     from connectors.debezium.decode import Decoder
-    from reconciler.planner import DeadLetter, Planner, plan_record
+    from reconciler.pipeline.batch import DeadLetter, plan_record
+    from reconciler.pipeline.planner import Planner
     from shard_map import ShardMapError, load_shard_map
 
     settings = load_settings(args.config)
@@ -295,7 +296,7 @@ def add_operations_commands(commands: Any, config_arg: Any) -> None:
 def cmd_replay(args: argparse.Namespace) -> int:
     import signal
 
-    from reconciler.replay import Replay, parse_bound, resume_command
+    from reconciler.ops.replay import Replay, parse_bound, resume_command
 
     settings = _settings(args)
     try:

@@ -40,11 +40,11 @@ from connectors.kafka import admin_config
 from connectors.valkey.functions import APPLY_FUNCTION, LIBRARY_NAME, LUA_SOURCE
 from connectors.valkey.shard import Shard
 from reconciler.checklist import FAIL, OK, WARN, Check
-from reconciler.clients import kafka_security
 from reconciler.doctor_postgres import DEFAULT_MAX_RETAINED_WAL, postgres_checks
-from reconciler.metrics import Metrics
+from reconciler.observe.metrics import Metrics
+from reconciler.pipeline.clients import kafka_security
+from reconciler.pipeline.shards import ShardPool
 from reconciler.settings import Settings
-from reconciler.shards import ShardPool
 from shard_map import ShardMapError, load_shard_map
 
 log = logging.getLogger(__name__)

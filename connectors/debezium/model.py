@@ -24,7 +24,6 @@ HEARTBEAT = "heartbeat"  # __debezium-heartbeat.<prefix>: the connector is alive
 TRANSACTION = "transaction"  # <prefix>.transaction BEGIN/END markers
 MESSAGE = "message"  # op m: a logical decoding message (pg_logical_emit_message)
 
-CHANGE_OPS = frozenset("cudr")  # ops that carry a row
 OPS = frozenset("cudrtm")  # every op the PostgreSQL connector emits
 EMPTY = msgspec.Raw()  # an absent embedded schema (msgspec.Raw cannot be Optional)
 

@@ -32,8 +32,8 @@ from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 from prometheus_client import CollectorRegistry
 
+from reconciler.pipeline.worker import Worker
 from reconciler.settings import load_settings
-from reconciler.worker import Worker
 from tests.conftest import ROOT, Stack
 from tests.unit.connectors.debezium.recorded import MULTI_POST_INSERT, SCHEMAS_TRUE, record
 

@@ -192,17 +192,20 @@ def test_a_default_identity_delete_is_broadcast_and_never_routed_by_fake_default
     key = live.key(f"post:{post_id}")
     assert live.writer_b.set_if_newer(key, v1, {"title": "on b"}, 300)
     assert live.writer_a.set_if_newer(key, v1, {"title": "stray copy on a"}, 300)
-    before = live.worker.metric("reconciler_unresolved_keys_total", {"table": "public.posts"})
+    unresolved = {"table": "public.posts", "template": live.key("feed:{neighborhood_id}"),
+                  "cause": "key_only"}
+    before = live.worker.metric("reconciler_unresolved_keys_total", unresolved)
     live.db.delete_post(post_id)
     # The delete's `before` says neighborhood_id 0 (a default): outside every range,
     # it would be dead-lettered if it were used. Broadcast reaches both copies.
     wait_until(lambda: live.entry(live.a, key) == fence(MAX_VERSION)
                and live.entry(live.b, key) == fence(MAX_VERSION), 30, "delete fences on both")
     assert live.worker.metric("reconciler_dead_letters_total", {"reason": "unroutable"}) == 0
-    # feed:{neighborhood_id} cannot be built from a DEFAULT-identity delete.
+    # feed:{neighborhood_id} cannot be built from a DEFAULT-identity delete, nor from
+    # the tombstone that follows it (a key-only delete of its own): expected, key_only.
     wait_until(lambda: live.worker.metric("reconciler_unresolved_keys_total",
-                                          {"table": "public.posts"}) == before + 1, 10,
-               "the unresolved feed key to be counted")
+                                          unresolved) == before + 2, 10,
+               "the unresolved feed key to be counted for the delete and its tombstone")
 
 
 def test_a_truncate_clears_the_tables_keys_on_every_shard(live: Live) -> None:

@@ -13,8 +13,8 @@ import pytest
 from confluent_kafka import Producer
 
 from reconciler import cli
-from reconciler.invalidator import Flight, Invalidator
-from reconciler.planner import Action
+from reconciler.pipeline.invalidator import Flight, Invalidator
+from reconciler.pipeline.planner import Action
 from tests.conftest import ROOT, Stack
 from tests.e2e.support import (
     InProcessWorker,
@@ -88,8 +88,8 @@ def test_plan_prints_exactly_the_actions_the_worker_performs(
     assert planned, "the recording must cause actions"
 
     with InProcessWorker(config) as running:
-        recorder = Recorder(running.worker.invalidator)
-        running.worker.invalidator.start = recorder  # type: ignore[method-assign]
+        recorder = Recorder(running.worker.pipeline.invalidator)
+        running.worker.pipeline.invalidator.start = recorder  # type: ignore[method-assign]
         running.wait_caught_up(stack, topics)
         skips = {reason: running.metric("reconciler_skipped_total", {"reason": reason})
                  for reason in planned_skips}

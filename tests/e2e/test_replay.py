@@ -34,7 +34,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from prometheus_client import CollectorRegistry
 
 from connectors.valkey.writer import CacheWriter
-from reconciler.replay import Bound, Replay, ReplayReport, parse_bound
+from reconciler.ops.replay import Bound, Replay, ReplayReport, parse_bound
 from reconciler.settings import Settings, load_settings
 from tests.conftest import ROOT, Stack
 from tests.e2e.support import (
@@ -210,7 +210,7 @@ def test_a_replay_from_a_time_processes_exactly_that_range_and_its_dry_run_the_s
             planned[shard] += n
     # A derived key's deletes in one batch are coalesced into the last one, counted apart
     # (reconciler_coalesced_deletes_total): every planned action was sent or coalesced.
-    registry = real_replay.worker.metrics.registry
+    registry = real_replay.metrics.registry
     coalesced = Counter({shard: int(registry.get_sample_value(
         "reconciler_coalesced_deletes_total", {"shard": shard}) or 0) for shard in planned})
     assert performed + coalesced == planned

@@ -92,7 +92,7 @@ def test_records_deleted_before_the_group_read_them_are_counted_and_logged(
         commit(stack, group, topic, committed_at)  # read up to 2, then fell behind
     config = write_config(tmp_path, stack, group=group, topics=[topic], key_prefix=prefix)
     first = committed_at or 0
-    with caplog.at_level(logging.ERROR, logger="reconciler.gaps"), \
+    with caplog.at_level(logging.ERROR, logger="reconciler.observe.gaps"), \
             InProcessWorker(config) as live:
         live.wait_caught_up(stack, [topic])
         unseen = live.metric("reconciler_unseen_records_total",

@@ -86,7 +86,7 @@ def test_a_running_worker_takes_up_a_new_shard_map_and_keeps_it_when_the_next_is
     # Would send MOVED back to a, but two ranges overlap: the whole file is invalid.
     bad = shard_map(stack, 3, [(1, 500, "a"), (501, 1000, "b"), (900, 1200, "b")])
     feed = Feed(stack, topic)
-    caplog.set_level(logging.INFO, logger="reconciler.worker")
+    caplog.set_level(logging.INFO, logger="reconciler.pipeline.worker")
 
     with InProcessWorker(config) as running:
         def reloads(result: str) -> float:

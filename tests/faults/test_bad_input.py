@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Producer
 
-from reconciler.deadletter import HEADER_OFFSET, HEADER_REASON
+from reconciler.pipeline.deadletter import HEADER_OFFSET, HEADER_REASON
 from tests.conftest import Stack
 from tests.e2e.support import create_topic, end_offsets
 from tests.faults.conftest import REPEAT

@@ -1,6 +1,6 @@
 """Scenario 1: SIGKILL the worker at each point of a batch, restart, repeat.
 
-The fault seam (`reconciler.faults`) stops the worker at an exact point of its Nth
+The fault seam (`reconciler.pipeline.faults`) stops the worker at an exact point of its Nth
 batch — decoded (no Valkey call yet), between_shards (one shard answered, the other
 not asked), acknowledged (every call answered, offsets not stored), stored (offsets
 stored, not committed) — and the test SIGKILLs it there. Each cycle kills the worker
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.faults import POINTS
+from reconciler.pipeline.faults import POINTS
 from tests.conftest import Stack
 from tests.e2e.support import committed, start_group_at_end, wait_until
 from tests.faults.conftest import REPEAT

@@ -43,7 +43,7 @@ def first_assignment(worker: Worker) -> int:
     for a worker that started alone (its topics plus the heartbeat topics it adds)."""
     def found() -> int:
         for line in worker.log().splitlines():
-            if "reconciler.worker: assigned " in line:
+            if "reconciler.pipeline.worker: assigned " in line:
                 return line.split("assigned ", 1)[1].count("[")
         return 0
 
@@ -115,8 +115,8 @@ def test_stopped_worker_resumed_after_reassignment_never_rewinds_the_group(
 
 def rejoined(log: str) -> bool:
     """The log shows the partitions lost, then some assigned again."""
-    lost = log.find("reconciler.worker: lost ")
-    return lost >= 0 and "reconciler.worker: assigned " in log[lost:]
+    lost = log.find("reconciler.pipeline.worker: lost ")
+    return lost >= 0 and "reconciler.pipeline.worker: assigned " in log[lost:]
 
 
 def test_lost_group_offsets_restart_from_earliest_never_latest(

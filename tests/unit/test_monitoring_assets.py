@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from reconciler.metrics import Metrics
+from reconciler.observe.metrics import Metrics
 from tests import monitoring
 
 REQUIRED_ALERTS = {
@@ -168,7 +168,7 @@ def test_every_metric_named_in_the_dashboard_and_rules_exists() -> None:
     exprs += [a.expr for a in monitoring.alerts()]
     unknown = {monitoring.metric_name(s) for e in exprs for s in monitoring.selectors(e)}
     unknown -= exported | EXTERNAL | AUDIT
-    assert not unknown, f"not exported by reconciler.metrics: {sorted(unknown)}"
+    assert not unknown, f"not exported by reconciler.observe.metrics: {sorted(unknown)}"
 
 
 # --------------------------------------------------------------------------- PromQL helpers

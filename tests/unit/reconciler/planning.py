@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from reconciler.planner import Plan, Planner
+from reconciler.pipeline.planner import Plan, Planner
 from reconciler.settings import TableSpec
 from shard_map import ShardMap, load_shard_map, parse_shard_map
 from tests.unit.connectors.debezium.recorded import Recorded

@@ -13,7 +13,7 @@ import pytest
 
 from connectors.debezium import Decoder
 from reconciler.cli import main
-from reconciler.planner import DeadLetter, plan_record
+from reconciler.pipeline.batch import DeadLetter, plan_record
 from tests.unit.connectors.debezium import recorded as r
 from tests.unit.connectors.debezium.recorded import FILES, FIXTURES, Recorded, record, records
 from tests.unit.reconciler.planning import CONFIG, LOCAL_PLANNER, SHARD_MAP

@@ -7,8 +7,8 @@ import time
 
 from prometheus_client import CollectorRegistry
 
-from reconciler.freshness import Freshness
-from reconciler.metrics import Metrics
+from reconciler.observe.freshness import Freshness
+from reconciler.observe.metrics import Metrics
 
 POSTS, HEARTBEATS = "nd.public.posts", "__debezium-heartbeat.nd"
 

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from reconciler.health import HealthServer, Status
-from reconciler.metrics import Metrics
+from reconciler.observe.health import HealthServer, Status
+from reconciler.observe.metrics import Metrics
 
 
 def broken() -> dict[str, Any]:

@@ -16,9 +16,9 @@ from connectors.errors import ValkeyRejected, ValkeyUnavailable
 from connectors.valkey.protocols import PendingApply
 from connectors.valkey.testing import FakeShard
 from reconciler.errors import FatalError, RetryBudgetExceeded
-from reconciler.hooks import NoHooks
-from reconciler.invalidator import Invalidator, segments
-from reconciler.planner import DELETE, TRUNCATE, UNVERSIONED, VERSIONED, Action
+from reconciler.pipeline.hooks import NoHooks
+from reconciler.pipeline.invalidator import Invalidator, segments
+from reconciler.pipeline.planner import DELETE, TRUNCATE, UNVERSIONED, VERSIONED, Action
 
 
 def test_actions_are_grouped_per_shard_in_order_and_cut_at_truncates() -> None:
@@ -123,7 +123,6 @@ def test_two_shards_are_called_and_counted_separately() -> None:
                               truncate_max_keys_per_second=1e9)
     outcome = invalidator.execute([Action("a", "post:1", VERSIONED, 1),
                                    Action("b", "post:2", VERSIONED, 2)])
-    invalidator.close()
     assert outcome.results == {("a", "absent"): 1, ("b", "repaired"): 1}
 
 

@@ -44,12 +44,12 @@ def lines(capsys: pytest.CaptureFixture[str]) -> list[dict[str, Any]]:
 def test_json_records_have_the_standard_fields_and_extras(
         capsys: pytest.CaptureFixture[str]) -> None:
     configure_logging("INFO", json_format=True)
-    log = logging.getLogger("reconciler.worker")
+    log = logging.getLogger("reconciler.pipeline.worker")
     log.debug("not shown")
     log.warning("%s[%d]@%d: dead-lettered (%s)", "nd.public.posts", 2, 1841, "invalid_json",
                 extra={"reason": "invalid_json"})
     [record] = lines(capsys)
-    assert record["level"] == "WARNING" and record["logger"] == "reconciler.worker"
+    assert record["level"] == "WARNING" and record["logger"] == "reconciler.pipeline.worker"
     assert record["message"] == "nd.public.posts[2]@1841: dead-lettered (invalid_json)"
     assert record["reason"] == "invalid_json"
     assert record["ts"].endswith("Z") and len(record["ts"]) == len("2026-01-01T00:00:00.000Z")
@@ -87,9 +87,9 @@ def test_warnings_and_uncaught_thread_exceptions_are_json_too(
 
 def test_text_format_for_terminals(capsys: pytest.CaptureFixture[str]) -> None:
     configure_logging("DEBUG", json_format=False)
-    logging.getLogger("reconciler.lag").debug("hello %s", "there")
+    logging.getLogger("reconciler.observe.lag").debug("hello %s", "there")
     err = capsys.readouterr().err
-    assert err.rstrip().endswith("DEBUG   reconciler.lag: hello there")
+    assert err.rstrip().endswith("DEBUG   reconciler.observe.lag: hello there")
     assert len(logging.getLogger().handlers) == 1  # configure replaces, never stacks
 
 
@@ -109,7 +109,7 @@ def _mentions_offset(node: ast.AST) -> bool:
 
 def test_every_log_call_about_a_message_names_it_topic_partition_offset() -> None:
     checked = 0
-    for path in sorted(RECONCILER.glob("*.py")):
+    for path in sorted(RECONCILER.rglob("*.py")):
         for call in _log_calls(ast.parse(path.read_text())):
             if not any(_mentions_offset(arg) for arg in call.args[1:]):
                 continue

@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from connectors.debezium import Decoder
-from reconciler.planner import DeadLetter, Plan, plan_record
+from reconciler.pipeline.batch import DeadLetter, plan_record
+from reconciler.pipeline.planner import Plan
 from tests.unit.connectors.debezium import recorded as r
 from tests.unit.connectors.debezium.recorded import FILES, Recorded, record
 from tests.unit.reconciler.planning import LOCAL_PLANNER, canonical, plan, planner

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from connectors.debezium import Decoder
 from connectors.debezium.model import Event
 from reconciler.errors import PoisonRecordError
-from reconciler.planner import DELETE, MAX_VERSION, VERSIONED, Plan
+from reconciler.pipeline.planner import DELETE, MAX_VERSION, VERSIONED, Plan
 from shard_map import ShardResolutionError
 from tests.unit.connectors.debezium import recorded as r
 from tests.unit.connectors.debezium.recorded import FILES, record

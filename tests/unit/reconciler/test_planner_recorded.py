@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from reconciler.planner import DELETE, TRUNCATE, UNVERSIONED, VERSIONED
+from reconciler.pipeline.planner import DELETE, TRUNCATE, UNVERSIONED, VERSIONED
 from tests.unit.connectors.debezium import recorded as r
 from tests.unit.connectors.debezium.recorded import FILES, decode, record
 from tests.unit.reconciler.planning import LOCAL_PLANNER, actions, plan, planner

@@ -10,7 +10,7 @@ import pytest
 
 from connectors.debezium.values import UNAVAILABLE
 from reconciler.errors import PoisonRecordError, ReconcilerError
-from reconciler.planner import DELETE, TRUNCATE, UNVERSIONED, VERSIONED, Planner
+from reconciler.pipeline.planner import DELETE, TRUNCATE, UNVERSIONED, VERSIONED, Planner
 from tests.unit.connectors.debezium import recorded as r
 from tests.unit.connectors.debezium.recorded import FILES, Recorded, record
 from tests.unit.reconciler.planning import (

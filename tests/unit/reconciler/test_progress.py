@@ -8,7 +8,7 @@ import logging
 
 import pytest
 
-from reconciler.progress import Progress, duration
+from reconciler.ops.progress import Progress, duration
 
 
 class Clock:
@@ -25,12 +25,12 @@ class Terminal(io.StringIO):
 
 
 def lines(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "reconciler.progress"]
+    return [r.getMessage() for r in caplog.records if r.name == "reconciler.ops.progress"]
 
 
 def test_off_a_terminal_a_log_line_with_the_counts_every_interval(
         caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="reconciler.progress")
+    caplog.set_level(logging.INFO, logger="reconciler.ops.progress")
     clock, stream = Clock(), io.StringIO()
     progress = Progress(200, stream=stream, interval=10.0, label="replay", clock=clock)
     assert not progress.tty
@@ -53,7 +53,7 @@ def test_off_a_terminal_a_log_line_with_the_counts_every_interval(
 
 
 def test_finish_always_logs_the_final_count(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="reconciler.progress")
+    caplog.set_level(logging.INFO, logger="reconciler.ops.progress")
     clock = Clock()
     progress = Progress(40, stream=io.StringIO(), interval=10.0, label="replay", clock=clock)
     clock.now += 2
@@ -64,7 +64,7 @@ def test_finish_always_logs_the_final_count(caplog: pytest.LogCaptureFixture) ->
 
 def test_on_a_terminal_a_bar_is_drawn_and_nothing_logged(
         caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="reconciler.progress")
+    caplog.set_level(logging.INFO, logger="reconciler.ops.progress")
     clock, terminal = Clock(), Terminal()
     progress = Progress(200, stream=terminal, interval=10.0, label="replay", clock=clock)
     clock.now += 1

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reconciler.ratelimit import TokenBucket
+from reconciler.ops.ratelimit import TokenBucket
 
 EPSILON = 1e-6  # float slack on a count of units
 MIN_SLEEP = 1e-6  # a real sleep always lasts a little: the simulated one at least this

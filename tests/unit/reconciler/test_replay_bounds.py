@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 import pytest
 
 from reconciler.cli import main
-from reconciler.replay import EARLIEST, NOW, Bound, format_offsets, parse_bound
+from reconciler.ops.replay import EARLIEST, NOW, Bound, format_offsets, parse_bound
 from tests.unit.reconciler.planning import CONFIG
 
 NOON_UTC_MS = int(datetime(2025, 6, 1, 12, 0, tzinfo=UTC).timestamp() * 1000)

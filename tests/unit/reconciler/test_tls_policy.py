@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from reconciler.errors import ConfigError
+from reconciler.pipeline.worker import Worker
 from reconciler.settings import load_settings
-from reconciler.worker import Worker
 
 ROOT = Path(__file__).resolve().parents[3]
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from connectors.debezium import Decoder, InvalidEvent
-from reconciler.planner import DeadLetter, plan_record
+from reconciler.pipeline.batch import DeadLetter, plan_record
 from tests.unit.connectors.debezium.recorded import FILES, FIXTURES, SCHEMAS_FALSE, SCHEMAS_TRUE
 from tests.unit.reconciler.planning import LOCAL_PLANNER
 

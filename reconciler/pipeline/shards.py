@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from urllib.parse import urlsplit
 
 from connectors.valkey.shard import TLS_SCHEMES, Shard, redact
-from reconciler.metrics import Metrics
+from reconciler.observe.metrics import Metrics
 from reconciler.settings import Settings
 from shard_map import ShardMap
 

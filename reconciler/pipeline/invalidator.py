@@ -34,8 +34,8 @@ from typing import Any, Protocol, TypeVar
 from connectors.errors import ValkeyRejected, ValkeyUnavailable
 from connectors.valkey.protocols import PendingApply
 from reconciler.errors import FatalError, RetryBudgetExceeded, TransientError
-from reconciler.hooks import Hooks, NoHooks
-from reconciler.planner import DELETE, TRUNCATE, UNVERSIONED, VERSIONED, Action
+from reconciler.pipeline.hooks import Hooks, NoHooks
+from reconciler.pipeline.planner import DELETE, TRUNCATE, UNVERSIONED, VERSIONED, Action
 
 log = logging.getLogger(__name__)
 
@@ -168,9 +168,6 @@ class Invalidator:
         self._on_shard_state = on_shard_state
         self._on_retry = on_retry
         self._should_stop = should_stop
-
-    def close(self) -> None:
-        """Nothing to release: calls are made on the caller's thread."""
 
     def execute(self, actions: Iterable[Action]) -> Outcome:
         """Run `actions` and wait for every answer."""

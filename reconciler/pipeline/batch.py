@@ -1,8 +1,11 @@
 """One consumed batch: decoded and planned (CPU only), then its counts published.
 
-``prepare_batch`` turns a batch of Kafka messages into the actions to run, the dead
-letters to send, the offsets to store once all of it is acknowledged, and the counts
-and commit times the metrics and the freshness watermark need. ``BatchMetrics``
+``plan_record`` is one raw record's fate — its size checked, decoded, planned, or
+dead-lettered (with the key-only delete its key still allows): what the worker does
+per record, and what ``reconciler plan`` prints. ``prepare_batch`` turns a batch of
+Kafka messages into the actions to run, the dead letters to send, the offsets to store
+once all of it is acknowledged, and the counts and commit times the metrics and the
+freshness watermark need. ``BatchMetrics``
 publishes a finished batch's counts: one metric update per label set per batch,
 never one per record.
 """
@@ -14,25 +17,21 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
+from typing import Any
 
+import msgspec
 from confluent_kafka import KafkaError, Message
 
 from connectors.debezium import model
-from connectors.debezium.decode import Decoder
-from reconciler.metrics import Metrics
-from reconciler.planner import (
-    HEARTBEAT,
-    KEY_ONLY,
-    Action,
-    DeadLetter,
-    Plan,
-    Planner,
-    plan_record,
-)
+from connectors.debezium.decode import Decoder, InvalidEvent
+from reconciler.errors import PoisonRecordError
+from reconciler.observe.metrics import Metrics
+from reconciler.pipeline.planner import HEARTBEAT, KEY_ONLY, UNKNOWN_TABLE, Action, Plan, Planner
 
 log = logging.getLogger(__name__)
 
 TP = tuple[str, int]
+MAX_KEY_ONLY_BYTES = 64 * 1024  # a dead letter's key larger than this gets no key-only delete
 UNRESOLVED_LOG_EVERY = 60.0  # seconds between "unresolved" lines per table (the metric counts all)
 
 
@@ -77,6 +76,53 @@ class Prepared:
     heartbeat: int | None
     firsts: dict[TP, int]  # the batch's first offset per partition
     jumps: list[tuple[TP, int, int]]  # (partition, expected, found): offsets skipped inside
+
+
+class DeadLetter(msgspec.Struct, frozen=True, gc=False):
+    """A record that goes to the dead-letter topic, and why — with the key-only delete
+    its key still allows (`plan`), so that a dead letter never swallows an
+    invalidation."""
+
+    reason: str  # low-cardinality label
+    message: str  # the full explanation
+    plan: Plan | None = None  # the key-only delete, when the key decodes and names a table
+
+    def as_json(self, topic: str) -> dict[str, Any]:
+        out: dict[str, Any] = {"topic": topic, "dead_letter": self.message,
+                               "reason": self.reason}
+        if self.plan is not None:
+            out["table"] = self.plan.event.table
+            out["actions"] = [action.as_json() for action in self.plan.actions]
+            out["unresolved"] = list(self.plan.unresolved)
+        return out
+
+
+def plan_record(decoder: Decoder, planner: Planner, max_bytes: int, topic: str,
+                partition: int, offset: int, key: bytes | None,
+                value: bytes | None) -> Plan | DeadLetter:
+    """Size check, decode and plan one raw record: exactly what the worker does per
+    record, and what `reconciler plan` prints."""
+    size = (len(value) if value else 0) + (len(key) if key else 0)
+    table = None
+    if size > max_bytes:
+        dead = DeadLetter("oversized",
+                          f"record is {size} bytes, more than max_event_bytes ({max_bytes})")
+    else:
+        try:
+            event = decoder.decode(topic, partition, offset, key, value)
+            table = event.table
+            return planner.plan(event)
+        except (InvalidEvent, PoisonRecordError) as exc:
+            dead = DeadLetter(exc.reason, exc.message)
+    if key is None or len(key) > MAX_KEY_ONLY_BYTES or dead.reason == UNKNOWN_TABLE:
+        return dead
+    try:
+        known = decoder.key_event(topic, partition, offset, key)
+    except InvalidEvent:
+        return dead
+    if table is not None:  # the value named its table: that one, whatever the key says
+        known = msgspec.structs.replace(known, table=table)
+    return DeadLetter(dead.reason, dead.message, planner.key_only(known))
 
 
 def prepare_batch(messages: list[Message], decoder: Decoder, planner: Planner, *,

@@ -5,7 +5,7 @@
   when there are more replicas than partitions — a spare must not block a rollout)
   and every shard answered its last call or probe. The JSON body says which check
   failed.
-- ``/freshness``: the freshness watermarks (see ``reconciler.freshness``).
+- ``/freshness``: the freshness watermarks (see ``reconciler.observe.freshness``).
 """
 
 from __future__ import annotations

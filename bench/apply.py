@@ -1,6 +1,6 @@
 """Measure Shard.apply(): µs per key, split into Python work and the whole round trip.
 
-    .venv/bin/python -m tests.unit.connectors.valkey.bench_apply [URL]
+    .venv/bin/python -m bench.apply [URL]
 
 Not a test (no timing asserts anywhere): run it by hand when touching the hot path.
 Keys start half absent, a quarter fresh data, a quarter stale data; each round then

@@ -37,7 +37,6 @@ from typing import Any
 import msgspec
 
 from connectors.debezium import model
-from connectors.debezium.decode import Decoder, InvalidEvent
 from connectors.debezium.model import Event
 from connectors.debezium.values import LogicalType, format_value, hint_type
 from reconciler.errors import PoisonRecordError
@@ -65,7 +64,6 @@ MISSING = "missing"  # the event lacks a column the template needs (NULL, TOAST,
 KEY_ONLY = "key_only"  # only the key is known (DEFAULT-identity delete, tombstone): expected
 HEARTBEAT = "heartbeat"  # a heartbeat record, or a change to the heartbeat table
 MAX_VERSION = 2**63 - 1  # the delete fence; the cache functions refuse anything larger
-MAX_KEY_ONLY_BYTES = 64 * 1024  # a dead letter's key larger than this gets no key-only delete
 
 
 class Action(msgspec.Struct, frozen=True, gc=False):
@@ -394,50 +392,3 @@ def _unique(actions: list[Action]) -> tuple[Action, ...]:
 def _show(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
-
-
-class DeadLetter(msgspec.Struct, frozen=True, gc=False):
-    """A record that goes to the dead-letter topic, and why — with the key-only delete
-    its key still allows (`plan`), so that a dead letter never swallows an
-    invalidation."""
-
-    reason: str  # low-cardinality label
-    message: str  # the full explanation
-    plan: Plan | None = None  # the key-only delete, when the key decodes and names a table
-
-    def as_json(self, topic: str) -> dict[str, Any]:
-        out: dict[str, Any] = {"topic": topic, "dead_letter": self.message,
-                               "reason": self.reason}
-        if self.plan is not None:
-            out["table"] = self.plan.event.table
-            out["actions"] = [action.as_json() for action in self.plan.actions]
-            out["unresolved"] = list(self.plan.unresolved)
-        return out
-
-
-def plan_record(decoder: Decoder, planner: Planner, max_bytes: int, topic: str,
-                partition: int, offset: int, key: bytes | None,
-                value: bytes | None) -> Plan | DeadLetter:
-    """Size check, decode and plan one raw record: exactly what the worker does per
-    record, and what `reconciler plan` prints."""
-    size = (len(value) if value else 0) + (len(key) if key else 0)
-    table = None
-    if size > max_bytes:
-        dead = DeadLetter("oversized",
-                          f"record is {size} bytes, more than max_event_bytes ({max_bytes})")
-    else:
-        try:
-            event = decoder.decode(topic, partition, offset, key, value)
-            table = event.table
-            return planner.plan(event)
-        except (InvalidEvent, PoisonRecordError) as exc:
-            dead = DeadLetter(exc.reason, exc.message)
-    if key is None or len(key) > MAX_KEY_ONLY_BYTES or dead.reason == UNKNOWN_TABLE:
-        return dead
-    try:
-        known = decoder.key_event(topic, partition, offset, key)
-    except InvalidEvent:
-        return dead
-    if table is not None:  # the value named its table: that one, whatever the key says
-        known = msgspec.structs.replace(known, table=table)
-    return DeadLetter(dead.reason, dead.message, planner.key_only(known))

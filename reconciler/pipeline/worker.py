@@ -1,13 +1,11 @@
-"""The long-running worker: consume, decode, plan, invalidate, then store offsets.
+"""The group member: it joins the consumer group and drives a pipeline.
 
-Batch by batch: ``consume()`` up to ``kafka.batch_size`` records; decode and plan them
-(``reconciler.batch``); send every action, one pipelined call per shard; produce and
-confirm the dead letters; only then store the batch's offsets — a batch completes
-whole, so stored offsets are contiguous by construction. All on one thread: while a
-batch's calls run on the shards the next batch is consumed, decoded and planned, then
-the first one's answers are read and it completes before the next one is sent.
-Auto-commit ships stored offsets every second; a revocation completes the batch in
-flight and commits synchronously (rebalance callbacks run inside ``consume()``); a
+The worker owns what is about membership and the process: the subscription and the
+rebalance callbacks (a revocation completes the batch in flight and commits
+synchronously; callbacks run inside ``consume()``, between batches), the shard map's
+reload, signals and the shutdown watchdog, health and the housekeeping thread (lag,
+shard probes). A batch's life — and the offset rule — is the pipeline's
+(`reconciler.pipeline.pipeline`). Auto-commit ships stored offsets every second; a
 shutdown finishes the batch in flight, commits and leaves the group.
 
 Signals: SIGTERM/SIGINT stop gracefully, within ``shutdown_timeout_seconds`` (past it
@@ -25,41 +23,31 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 from prometheus_client import CollectorRegistry
 
-from connectors.debezium.decode import Decoder
-from connectors.kafka import (
-    admin_config,
-    consumer_config,
-    is_fatal,
-    producer_config,
+from connectors.kafka import admin_config, consumer_config
+from reconciler.errors import ConfigError, FatalError, RetryBudgetExceeded, TransientError
+from reconciler.observe.gaps import RetentionGaps
+from reconciler.observe.health import HealthServer, Status
+from reconciler.observe.lag import REQUEST_TIMEOUT as LAG_REQUEST_TIMEOUT
+from reconciler.observe.lag import LagMonitor
+from reconciler.observe.metrics import Metrics
+from reconciler.pipeline import faults
+from reconciler.pipeline.clients import ensure_topic, kafka_security, subscription_topics
+from reconciler.pipeline.compose import (
+    RDKAFKA_LOG,
+    build_parts,
+    consumer_error,
+    kafka_error_callback,
 )
-from reconciler import faults
-from reconciler.batch import BatchMetrics, BatchResult, Prepared, prepare_batch
-from reconciler.clients import ensure_topic, kafka_security, subscription_topics
-from reconciler.deadletter import DeadLetters
-from reconciler.errors import (
-    ConfigError,
-    FatalError,
-    RetryBudgetExceeded,
-    TransientError,
-)
-from reconciler.freshness import Freshness
-from reconciler.gaps import RetentionGaps
-from reconciler.health import HealthServer, Status
-from reconciler.hooks import Hooks
-from reconciler.invalidator import Flight, Invalidator, Outcome
-from reconciler.lag import REQUEST_TIMEOUT as LAG_REQUEST_TIMEOUT
-from reconciler.lag import LagMonitor
-from reconciler.metrics import Metrics
-from reconciler.planner import KEY_ONLY, MISSING, Planner
+from reconciler.pipeline.hooks import Hooks
+from reconciler.pipeline.pipeline import Pipeline
 from reconciler.settings import Settings
-from reconciler.shards import ShardPool
 from reconciler.templates import overlapping_patterns
 from shard_map import ShardMapError, ShardMapWatcher
 
@@ -67,25 +55,19 @@ log = logging.getLogger(__name__)
 
 TP = tuple[str, int]
 LIVENESS_SLACK = 60.0  # seconds the loop may stall beyond the retry budget before /healthz fails
-DEAD_LETTER_LOGS_PER_BATCH = 10  # dead letters logged one by one per batch; the rest summed
 EXIT_OK = 0  # clean shutdown
 EXIT_FAILED = 2  # a dependency stayed unavailable, or refused us: see the last log line
 METADATA_TIMEOUT_SECONDS = 10.0  # start-up: how long the cluster may take to answer
 
 
 class Worker:
-    """The reconciler's consume loop and everything it runs beside it."""
+    """A member of the consumer group, driving one pipeline."""
 
     def __init__(self, settings: Settings, *, registry: CollectorRegistry | None = None,
-                 group_id: str | None = None, serve_metrics: bool = True,
-                 dry_run: bool = False, count_actions: bool = False,
-                 hooks: Hooks | None = None) -> None:
+                 serve_metrics: bool = True, hooks: Hooks | None = None) -> None:
         self.settings = settings
         self.metrics = Metrics.create(registry or CollectorRegistry())
-        self.hooks = hooks or faults.hooks()
-        self.group_id = group_id or settings.kafka.group_id
-        self.dry_run = dry_run
-        self.count_actions = dry_run or count_actions  # per table/shard/kind, for replay
+        self.group_id = settings.kafka.group_id
         try:
             self._watcher = ShardMapWatcher(settings.shard_map)
         except ShardMapError as exc:
@@ -93,60 +75,39 @@ class Worker:
         shard_map = self._watcher.current
         self._next_reload = time.monotonic() + settings.shard_map_reload_seconds
         self.metrics.shard_map_version.set(shard_map.version)
-        self.planner = Planner.for_settings(
-            settings, shard_map, tombstones=not faults.broken("ignore_tombstones"))
-        for name, rules in self.planner.tables.items():  # series at zero, for the alerts
-            for template in rules.templates:
-                self.metrics.unresolved.labels(name, template.source, MISSING)
-                if template not in rules.key_templates:
-                    self.metrics.unresolved.labels(name, template.source, KEY_ONLY)
-        self.decoder = Decoder(heartbeat_prefix=settings.kafka.heartbeat_topic_prefix,
-                               columns=self.planner.columns)
-        self.shards = ShardPool(settings, self.metrics)
-        problems = self.shards.problems(shard_map)
-        if problems:
-            raise ConfigError(f"shard_map {settings.shard_map}: " + "; ".join(problems))
-        self.shards.update(shard_map)
-        self.freshness = Freshness()
         self._stopping = threading.Event()
         self._pause_wanted = False
         self._paused = False
         self._joined = False
-        self._positions: dict[TP, int | None] = {}
+        self._positions: dict[TP, int | None] = {}  # next offset to read, per partition
         self._tick = time.monotonic()
-        self._batch_metrics = BatchMetrics(self.metrics)
-        self._rdkafka_log = logging.getLogger("kafka")
-        security = kafka_security(settings)
+        hooks = hooks or faults.hooks()
+        parts = build_parts(settings, shard_map, self.metrics, group_id=self.group_id,
+                            hooks=hooks, stopping=self._stopping.is_set)
+        self.shards = parts.shards
+        self.consumer = parts.consumer
+        self._parts = parts
+        self._gaps = RetentionGaps(self._low_watermark, self.metrics.unseen)
+        self.pipeline = Pipeline(
+            parts.consumer, parts.decoder, parts.planner, parts.invalidator,
+            parts.dead_letters, self.metrics, max_event_bytes=settings.max_event_bytes,
+            heartbeat_table=settings.freshness.heartbeat_table, gaps=self._gaps,
+            hooks=hooks, consumer_error=consumer_error,
+            on_stored=self._stored)
+        self.freshness = self.pipeline.freshness
         kafka = settings.kafka
-        self._security = security
-        refused = {"error_cb": self._on_kafka_error}
-        self.consumer = Consumer(consumer_config(
-            kafka.bootstrap_servers, self.group_id, security, kafka.client,
-            logger=self._rdkafka_log) | refused)
-        self._producer = Producer(producer_config(
-            kafka.bootstrap_servers, security, kafka.client, logger=self._rdkafka_log) | {
-            "message.timeout.ms": int(kafka.retry_budget_seconds * 1000)} | refused)
-        self.dead_letters = DeadLetters(self._producer, kafka.dead_letter_topic, self.group_id,
-                                        retry_budget_seconds=kafka.retry_budget_seconds)
+        security = kafka_security(settings)
         self._admin = AdminClient(admin_config(  # type: ignore[arg-type]
-            kafka.bootstrap_servers, security, kafka.client, logger=self._rdkafka_log)
-            | refused)
+            kafka.bootstrap_servers, security, kafka.client, logger=RDKAFKA_LOG)
+            | {"error_cb": kafka_error_callback(self._stopping.is_set)})
         # The lag monitor asks with a consumer of its own that never subscribes, not the
-        # admin client: see reconciler.lag about librdkafka's admin API and broker restarts.
+        # admin client: see reconciler.observe.lag about librdkafka's admin API.
         self._lag_client = Consumer(consumer_config(
             kafka.bootstrap_servers, self.group_id, security, kafka.client,
-            logger=self._rdkafka_log) | {"enable.auto.commit": False,
-                                         "client.id": f"cache-reconciler-{self.group_id}-lag"})
+            logger=RDKAFKA_LOG) | {"enable.auto.commit": False,
+                                   "client.id": f"cache-reconciler-{self.group_id}-lag"})
         self.lag = LagMonitor(self._lag_client, self.group_id, self.metrics, self.freshness,
                               lambda: dict(self._positions))
-        self.invalidator = Invalidator(
-            self.shards.clients, retry_budget_seconds=settings.valkey.retry_budget_seconds,
-            truncate_max_keys_per_second=settings.valkey.truncate_max_keys_per_second,
-            on_shard_state=self.shards.mark,
-            on_retry=self.metrics.retries.labels("valkey").inc,
-            should_stop=self._stopping.is_set, hooks=self.hooks,
-            fences=not faults.broken("no_fences"))
-        self.gaps = RetentionGaps(self._low_watermark, self.metrics.unseen)
         self._http: HealthServer | None = None
         if serve_metrics:
             self._http = HealthServer(
@@ -154,9 +115,6 @@ class Worker:
                 live=self._live, ready=self._ready, freshness=self.freshness.as_json)
         self._housekeeper = threading.Thread(target=self._housekeeping, name="housekeeping",
                                              daemon=True)
-        # The batch whose Valkey calls are out while the next one is planned (its
-        # Flight is None when it sent nothing).
-        self._in_flight: tuple[Prepared, Flight | None] | None = None
         self._watchdog: threading.Timer | None = None  # bounds a signalled shutdown
 
     # ------------------------------------------------------------------ lifecycle
@@ -212,14 +170,15 @@ class Worker:
             log.warning("RECONCILER_FAULT_BROKEN=%s: this worker is DELIBERATELY BROKEN for the "
                         "fault suite's negative controls; never run it anywhere else",
                         faults.BROKEN)
-        for overlap in overlapping_patterns({name: rules.templates
-                                             for name, rules in self.planner.tables.items()}):
+        for overlap in overlapping_patterns(
+                {name: rules.templates for name, rules in self.pipeline.planner.tables.items()}):
             log.warning("key templates overlap: %s", overlap)
         if self._http is not None:
             self._http.start()
             log.info("metrics, /healthz, /readyz and /freshness on %s:%d",
                      self.settings.metrics.host, self._http.port)
-        self._ensure_dead_letter_topic()
+        ensure_topic(self._admin, self.settings.kafka.dead_letter_topic, self._topics(),
+                     purpose="dead-letter")
         self.shards.probe()
         self._housekeeper.start()
         self.consumer.subscribe(self.subscription(), on_assign=self._on_assign,
@@ -238,64 +197,24 @@ class Worker:
         return code
 
     def loop(self, until: Callable[[], bool]) -> None:
-        """Consume until `until()`. A batch is in flight while the next is consumed,
-        decoded and planned: its Valkey calls are sent, and it completes (answers read,
-        dead letters confirmed, offsets stored) before the next one's calls are sent —
-        so each shard sees every key's operations in order, and no offset is stored
-        before its work is acknowledged. When nothing is waiting to be consumed the
-        batch in flight completes before the worker blocks for more."""
+        """Drive the pipeline until `until()`, between batches reloading the shard map
+        and pausing or resuming as asked."""
         batch_size = self.settings.kafka.batch_size
         timeout = self.settings.kafka.poll_timeout_seconds
+        pipeline = self.pipeline
         while not until():
             self._tick = time.monotonic()
             if self._tick >= self._next_reload:
-                self._finish_in_flight()  # never swap shard clients under a call
+                pipeline.drain()  # never swap shard clients under a call
                 self._reload_shard_map()
             if self._pause_wanted != self._paused:
                 self._set_paused(self._pause_wanted)
-            messages = self._next_batch(batch_size, timeout)
-            if not messages:
-                continue
-            prepared = self.prepare(messages)
-            self.gaps.check(prepared.firsts, prepared.jumps, prepared.positions)
-            self._finish_in_flight()
-            if faults.broken("early_offsets"):  # stored and committed before any call
-                self._store(prepared.positions)
-                self._commit()
-            self.hooks.decoded()
-            self._in_flight = (prepared, self._start(prepared))
+            messages = pipeline.poll(batch_size, timeout)
+            if messages:
+                pipeline.push(messages)
         # Stopping: the batch in flight completes. (On an error it is abandoned with its
         # offsets unstored, and processed again after a restart.)
-        self._finish_in_flight()
-
-    def _start(self, prepared: Prepared) -> Flight | None:
-        """Send the batch's Valkey calls (None: nothing to send)."""
-        if not prepared.actions or self.dry_run:
-            return None
-        return self.invalidator.start(prepared.actions)
-
-    def _finish(self, flight: Flight | None) -> Outcome | None:
-        """Read a started batch's answers (None: it sent nothing)."""
-        return None if flight is None else self.invalidator.finish(flight)
-
-    def _finish_in_flight(self) -> None:
-        if self._in_flight is not None:
-            prepared, flight = self._in_flight
-            self._in_flight = None
-            self.complete(prepared, self._finish(flight))
-
-    def _next_batch(self, batch_size: int, timeout: float) -> list[Message]:
-        """Whatever is ready now, up to batch_size; else wait up to `timeout` for one
-        record and take whatever arrived with it. consume(n, timeout) alone waits the
-        whole timeout for a full batch: half a second of delay on a quiet topic."""
-        messages = self.consumer.consume(batch_size, 0)
-        if messages:
-            return messages
-        self._finish_in_flight()  # nothing waiting: complete the batch in flight, then block
-        messages = self.consumer.consume(1, timeout)
-        if messages and batch_size > 1:
-            messages += self.consumer.consume(batch_size - 1, 0)
-        return messages
+        pipeline.drain()
 
     def close(self, *, commit: bool) -> None:
         self._stopping.set()  # also: a refusal seen while closing no longer raises
@@ -305,19 +224,13 @@ class Worker:
             self._commit()
         with contextlib.suppress(Exception):
             self.consumer.close()  # leaves the group: its partitions move at once
-        self._producer.flush(5)
-        if self._in_flight is not None:  # a failed batch: its answers are never read
-            flight = self._in_flight[1]
-            self._in_flight = None
-            if flight is not None:
-                self.invalidator.abandon(flight)
+        self.pipeline.abandon()  # a failed batch: its answers are never read
         if self._housekeeper.is_alive():
             self._housekeeper.join(2 * LAG_REQUEST_TIMEOUT)
         if not self._housekeeper.is_alive():  # never close it under the thread using it
             with contextlib.suppress(Exception):
                 self._lag_client.close()
-        self.invalidator.close()
-        self.shards.close()
+        self._parts.close()
         if self._http is not None:
             self._http.stop()
         if self._watchdog is not None:
@@ -330,84 +243,7 @@ class Worker:
     def subscription(self) -> list[str]:
         return subscription_topics(self.settings, self._topics())
 
-    # ------------------------------------------------------------------ one batch
-
-    def process(self, messages: list[Message]) -> BatchResult:
-        """One batch, start to finish (what replay and the tests call)."""
-        prepared = self.prepare(messages)
-        self.hooks.decoded()
-        return self.complete(prepared, self._finish(self._start(prepared)))
-
-    def prepare(self, messages: list[Message]) -> Prepared:
-        """Decode and plan a batch: CPU only, nothing sent anywhere."""
-        return prepare_batch(
-            messages, self.decoder, self.planner, max_bytes=self.settings.max_event_bytes,
-            dead_letter_topic=self.dead_letters.topic,
-            heartbeat_table=self.settings.freshness.heartbeat_table,
-            count_actions=self.count_actions, consumer_error=self._consumer_error)
-
-    def complete(self, prepared: Prepared, outcome: Outcome | None) -> BatchResult:
-        """With the batch's invalidations acknowledged (`outcome`, None when nothing was
-        sent), confirm its dead letters, then publish its counts and store its offsets."""
-        result = prepared.result
-        if outcome is not None:
-            result.invalidations = outcome.results
-            result.coalesced = outcome.coalesced
-            for shard, removed in outcome.truncated.items():
-                self.metrics.truncated_keys.labels(shard).inc(removed)
-            for shard, saved in outcome.coalesced.items():
-                self.metrics.coalesced.labels(shard).inc(saved)
-        if prepared.dead:
-            self._dead_letter(prepared.dead, result)
-        acknowledged = time.time()
-        self.hooks.acknowledged()
-        # Counted before the offsets are stored: once an offset is committed, the work
-        # before it shows in the metrics.
-        self._batch_metrics.publish(result, prepared.commits, acknowledged,
-                                    observe_delay=not self.dry_run)
-        if not self.dry_run:
-            self._store(prepared.positions)
-            self.hooks.stored()
-        for tp, (commit_ms, source_table) in prepared.latest.items():
-            self.freshness.reconciled(tp, commit_ms, source_table)
-        if prepared.heartbeat is not None:
-            self.freshness.heartbeat(prepared.heartbeat)
-        self.metrics.batch.observe(time.perf_counter() - prepared.started)
-        return result
-
-    def _dead_letter(self, dead: list[tuple[Message, str, str]], result: BatchResult) -> None:
-        for index, (message, reason, error) in enumerate(dead):
-            if index < DEAD_LETTER_LOGS_PER_BATCH:
-                log.warning("%s[%d]@%d: dead-lettered (%s): %s", message.topic(),
-                            message.partition(), message.offset(), reason, error)
-            result.dead_letters[reason] += 1
-            if not self.dry_run:
-                self.dead_letters.send(message, reason, error)
-        if len(dead) > DEAD_LETTER_LOGS_PER_BATCH:
-            log.warning("%d more records dead-lettered in this batch",
-                        len(dead) - DEAD_LETTER_LOGS_PER_BATCH)
-        if not self.dry_run:
-            self.dead_letters.confirm()
-
-    def _store(self, positions: dict[TP, int]) -> None:
-        if not positions:
-            return
-        offsets = [TopicPartition(topic, partition, offset)
-                   for (topic, partition), offset in positions.items()]
-        try:
-            self.consumer.store_offsets(offsets=offsets)
-            stored = offsets
-        except KafkaException:
-            # A partition was revoked while the batch ran: store the others; the new
-            # owner re-processes the rest from the committed offset (idempotent).
-            stored = []
-            for tp in offsets:
-                try:
-                    self.consumer.store_offsets(offsets=[tp])
-                    stored.append(tp)
-                except KafkaException as exc:
-                    log.info("%s[%d]@%d: offset not stored (partition no longer assigned: "
-                             "%s)", tp.topic, tp.partition, tp.offset, exc)
+    def _stored(self, stored: Sequence[TopicPartition]) -> None:
         for tp in stored:
             key = (tp.topic, tp.partition)
             if key in self._positions:
@@ -419,7 +255,7 @@ class Worker:
         consumer.incremental_assign(partitions)
         if self._paused:
             consumer.pause(partitions)
-        self.gaps.assigned(self._starts(consumer, partitions))
+        self._gaps.assigned(self._starts(consumer, partitions))
         for tp in partitions:
             self._positions[tp.topic, tp.partition] = None
         self.freshness.assigned((tp.topic, tp.partition) for tp in partitions)
@@ -431,7 +267,7 @@ class Worker:
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Callbacks run inside consume(), between batches: complete the batch in flight,
         # so its offsets are stored, and commit before the partitions move.
-        self._finish_in_flight()
+        self.pipeline.drain()
         self._commit()
         self._forget(partitions)
         if partitions:
@@ -476,7 +312,7 @@ class Worker:
         return low if low is not None and low >= 0 else None
 
     def _forget(self, partitions: list[TopicPartition]) -> None:
-        self.gaps.revoked((tp.topic, tp.partition) for tp in partitions)
+        self._gaps.revoked((tp.topic, tp.partition) for tp in partitions)
         for tp in partitions:
             self._positions.pop((tp.topic, tp.partition), None)
         self.freshness.revoked((tp.topic, tp.partition) for tp in partitions)
@@ -521,7 +357,7 @@ class Worker:
             log.error("shard map %s version %d rejected, keeping the one in use: %s",
                       self.settings.shard_map, reloaded.shard_map.version, "; ".join(problems))
             return
-        self.planner = self.planner.with_shard_map(reloaded.shard_map)
+        self.pipeline.planner = self.pipeline.planner.with_shard_map(reloaded.shard_map)
         self.shards.update(reloaded.shard_map)
         self.metrics.shard_map_reloads.labels("ok").inc()
         self.metrics.shard_map_reload_failed.set(0)
@@ -538,30 +374,9 @@ class Worker:
             log.warning("resumed (SIGUSR2)")
         self._paused = paused
 
-    def _consumer_error(self, error: KafkaError) -> None:
-        if is_fatal(error):
-            raise FatalError(f"kafka: {error.str()} (check the credentials, ACLs and "
-                             "kafka.security settings)")
-        if error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
-            log.warning("kafka: %s (is the topic created? `reconciler doctor` checks)",
-                        error.str())
-            return
-        log.warning("kafka: %s", error.str())
-
-    def _on_kafka_error(self, error: KafkaError) -> None:
-        """librdkafka's error_cb, served on this thread inside consume(), flush() and
-        poll(). librdkafka retries a failed authentication or TLS handshake forever,
-        telling only this callback; such an error (see `is_fatal`) stops the worker: the
-        FatalError raised here comes out of that consume(), flush() or poll(). Others
-        librdkafka retries, and logs through the `kafka` logger itself."""
-        if is_fatal(error) and not self._stopping.is_set():
-            raise FatalError(f"kafka refused the connection: {error.str()} (check "
-                             "kafka.security: the credentials, the CA, the ACLs)")
-        log.debug("kafka: %s", error.str())
-
     def _topics(self) -> dict[str, Any]:
         """The topics the cluster shows us. A refused authentication or TLS handshake
-        stops start-up at once (FatalError from `_on_kafka_error`) rather than ending
+        stops start-up at once (FatalError from the error callback) rather than ending
         as a metadata timeout that does not say why."""
         deadline = time.monotonic() + METADATA_TIMEOUT_SECONDS
         while True:
@@ -571,10 +386,6 @@ class Worker:
                 self._admin.poll(0)  # serves error_cb: raises FatalError if refused
                 if time.monotonic() >= deadline:
                     raise
-
-    def _ensure_dead_letter_topic(self) -> None:
-        ensure_topic(self._admin, self.settings.kafka.dead_letter_topic, self._topics(),
-                     purpose="dead-letter")
 
     # ------------------------------------------------------------------ health
 

@@ -23,8 +23,8 @@ from collections.abc import Callable, Mapping
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-from reconciler.freshness import Freshness
-from reconciler.metrics import Metrics
+from reconciler.observe.freshness import Freshness
+from reconciler.observe.metrics import Metrics
 
 log = logging.getLogger(__name__)
 

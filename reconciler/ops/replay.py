@@ -7,8 +7,9 @@ start, a time, or pairs), so a replay terminates even while new events keep
 arriving. Partitions are assigned explicitly (no subscription, no rebalance), each is
 paused once it reaches its end, and records past an end are never processed.
 
-Every record goes through the worker's own ``Worker.process`` — the same decode,
-plan and invalidate path, the same dead-lettering — under a consumer group of its
+Every record goes through a pipeline built as the worker's is
+(`reconciler.pipeline.compose`) — the same decode, plan and invalidate path, the same
+dead-lettering — over a consumer group of its
 own (``<group_id>.replay.<UTC time>``), so the live group's offsets never move and
 the replay is safe beside the live worker (every cache operation is idempotent).
 
@@ -20,6 +21,7 @@ partition got to, so the exact command to resume can be printed.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import secrets
@@ -31,15 +33,19 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-from confluent_kafka import Message, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 from prometheus_client import CollectorRegistry
 
-from reconciler.batch import BatchResult
 from reconciler.errors import ConfigError, FatalError, RetryBudgetExceeded, TransientError
-from reconciler.progress import Progress
-from reconciler.ratelimit import TokenBucket
+from reconciler.observe.metrics import Metrics
+from reconciler.ops.progress import Progress
+from reconciler.ops.ratelimit import TokenBucket
+from reconciler.pipeline.batch import BatchResult
+from reconciler.pipeline.compose import build_parts, consumer_error
+from reconciler.pipeline.hooks import NoHooks
+from reconciler.pipeline.pipeline import Pipeline
 from reconciler.settings import Settings
-from reconciler.worker import Worker
+from shard_map import ShardMapError, load_shard_map
 
 log = logging.getLogger(__name__)
 
@@ -198,14 +204,24 @@ class Replay:
         self._stop = threading.Event()
         self.planned = threading.Event()  # set once the range is fixed (for callers, tests)
         self.report = ReplayReport(self.group, dry_run)
-        self.worker = Worker(settings, registry=registry or CollectorRegistry(),
-                             group_id=self.group, serve_metrics=False, dry_run=dry_run,
-                             count_actions=True)
+        self.metrics = Metrics.create(registry or CollectorRegistry())
+        try:
+            shard_map = load_shard_map(settings.shard_map)
+        except ShardMapError as exc:
+            raise ConfigError(f"shard_map: {exc}") from exc
+        self._parts = build_parts(settings, shard_map, self.metrics, group_id=self.group,
+                                  hooks=NoHooks(), stopping=self._stop.is_set)
+        self.consumer = self._parts.consumer
+        self.pipeline = Pipeline(
+            self.consumer, self._parts.decoder, self._parts.planner, self._parts.invalidator,
+            self._parts.dead_letters, self.metrics, max_event_bytes=settings.max_event_bytes,
+            heartbeat_table=settings.freshness.heartbeat_table, dry_run=dry_run,
+            count_actions=True, consumer_error=consumer_error)
 
     def stop(self) -> None:
         """Finish the batch in flight, then stop (signal-safe)."""
         self._stop.set()
-        self.worker.stop()  # interrupts a retry loop waiting for an unavailable shard
+        # (the same event interrupts a retry loop waiting for an unavailable shard)
 
     # ------------------------------------------------------------------ the range
 
@@ -235,7 +251,7 @@ class Replay:
 
     def plan(self) -> dict[TP, tuple[int, int]]:
         """Start and end offset of every partition to replay (end exclusive)."""
-        consumer = self.worker.consumer
+        consumer = self.consumer
         existing = consumer.list_topics(timeout=REQUEST_TIMEOUT).topics
         topics = self.topics(existing)
         for bound in (self.start, self.end):
@@ -276,7 +292,7 @@ class Replay:
             return {tp: bound.offsets.get(tp, marks[tp][1] if default_high else marks[tp][0])
                     for tp in partitions}
         assert bound.time_ms is not None
-        found = self.worker.consumer.offsets_for_times(
+        found = self.consumer.offsets_for_times(
             [TopicPartition(t, p, bound.time_ms) for t, p in partitions],
             timeout=REQUEST_TIMEOUT)
         # -1: no record at or after that time: the partition's end.
@@ -290,7 +306,7 @@ class Replay:
         try:
             ranges = self.plan()
         except BaseException:
-            self.worker.close(commit=False)
+            self._close(commit=False)
             raise
         report.starts = {tp: start for tp, (start, _) in ranges.items()}
         report.ends = {tp: end for tp, (_, end) in ranges.items()}
@@ -310,12 +326,12 @@ class Replay:
             log.warning("stopped while retrying: %s", exc)
             report.interrupted = True
         finally:
-            self.worker.close(commit=report.error is None)  # never commit while failing
+            self._close(commit=report.error is None)  # never commit while failing
         report.interrupted = report.interrupted or bool(report.remaining())
         return report
 
     def _consume(self, report: ReplayReport) -> None:
-        consumer = self.worker.consumer
+        consumer = self.consumer
         ends, reached = report.ends, report.reached
         active = {tp for tp in ends if reached[tp] < ends[tp]}
         if not active:
@@ -354,7 +370,7 @@ class Replay:
                     if bucket is not None and records and not bucket.acquire(records,
                                                                               self._stop):
                         break  # stopped while waiting: this batch was not processed
-                    report.add(self.worker.process(batch))
+                    report.add(self.pipeline.process(batch))
                     report.records += records
                     for tp, offset in offsets.items():
                         reached[tp] = max(reached[tp], offset)
@@ -368,10 +384,25 @@ class Replay:
             report.elapsed = time.monotonic() - began
             progress.finish(sum(reached[tp] - report.starts[tp] for tp in ends))
 
+    def _close(self, *, commit: bool) -> None:
+        """Commit the replay group's stored offsets (unless failing), leave, release."""
+        self._stop.set()  # a refusal seen while closing no longer raises
+        if commit:
+            try:
+                self.consumer.commit(asynchronous=False)
+            except KafkaException as exc:
+                error = exc.args[0] if exc.args else None
+                if not (isinstance(error, KafkaError) and error.code() == KafkaError._NO_OFFSET):
+                    log.warning("commit failed: %s", exc)
+        with contextlib.suppress(Exception):
+            self.consumer.close()
+        self.pipeline.abandon()
+        self._parts.close()
+
     def _advance_idle(self, active: set[TP], reached: dict[TP, int]) -> None:
         """Nothing arrived: a partition whose position is already past its last record
         (transaction markers, compaction) is done up to that position."""
-        for tp in self.worker.consumer.position([TopicPartition(*tp) for tp in active]):
+        for tp in self.consumer.position([TopicPartition(*tp) for tp in active]):
             key = (tp.topic, tp.partition)
             if tp.offset is not None and tp.offset > reached[key]:
                 reached[key] = tp.offset

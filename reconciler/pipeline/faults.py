@@ -2,7 +2,7 @@
 
 Off unless the environment asks (never in a real deployment):
 
-``RECONCILER_FAULT_STOP_AT`` names a point of `reconciler.hooks` (decoded,
+``RECONCILER_FAULT_STOP_AT`` names a point of `reconciler.pipeline.hooks` (decoded,
 between_shards, acknowledged, stored). When the Nth batch (``RECONCILER_FAULT_STOP_ON``,
 default 1) reaches it, the process sends itself SIGSTOP; the test then SIGKILLs it — a
 crash at an exact place of the production path, which a timer can never hit reliably.
@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 import signal
 
-from reconciler.hooks import POINTS, NoHooks
+from reconciler.pipeline.hooks import POINTS, NoHooks
 
 STOP_AT = os.environ.get("RECONCILER_FAULT_STOP_AT") or None  # the point to stop at, if any
 STOP_ON = int(os.environ.get("RECONCILER_FAULT_STOP_ON", "1"))  # the Nth arrival stops

@@ -1,0 +1,1 @@
+"""The day-2 commands: replay (with its progress and rate limit), audit and doctor."""
