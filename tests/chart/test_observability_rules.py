@@ -26,6 +26,9 @@ def normal(text: str) -> str:
 def comparable(rule: dict[str, Any], drop_labels: set[str]) -> dict[str, Any]:
     expr = normal(rule["expr"]).replace(
         f'{{ namespace="{NAMESPACE}", service="{SERVICE}" }}', '{job="cache-reconciler"}')
+    expr = re.sub(  # the selector followed by more matchers: `{ <release>, cause="x" }`
+        rf'\{{ namespace="{NAMESPACE}", service="{SERVICE}", ([^{{}}]*?) \}}',
+        r'{job="cache-reconciler", \1}', expr)
     return {**rule, "expr": expr,
             "labels": {k: v for k, v in rule.get("labels", {}).items() if k not in drop_labels},
             "annotations": {k: normal(v) for k, v in rule.get("annotations", {}).items()}}
