@@ -1,7 +1,7 @@
 """Valkey: the server side of the cache protocol, the shard client and the writer helper.
 
-- `functions.lua` / `functions` — the Functions library (`cache_reconciler_1`:
-  `cr1_apply`, `cr1_set_if_newer`), loading it, transparent reload, error mapping.
+- `functions.lua` / `functions` — the Functions library (`cache_reconciler_2`:
+  `cr2_apply`, `cr2_set_if_newer`), loading it, transparent reload, error mapping.
 - `shard` — `Shard`: one server; `apply()` (one round trip per batch), `truncate()`.
 - `writer` — `CacheWriter`: what applications use (`get`, `set_if_newer`).
 - `protocols` — the `Invalidator` seam, op codes and result labels (stdlib only).

@@ -26,7 +26,7 @@ from connectors.errors import ValkeyRejected, ValkeyShardError, ValkeyUnavailabl
 
 log = logging.getLogger(__name__)
 
-PROTOCOL_VERSION = 1  # cache protocol version: the N in cache_reconciler_N / crN_*
+PROTOCOL_VERSION = 2  # cache protocol version: the N in cache_reconciler_N / crN_*
 LIBRARY_NAME = f"cache_reconciler_{PROTOCOL_VERSION}"  # the Functions library name
 APPLY_FUNCTION = f"cr{PROTOCOL_VERSION}_apply"  # reconciler: one op per key, in order
 SET_IF_NEWER_FUNCTION = f"cr{PROTOCOL_VERSION}_set_if_newer"  # writer compare-and-set
@@ -58,7 +58,9 @@ def _noperm_advice(message: str) -> str:
         return (f"grant the ACL user the '{command}' command, e.g. "
                 f"`ACL SETUSER <user> +{command}`; the reconciler needs +fcall, "
                 "+function|load, +ping, +info, +scan, +unlink and, called from the "
-                "functions, +hget +hset +hexists +exists +del +pexpire")
+                "functions, +hget +hset +hexists +exists +del +pexpire; an "
+                "application's writer needs +fcall, +hmget, those called from the "
+                "functions and +pttl")
     if "key" in message.lower():
         return ("grant the ACL user read and write access to the cache keys, e.g. "
                 "`ACL SETUSER <user> ~*` or `%RW~<prefix>*` for each key prefix")

@@ -1,7 +1,7 @@
 """One Valkey shard: the reconciler's side of the cache protocol.
 
 `Shard.apply()` is the hot path: every key of a batch goes out in ONE network round
-trip (a pipeline of `cr1_apply` calls, `APPLY_CHUNK` keys each so that no single call
+trip (a pipeline of `cr2_apply` calls, `APPLY_CHUNK` keys each so that no single call
 holds the server for long), with the per-key Python work kept to slicing and a dict
 lookup. `truncate()` removes a table's keys by pattern (SCAN + UNLINK, rate-limited).
 
@@ -36,7 +36,7 @@ from connectors.valkey.protocols import MAX_VERSION, OPS, Invalidator, PendingAp
 
 log = logging.getLogger(__name__)
 
-APPLY_CHUNK = 512  # keys per cr1_apply call: bounds how long one call blocks the server
+APPLY_CHUNK = 512  # keys per cr2_apply call: bounds how long one call blocks the server
 DEFAULT_FENCE_TTL_MS = 60_000  # SPEC fence_ttl default: 60 s
 TLS_SCHEMES = frozenset({"valkeys", "rediss"})  # URL schemes that mean TLS
 SCHEMES = frozenset({"valkey", "redis", *TLS_SCHEMES})  # accepted URL schemes

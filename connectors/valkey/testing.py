@@ -2,9 +2,10 @@
 
 `FakeShard` implements `Invalidator` (apply, truncate) plus the writer's
 `set_if_newer`, over a dict of hashes (and non-hash values, to model foreign data),
-with fence TTLs against an injectable clock. `tests/unit/connectors/valkey` runs the
-same random operation sequences through it and a real server and asserts identical
-results and end states, so code tested against the fake is tested against the protocol.
+with TTLs (the fence lifetime rules included) against an injectable clock.
+`tests/unit/connectors/valkey` runs the same random operation sequences through it and
+a real server and asserts identical results, end states and TTLs, so code tested
+against the fake is tested against the protocol.
 
 It also records what was applied (`applied`, `truncated`) and can be told to fail the
 next calls (`fail_next`) to exercise retry paths without mocks.
@@ -75,7 +76,7 @@ def glob_regex(pattern: str) -> re.Pattern[str]:
 
 
 class FakeShard:
-    """An in-memory `Invalidator` with the semantics of library cache_reconciler_1."""
+    """An in-memory `Invalidator` with the semantics of library cache_reconciler_2."""
 
     def __init__(self, name: str = "fake", *, fence_ttl_ms: int = 60_000,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -125,7 +126,8 @@ class FakeShard:
                                  f"[0, 2^63-1], got {version}")
 
     def set_if_newer(self, key: str, version: int, payload: bytes, ttl_ms: int = 0) -> bool:
-        """The writer's compare-and-set: the semantics of cr1_set_if_newer."""
+        """The writer's compare-and-set: the semantics of cr2_set_if_newer (a TTL asked
+        for is at least the one left on the entry replaced)."""
         if not 0 <= version <= MAX_VERSION or ttl_ms < 0:
             raise ValueError(f"bad version {version} or ttl_ms {ttl_ms}")
         self._maybe_fail()
@@ -134,10 +136,12 @@ class FakeShard:
             return False
         if kind == "fence" and current > version:
             return False
+        left = self._deadlines.get(key)
         self._delete(key)
         self._entries[key] = {VERSION_FIELD: str(version).encode(), DATA_FIELD: payload}
         if ttl_ms > 0:
-            self._deadlines[key] = self._clock() + ttl_ms / 1000
+            deadline = self._clock() + ttl_ms / 1000
+            self._deadlines[key] = deadline if left is None else max(deadline, left)
         return True
 
     def truncate(self, pattern: str, *, count: int = 1000,
@@ -177,6 +181,16 @@ class FakeShard:
         if ttl_ms > 0:
             self._deadlines[key] = self._clock() + ttl_ms / 1000
 
+    def expire(self, key: str, ttl_ms: int | None) -> bool:
+        """Like PEXPIRE (`ttl_ms` > 0) or PERSIST (None): False if `key` is absent."""
+        if self.entry(key) is None:
+            return False
+        if ttl_ms is None:
+            self._deadlines.pop(key, None)
+        else:
+            self._deadlines[key] = self._clock() + ttl_ms / 1000
+        return True
+
     # ------------------------------------------------------------------ internals
 
     def _maybe_fail(self) -> None:
@@ -198,7 +212,7 @@ class FakeShard:
             return "stale", 0
         return ("data" if DATA_FIELD in entry else "fence"), version
 
-    def _fence(self, key: str, version: int, clear: bool) -> None:
+    def _new_fence(self, key: str, version: int, clear: bool) -> None:
         if clear:
             self._delete(key)
         entry = self._entries.setdefault(key, {})
@@ -206,25 +220,43 @@ class FakeShard:
         entry[VERSION_FIELD] = str(version).encode()
         self._deadlines[key] = self._clock() + self.fence_ttl_ms / 1000
 
+    def _hold(self, key: str, *, fence: bool, version: int | None = None) -> None:
+        """An entry a change met lives at least fence_ttl more (never less than it had);
+        without a TTL, a fence gets fence_ttl and data keeps none. `version`: the fence
+        is raised to it, in place."""
+        if version is not None:
+            entry = self._entries[key]
+            assert isinstance(entry, dict)
+            entry[VERSION_FIELD] = str(version).encode()
+        deadline = self._clock() + self.fence_ttl_ms / 1000
+        left = self._deadlines.get(key)
+        if left is not None:
+            self._deadlines[key] = max(left, deadline)
+        elif fence:
+            self._deadlines[key] = deadline
+
     def _apply_one(self, key: str, op: str, version: int) -> str:
         if op == OP_UNVERSIONED:
             return REPAIRED if self._delete(key) else ABSENT
         kind, current = self._classify(key)
         if op == OP_DELETE:
-            self._fence(key, MAX_VERSION, clear=kind != "absent")
-            return REPAIRED if kind in ("data", "stale") else ABSENT
+            if kind == "fence":
+                self._hold(key, fence=True, version=MAX_VERSION)
+                return ABSENT
+            self._new_fence(key, MAX_VERSION, clear=kind != "absent")
+            return ABSENT if kind == "absent" else REPAIRED
         assert op in (OP_VERSIONED, OP_SNAPSHOT)
         if kind == "absent":
             if op == OP_VERSIONED:
-                self._fence(key, version, clear=False)
+                self._new_fence(key, version, clear=False)
             return ABSENT
         if kind == "data" and current >= version:
+            self._hold(key, fence=False)
             return FRESH
         if kind == "fence":
-            if current < version:
-                self._fence(key, version, clear=False)
+            self._hold(key, fence=True, version=version if current < version else None)
             return FENCED
-        self._fence(key, version, clear=True)
+        self._new_fence(key, version, clear=True)
         return REPAIRED
 
 

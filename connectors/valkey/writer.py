@@ -2,7 +2,7 @@
 
 `CacheWriter.get(key)` reads an entry (a fence or nothing reads as None);
 `set_if_newer(key, version, payload, ttl_seconds)` writes value and version in one
-atomic call (`cr1_set_if_newer`) that refuses to overwrite newer data or to pass a
+atomic call (`cr2_set_if_newer`) that refuses to overwrite newer data or to pass a
 fence the reconciler put up for a newer change: that is what closes the
 delete-then-stale-set race. Read the version together with the row, in the same
 transaction, and pass that version.
@@ -120,7 +120,10 @@ class CacheWriter:
                      ttl_seconds: float | None) -> bool:
         """Write `payload` at `version` unless the entry is newer data or a higher fence.
 
-        `ttl_seconds` None means no expiry. Returns True if written.
+        `ttl_seconds` None means no expiry. With a TTL, the entry lives at least as long
+        as the one it replaces had left, so data written over a fence never ends the
+        fence's protection early (the writer's ACL user needs +pttl for this).
+        Returns True if written.
         """
         if isinstance(version, bool) or not 0 <= version <= MAX_VERSION:
             raise ValueError(f"cache key {key!r}: version must be an int in [0, 2^63-1], "

@@ -30,3 +30,16 @@ def wait_until(condition: Callable[[], bool], what: str, timeout: float = 10.0) 
         if time.monotonic() > deadline:
             raise AssertionError(f"not seen within {timeout:g} s: {what}")
         time.sleep(0.005)
+
+
+def age(client: valkey.Valkey, key: str, ms: int) -> None:
+    """What `ms` milliseconds of time do to `key`, done at once: its TTL lowered by `ms`,
+    the key gone if nothing is left (one without a TTL is untouched). Tests simulate
+    time with it instead of sleeping, so none races an expiry."""
+    left = int(client.pttl(key))
+    if left == -1 or left == -2:
+        return
+    if left <= ms:
+        client.delete(key)
+    else:
+        client.pexpire(key, left - ms)

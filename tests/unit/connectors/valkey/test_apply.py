@@ -1,4 +1,5 @@
-"""cr1_apply against a real server: every row of the SPEC section 2 table for each op."""
+"""cr2_apply against a real server: every row of the SPEC section 2 table for each op,
+with the TTL each leaves (the fence lifetime)."""
 
 from __future__ import annotations
 
@@ -20,9 +21,10 @@ def data(client: valkey.Valkey, key: str, version: int | str, ttl_ms: int = 0) -
         client.pexpire(key, ttl_ms)
 
 
-def fence(client: valkey.Valkey, key: str, version: int | str) -> None:
+def fence(client: valkey.Valkey, key: str, version: int | str,
+          ttl_ms: int = FENCE_TTL_MS) -> None:
     client.hset(key, "v", str(version))
-    client.pexpire(key, FENCE_TTL_MS)
+    client.pexpire(key, ttl_ms)
 
 
 def assert_fence(client: valkey.Valkey, key: str, version: int | bytes) -> None:
@@ -44,13 +46,20 @@ def test_absent(shard: Shard, client: valkey.Valkey, uid: str, op: str) -> None:
 
 @pytest.mark.parametrize("op", ["v", "s"])
 @pytest.mark.parametrize("stored", [7, 8])
+@pytest.mark.parametrize(("writer_ttl", "ttl_range"), [
+    (300_000, (290_000, 300_000)),  # longer than fence_ttl: untouched
+    (1_000, (FENCE_TTL_MS - 5_000, FENCE_TTL_MS)),  # shorter: raised to fence_ttl
+    (0, (-1, -1)),  # none: none (data without TTL refuses older writes while it lives)
+])
 def test_data_at_least_as_new_is_fresh(shard: Shard, client: valkey.Valkey, uid: str,
-                                       op: str, stored: int) -> None:
+                                       op: str, stored: int, writer_ttl: int,
+                                       ttl_range: tuple[int, int]) -> None:
     key = f"{uid}:post:1"
-    data(client, key, stored, ttl_ms=300_000)
+    data(client, key, stored, ttl_ms=writer_ttl)
     assert shard.apply([key], [op], [7]) == ["fresh"]
     assert entry(client, key) == ("hash", {b"v": str(stored).encode(), b"d": b"payload"})
-    assert 290_000 < client.pttl(key) <= 300_000  # the writer's TTL is untouched
+    low, high = ttl_range
+    assert low <= client.pttl(key) <= high
 
 
 @pytest.mark.parametrize("op", ["v", "s"])
@@ -64,31 +73,49 @@ def test_older_data_is_replaced_by_a_fence(shard: Shard, client: valkey.Valkey, 
     assert_fence(client, key, 7)  # no d, no extra field, the fence TTL not the writer's
 
 
+# A fence a change meets lives at least fence_ttl more, and never less than it had.
+FENCE_TTLS = pytest.mark.parametrize(("fence_ttl", "ttl_range"), [
+    (1_000, (FENCE_TTL_MS - 5_000, FENCE_TTL_MS)),  # aged: back to fence_ttl
+    (300_000, (290_000, 300_000)),  # longer: not shortened
+    (0, (FENCE_TTL_MS - 5_000, FENCE_TTL_MS)),  # none (written behind our back): fence_ttl
+])
+
+
 @pytest.mark.parametrize("op", ["v", "s"])
 @pytest.mark.parametrize("stored", [7, 9])
-def test_fence_at_least_as_high_is_left(shard: Shard, client: valkey.Valkey, uid: str,
-                                        op: str, stored: int) -> None:
+@FENCE_TTLS
+def test_fence_at_least_as_high_is_kept_and_held(shard: Shard, client: valkey.Valkey,
+                                                 uid: str, op: str, stored: int,
+                                                 fence_ttl: int,
+                                                 ttl_range: tuple[int, int]) -> None:
     key = f"{uid}:post:1"
     client.hset(key, "v", str(stored))
-    client.pexpire(key, 30_000)
+    if fence_ttl:
+        client.pexpire(key, fence_ttl)
     assert shard.apply([key], [op], [7]) == ["fenced"]
     assert entry(client, key) == ("hash", {b"v": str(stored).encode()})
-    assert 25_000 < client.pttl(key) <= 30_000  # not reset
+    low, high = ttl_range
+    assert low < client.pttl(key) <= high
 
 
 @pytest.mark.parametrize("op", ["v", "s"])
-def test_lower_fence_is_raised_and_its_ttl_reset(shard: Shard, client: valkey.Valkey,
-                                                 uid: str, op: str) -> None:
+@FENCE_TTLS
+def test_lower_fence_is_raised_and_held(shard: Shard, client: valkey.Valkey, uid: str,
+                                        op: str, fence_ttl: int,
+                                        ttl_range: tuple[int, int]) -> None:
     key = f"{uid}:post:1"
     client.hset(key, "v", "5")
-    client.pexpire(key, 1_000)
+    if fence_ttl:
+        client.pexpire(key, fence_ttl)
     assert shard.apply([key], [op], [7]) == ["fenced"]
-    assert_fence(client, key, 7)
+    assert entry(client, key) == ("hash", {b"v": b"7"})
+    low, high = ttl_range
+    assert low < client.pttl(key) <= high
 
 
 @pytest.mark.parametrize(("arrange", "result"), [
     ("none", "absent"), ("data", "repaired"), ("fence", "absent"), ("string", "repaired"),
-    ("max-data", "repaired"),
+    ("max-data", "repaired"), ("aged-fence", "absent"), ("aged-delete-fence", "absent"),
 ])
 def test_delete(shard: Shard, client: valkey.Valkey, uid: str, arrange: str,
                 result: str) -> None:
@@ -99,10 +126,23 @@ def test_delete(shard: Shard, client: valkey.Valkey, uid: str, arrange: str,
         data(client, key, MAX_VERSION)
     elif arrange == "fence":
         fence(client, key, 3)
+    elif arrange == "aged-fence":
+        fence(client, key, 3, ttl_ms=1_000)
+    elif arrange == "aged-delete-fence":  # the same delete again, most of fence_ttl later
+        fence(client, key, MAX_VERSION, ttl_ms=1_000)
     elif arrange == "string":
         client.set(key, "legacy")
     assert shard.apply([key], ["d"], [0]) == [result]
     assert_fence(client, key, MAX)
+
+
+def test_delete_keeps_a_longer_fence_ttl(shard: Shard, client: valkey.Valkey,
+                                         uid: str) -> None:
+    key = f"{uid}:post:1"
+    fence(client, key, 3, ttl_ms=300_000)
+    assert shard.apply([key], ["d"], [0]) == ["absent"]
+    assert entry(client, key) == ("hash", {b"v": MAX})
+    assert 290_000 < client.pttl(key) <= 300_000
 
 
 @pytest.mark.parametrize(("arrange", "result"), [
@@ -236,20 +276,20 @@ def test_the_function_validates_its_arguments(shard: Shard, client: valkey.Valke
                                               args: list[str], message: str) -> None:
     key = f"{uid}:a"
     with pytest.raises(valkey.ResponseError, match=message):
-        client.fcall("cr1_apply", 1, key, *args)
+        client.fcall("cr2_apply", 1, key, *args)
     assert entry(client, key) == ("none", None)  # nothing applied
 
 
 def test_script_errors_surface_as_rejected(shard: Shard, client: valkey.Valkey,
                                           uid: str) -> None:
     # A library of the same name whose apply always fails stands in for a version skew.
-    client.function_load("#!lua name=cache_reconciler_1\n"
-                         "redis.register_function('cr1_apply', function() "
+    client.function_load("#!lua name=cache_reconciler_2\n"
+                         "redis.register_function('cr2_apply', function() "
                          "return redis.error_reply('ERR boom') end)\n"
-                         "redis.register_function('cr1_set_if_newer', function() "
+                         "redis.register_function('cr2_set_if_newer', function() "
                          "return 0 end)\n", replace=True)
     try:
-        with pytest.raises(ValkeyRejected, match="valkey shard 'valkey-b': FCALL cr1_apply "
+        with pytest.raises(ValkeyRejected, match="valkey shard 'valkey-b': FCALL cr2_apply "
                                                  "rejected: boom"):
             shard.apply([f"{uid}:a"], ["v"], [1])
     finally:

@@ -79,7 +79,7 @@ def test_restart_is_transparent(shard: Shard, writer: CacheWriter, client: valke
 def test_down_server_is_unavailable(unused_port: int) -> None:
     url = f"valkey://127.0.0.1:{unused_port}/0"
     with Shard("down", url, socket_timeout=1) as down:
-        with pytest.raises(ValkeyUnavailable, match="valkey shard 'down': FCALL cr1_apply"):
+        with pytest.raises(ValkeyUnavailable, match="valkey shard 'down': FCALL cr2_apply"):
             down.apply(["k"], ["v"], [1])
         with pytest.raises(ValkeyUnavailable):
             down.truncate("k*")
@@ -111,7 +111,7 @@ def test_user_without_fcall_is_rejected_with_the_fix(shard: Shard, url: str,
         with pytest.raises(ValkeyRejected) as caught:
             limited.apply([f"{uid}:a"], ["v"], [1])
     message = str(caught.value)
-    assert "valkey shard 'limited': FCALL cr1_apply refused by ACL" in message
+    assert "valkey shard 'limited': FCALL cr2_apply refused by ACL" in message
     assert "+fcall" in message
     assert password not in message
 
@@ -175,17 +175,17 @@ def _wrapped(cause: OSError) -> vx.ConnectionError:
     (vx.AuthenticationError("invalid username-password pair"), ValkeyRejected),
     (vx.OutOfMemoryError("command not allowed when used memory > 'maxmemory'."),
      ValkeyRejected),
-    (vx.ResponseError("cr1_apply: op for key #1 must be one of v, s, d, u"), ValkeyRejected),
+    (vx.ResponseError("cr2_apply: op for key #1 must be one of v, s, d, u"), ValkeyRejected),
     (vx.ResponseError("Function not found"), ValkeyUnavailable),  # gone again after a reload
     (_wrapped(ssl.SSLCertVerificationError(1, "[SSL: CERTIFICATE_VERIFY_FAILED]")),
      ValkeyRejected),
     (_wrapped(ssl.SSLEOFError(8, "EOF occurred in violation of protocol")), ValkeyUnavailable),
 ])
 def test_translate(error: Exception, kind: type[Exception]) -> None:
-    translated = translate(error, shard="a", command="FCALL cr1_apply")
+    translated = translate(error, shard="a", command="FCALL cr2_apply")
     assert type(translated) is kind
-    assert str(translated).startswith("valkey shard 'a': FCALL cr1_apply")
-    assert (translated.shard, translated.command) == ("a", "FCALL cr1_apply")
+    assert str(translated).startswith("valkey shard 'a': FCALL cr2_apply")
+    assert (translated.shard, translated.command) == ("a", "FCALL cr2_apply")
 
 
 def test_tls_files_need_a_tls_url(url: str) -> None:
@@ -230,8 +230,8 @@ def test_tls_urls_use_tls_with_the_given_files() -> None:
 
 def test_a_library_answering_something_else_is_rejected(
         shard: Shard, client: valkey.Valkey, uid: str) -> None:
-    client.function_load("#!lua name=cache_reconciler_1\n"
-                         "redis.register_function('cr1_apply', function() "
+    client.function_load("#!lua name=cache_reconciler_2\n"
+                         "redis.register_function('cr2_apply', function() "
                          "return {'gone'} end)\n", replace=True)
     try:
         with pytest.raises(ValkeyRejected, match="not one label per key"):
@@ -249,7 +249,7 @@ def test_out_of_memory(shard: Shard, writer: CacheWriter, client: valkey.Valkey,
     try:
         with pytest.raises(ValkeyRejected, match=r"out of memory.*raise maxmemory"):
             writer.set_if_newer(f"{uid}:post:2", 1, "x", None)
-        # Invalidation still works on a full cache (cr1_apply is flagged allow-oom).
+        # Invalidation still works on a full cache (cr2_apply is flagged allow-oom).
         assert shard.apply([key], ["v"], [2]) == ["repaired"]
     finally:
         client.config_set("maxmemory", saved)

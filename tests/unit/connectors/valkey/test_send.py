@@ -95,7 +95,7 @@ def test_a_connection_killed_before_the_answers_are_read_sends_the_call_again(
 def test_a_down_shard_fails_at_result_as_apply_does(unused_port: int) -> None:
     with Shard("down", f"valkey://127.0.0.1:{unused_port}/0", socket_timeout=1) as down:
         pending = down.send(["k"], ["v"], [1])  # nothing raised while sending
-        with pytest.raises(ValkeyUnavailable, match="valkey shard 'down': FCALL cr1_apply"):
+        with pytest.raises(ValkeyUnavailable, match="valkey shard 'down': FCALL cr2_apply"):
             pending.result()
 
 
