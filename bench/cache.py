@@ -30,7 +30,7 @@ from connectors.valkey.writer import CacheWriter
 PIPELINE_KEYS = 2000  # set_if_newer calls per round trip while populating
 ENTRY_TTL_SECONDS = 3600  # cached entries outlive any run
 MAX_VERSION = 2**63 - 1  # the delete fence
-VERSIONED, REMOVE, UNVERSIONED = "v", "d", "u"  # cr1_apply op codes
+VERSIONED, REMOVE, UNVERSIONED = "v", "d", "u"  # cr<N>_apply op codes
 
 Action = tuple[str, str, str, int]  # shard, key, op code, version
 

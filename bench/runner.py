@@ -5,7 +5,7 @@ Kinds (each reads `topic` from the earliest offset with the config's fresh group
 - `ceiling`: `consume()` batches of the worker's size with the worker's consumer
   settings (plus `client` overrides), and discard them: the fastest a Python worker
   with those settings can go on this topic.
-- `naive`: one message at a time, `json.loads`, one synchronous `FCALL cr1_apply` per
+- `naive`: one message at a time, `json.loads`, one synchronous `FCALL cr<N>_apply` per
   key, a synchronous commit per message; stops at `limit_records` / `limit_seconds`.
 - `worker`: our `Worker.run()` (serve_metrics off) until its counters account for every
   record of the topic (`Measured`), or until SIGTERM when `ends` is empty (the

@@ -59,7 +59,7 @@ VALKEY_KEY_PATTERNS = ("post:*", "feed:*", "comment:*", "post_comments:*", "prof
 # Every command the reconciler sends (connectors/valkey/shard.py, functions.py) and
 # every command its functions call (functions.lua): nothing else.
 VALKEY_COMMANDS = (
-    "fcall",  # cr1_apply
+    "fcall",  # cr2_apply
     "function|load",  # (re)load the library after a restart or FUNCTION FLUSH
     "ping",  # readiness
     "info",  # server_version(), for doctor
