@@ -322,10 +322,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
             signal.signal(sig, handler)
     resume = (resume_command(args.config, report, rate=args.rate, dry_run=args.dry_run)
               if report.remaining() else None)
-    if args.json:
-        print(json.dumps(report.as_json() | {"resume": resume}))
-    else:
-        print_replay_report(report)
+    print(json.dumps(report.as_json() | {"resume": resume}) if args.json else report.text())
     if report.error:
         print(f"reconciler replay: {report.error}", file=sys.stderr)
     if resume:
@@ -336,51 +333,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 130 if report.interrupted else 0
 
 
-def print_replay_report(report: Any) -> None:
-    data = report.as_json()
-    rate = f", {data['rate']:.0f}/s" if data["rate"] else ""
-    state = "stopped" if report.interrupted else "done"
-    kind = "dry run" if report.dry_run else "replay"
-    print(f"{kind} {state}: {report.records} of {report.total} records in "
-          f"{report.elapsed:.1f}s{rate} (group {report.group})")
-    rows = [(a["table"], a["shard"], a["kind"], a["count"]) for a in data["actions"]]
-    if rows:
-        print(_table(("table", "shard", "action", "count"), rows))
-    if data["invalidations"]:
-        print(_table(("shard", "result", "count"),
-                     [(i["shard"], i["result"], i["count"]) for i in data["invalidations"]]))
-    if data["coalesced"]:
-        print("coalesced deletes (a later delete of the same derived key in the batch did "
-              "it): " + ", ".join(f"{shard} {n}" for shard, n in data["coalesced"].items()))
-    for name in ("skipped", "dead_letters"):
-        if data[name]:
-            print(f"{name.replace('_', ' ')}: " + ", ".join(
-                f"{key} {count}" for key, count in data[name].items()))
-    if data["unresolved"]:
-        print("unresolved key templates: " + ", ".join(
-            f"{u['table']} {u['template']} ({u['cause']}) {u['count']}"
-            for u in data["unresolved"]))
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A plain, aligned text table (numbers right-aligned)."""
-    cells = [[str(c) for c in header]] + [[str(c) for c in row] for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
-    numeric = [all(isinstance(row[i], int) for row in rows) for i in range(len(header))]
-    lines = []
-    for row in cells:
-        lines.append("  ".join(cell.rjust(w) if num else cell.ljust(w)
-                               for cell, w, num in zip(row, widths, numeric, strict=True))
-                     .rstrip())
-    return "\n".join(lines)
-
-
 def cmd_audit(args: argparse.Namespace) -> int:
-    from reconciler.audit import (
-        DEFAULT_GRACE_SECONDS,
-        DEFAULT_ROWS_PER_SECOND,
-        run_audit,
-    )
+    from reconciler.ops.audit import DEFAULT_GRACE_SECONDS, DEFAULT_ROWS_PER_SECOND, run_audit
 
     settings = _settings(args)
     if args.sample is not None and args.sample < 1:
@@ -404,46 +358,16 @@ def cmd_audit(args: argparse.Namespace) -> int:
                 print(f"reconciler audit: pushing to {args.pushgateway} failed: {exc}",
                       file=sys.stderr)
                 return 2
-    data = report.as_json()
-    if args.json:
-        print(json.dumps(data))
-    else:
-        print_audit_report(data)
+    print(json.dumps(report.as_json()) if args.json else report.text())
     verdict = report.verdict()
     for text in verdict:
         print(f"reconciler audit: {text}", file=sys.stderr)
     return 1 if verdict else 0
 
 
-def print_audit_report(data: dict[str, Any]) -> None:
-    from reconciler.findings import STATES
-
-    rows = []
-    for table, entry in data["tables"].items():
-        for shard, counts in sorted(entry["shards"].items()):
-            rows.append((table, shard, *(counts[state] for state in STATES)))
-    if rows:
-        print(_table(("table", "shard", *STATES), rows))
-    else:
-        print("no cache entries found for the audited templates")
-    for table, entry in data["tables"].items():
-        repaired = entry["repaired"]
-        if any(repaired.values()):
-            print(f"{table}: repaired {repaired['stale']} stale, {repaired['orphan']} "
-                  f"orphaned and {repaired['ahead']} ahead entries")
-    for table, skipped in data["not_auditable"].items():
-        for item in skipped:
-            print(f"{table}: {item['template']} not audited: {item['reason']}")
-    totals = data["totals"]
-    print(f"total: {totals['fresh']} fresh, {totals['stale']} stale, {totals['orphan']} "
-          f"orphan, {totals['ahead']} ahead, {totals['fence']} fences, {totals['unparsed']} "
-          f"unparsed ({data['elapsed_seconds']:.1f}s"
-          + (f", sample of {data['sample']}" if data["sample"] else "") + ")")
-
-
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from reconciler.checklist import FAIL, OK, WARN
-    from reconciler.doctor import run_doctor
+    from reconciler.ops.doctor import run_doctor
+    from reconciler.ops.doctor.checklist import FAIL, OK, WARN
 
     settings = load_settings(args.config)
     configure_logging("ERROR", settings.logging.format == "json")  # the checklist says it all

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from connectors.postgres import Column, Table, Trigger
-from reconciler.checklist import OK, WARN
-from reconciler.doctor_postgres import _reinsert, sequence_fix
+from reconciler.ops.doctor.checklist import OK, WARN
+from reconciler.ops.doctor.postgres import _reinsert, sequence_fix
 
 OLD_PLUS_ONE = "BEGIN NEW.system_version := OLD.system_version + 1; RETURN NEW; END"
 NEXTVAL = "BEGIN NEW.system_version := nextval(TG_ARGV[0]::regclass); RETURN NEW; END"

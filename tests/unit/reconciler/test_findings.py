@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from reconciler.findings import AHEAD, FRESH, ORPHAN, STALE, AuditReport, Finding
+from reconciler.ops.audit.findings import AHEAD, FRESH, ORPHAN, STALE, AuditReport, Finding
 
 
 def report(counts: dict[str, int], *, repair: bool = False,

@@ -1,22 +1,10 @@
-"""Replay: re-process a range of the change topics, for a backfill or after an incident.
+"""The replay run: fix the range, then drive a pipeline over an assigned consumer.
 
-The range is fixed before the first record is read: per partition, from ``--from``
-(``earliest``, an ISO time looked up with offsets_for_times, or explicit
-``topic:partition:offset`` pairs) to ``--to`` (``now``: the end offsets seen at
-start, a time, or pairs), so a replay terminates even while new events keep
-arriving. Partitions are assigned explicitly (no subscription, no rebalance), each is
-paused once it reaches its end, and records past an end are never processed.
-
-Every record goes through a pipeline built as the worker's is
-(`reconciler.pipeline.compose`) — the same decode, plan and invalidate path, the same
-dead-lettering — over a consumer group of its
-own (``<group_id>.replay.<UTC time>``), so the live group's offsets never move and
-the replay is safe beside the live worker (every cache operation is idempotent).
-
-``--rate`` caps records per second with a token bucket; ``--dry-run`` plans and
-counts (table, shard, action) without touching Valkey or the dead-letter topic.
-Stopping (SIGINT/SIGTERM) finishes the batch in flight and reports where each
-partition got to, so the exact command to resume can be printed.
+``Replay.plan`` turns the bounds into a start and end offset per partition (a time
+through offsets_for_times; a start below the log start moves up to it); ``run``
+assigns the partitions, feeds each batch through a ``Pipeline`` built as the worker's
+(``reconciler.pipeline.compose``), pauses each partition at its end, and closes the
+group (committing its offsets unless failing).
 """
 
 from __future__ import annotations
@@ -25,12 +13,9 @@ import contextlib
 import logging
 import re
 import secrets
-import shlex
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
@@ -40,7 +25,8 @@ from reconciler.errors import ConfigError, FatalError, RetryBudgetExceeded, Tran
 from reconciler.observe.metrics import Metrics
 from reconciler.ops.progress import Progress
 from reconciler.ops.ratelimit import TokenBucket
-from reconciler.pipeline.batch import BatchResult
+from reconciler.ops.replay.bounds import EARLIEST, NOW, TP, Bound
+from reconciler.ops.replay.report import ReplayReport
 from reconciler.pipeline.compose import build_parts, consumer_error
 from reconciler.pipeline.hooks import NoHooks
 from reconciler.pipeline.pipeline import Pipeline
@@ -49,73 +35,7 @@ from shard_map import ShardMapError, load_shard_map
 
 log = logging.getLogger(__name__)
 
-TP = tuple[str, int]
-EARLIEST = "earliest"  # --from: each partition's log start
-NOW = "now"  # --to: each partition's end offset when the replay starts
 REQUEST_TIMEOUT = 10.0  # seconds for one metadata / offsets request
-PAIR = re.compile(r"(?P<topic>[A-Za-z0-9._-]+):(?P<partition>[0-9]+):(?P<offset>[0-9]+)")
-TIME_LIKE = re.compile(r"\d{4}-\d\d-\d\d[T ]\d\d:\d\d")  # a date and time, maybe not valid
-
-
-@dataclass(frozen=True, slots=True)
-class Bound:
-    """One end of the range: `earliest`/`now`, a time (epoch ms), or offsets."""
-
-    kind: str  # EARLIEST, NOW, "time" or "offsets"
-    time_ms: int | None = None
-    offsets: Mapping[TP, int] = field(default_factory=dict)
-
-    def __str__(self) -> str:
-        if self.kind == "time":
-            assert self.time_ms is not None
-            return datetime.fromtimestamp(self.time_ms / 1000, UTC).isoformat()
-        if self.kind == "offsets":
-            return format_offsets(self.offsets)
-        return self.kind
-
-
-def parse_bound(text: str, *, start: bool) -> Bound:
-    """`--from` (start=True) or `--to`; ValueError naming the option and what it accepts.
-
-    A time without an offset is UTC (never the machine's local time)."""
-    option = "--from" if start else "--to"
-    text = text.strip()
-    word = EARLIEST if start else NOW
-    if text == word:
-        return Bound(word)
-    try:  # a time first: "2025-06-01T12:00:00" would also read as topic:partition:offset
-        moment = datetime.fromisoformat(text)
-    except ValueError as exc:
-        if TIME_LIKE.match(text):  # "2025-06-31T12:00:00" is a bad time, not a topic
-            raise ValueError(f"{option} {text!r}: not a valid ISO 8601 time ({exc})") from None
-        return Bound("offsets", offsets=_parse_pairs(text, option, word))
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return Bound("time", time_ms=int(moment.timestamp() * 1000))
-
-
-def _parse_pairs(text: str, option: str, word: str) -> dict[TP, int]:
-    """`topic:partition:offset[,…]` (commas or spaces between pairs)."""
-    items = [item for item in re.split(r"[,\s]+", text) if item]
-    matches = [PAIR.fullmatch(item) for item in items]
-    if not items or None in matches:
-        raise ValueError(
-            f"{option} {text!r}: expected {word}, an ISO 8601 time (e.g. "
-            "2025-06-01T12:00:00Z; UTC when no offset is given) or "
-            "topic:partition:offset[,…]")
-    offsets: dict[TP, int] = {}
-    for m in matches:
-        assert m is not None
-        tp, offset = (m["topic"], int(m["partition"])), int(m["offset"])
-        if offsets.setdefault(tp, offset) != offset:
-            raise ValueError(f"{option} {text!r}: {tp[0]}:{tp[1]} is given two offsets "
-                             f"({offsets[tp]} and {offset})")
-    return offsets
-
-
-def format_offsets(offsets: Mapping[TP, int]) -> str:
-    return ",".join(f"{topic}:{partition}:{offset}"
-                    for (topic, partition), offset in sorted(offsets.items()))
 
 
 def replay_group(group_id: str) -> str:
@@ -123,57 +43,6 @@ def replay_group(group_id: str) -> str:
     `<group_id>.replay.<UTC time>-<4 hex>` (two replays in one second stay apart)."""
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     return f"{group_id}.replay.{stamp}-{secrets.token_hex(2)}"
-
-
-@dataclass
-class ReplayReport:
-    """What a replay did (or, with dry_run, would do)."""
-
-    group: str
-    dry_run: bool
-    starts: dict[TP, int] = field(default_factory=dict)
-    ends: dict[TP, int] = field(default_factory=dict)
-    reached: dict[TP, int] = field(default_factory=dict)  # next offset per partition
-    records: int = 0
-    totals: BatchResult = field(default_factory=BatchResult)
-    elapsed: float = 0.0  # seconds spent consuming and processing
-    interrupted: bool = False
-    error: str | None = None
-
-    @property
-    def total(self) -> int:
-        return sum(self.ends[tp] - self.starts[tp] for tp in self.ends)
-
-    def remaining(self) -> dict[TP, int]:
-        """Where each unfinished partition should resume."""
-        return {tp: self.reached[tp] for tp in self.ends if self.reached[tp] < self.ends[tp]}
-
-    def add(self, result: BatchResult) -> None:
-        self.totals.merge(result)
-
-    def as_json(self) -> dict[str, Any]:
-        t = self.totals
-        return {
-            "group": self.group, "dry_run": self.dry_run, "records": self.records,
-            "total": self.total, "elapsed_seconds": round(self.elapsed, 3),
-            "rate": round(self.records / self.elapsed, 1) if self.elapsed else None,
-            "interrupted": self.interrupted, "error": self.error,
-            "partitions": [{"topic": tp[0], "partition": tp[1], "from": self.starts[tp],
-                            "to": self.ends[tp], "reached": self.reached[tp]}
-                           for tp in sorted(self.ends)],
-            "events": [{"table": table, "op": op, "count": n}
-                       for (table, op), n in sorted(t.events.items())],
-            "actions": [{"table": table, "shard": shard, "kind": kind, "count": n}
-                        for (table, shard, kind), n in sorted(t.actions.items())],
-            "invalidations": [{"shard": shard, "result": result, "count": n}
-                              for (shard, result), n in sorted(t.invalidations.items())],
-            # derived-key deletes not sent: a later delete of the key in the batch did it
-            "coalesced": dict(sorted(t.coalesced.items())),
-            "skipped": dict(sorted(t.skipped.items())),
-            "dead_letters": dict(sorted(t.dead_letters.items())),
-            "unresolved": [{"table": table, "template": template, "cause": cause, "count": n}
-                           for (table, template, cause), n in sorted(t.unresolved.items())],
-        }
 
 
 class Replay:
@@ -406,20 +275,3 @@ class Replay:
             key = (tp.topic, tp.partition)
             if tp.offset is not None and tp.offset > reached[key]:
                 reached[key] = tp.offset
-
-
-def resume_command(config: str | None, report: ReplayReport, *, rate: float | None,
-                   dry_run: bool) -> str:
-    """The command that replays exactly what this (interrupted) run did not."""
-    remaining = report.remaining()
-    argv = ["reconciler", "replay"]
-    if config:
-        argv += ["-c", config]
-    argv += ["--from", format_offsets(remaining),
-             "--to", format_offsets({tp: report.ends[tp] for tp in remaining}),
-             "--group", report.group]
-    if rate:
-        argv += ["--rate", f"{rate:g}"]
-    if dry_run:
-        argv.append("--dry-run")
-    return shlex.join(argv)

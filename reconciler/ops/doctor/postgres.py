@@ -31,7 +31,7 @@ from collections.abc import Iterator
 
 from connectors.errors import ConnectorError
 from connectors.postgres import Postgres, Table, Trigger
-from reconciler.checklist import FAIL, OK, WARN, Check
+from reconciler.ops.doctor.checklist import FAIL, OK, WARN, Check
 from reconciler.settings import Settings, TableSpec
 
 DEFAULT_MAX_RETAINED_WAL = 1 << 30  # bytes of WAL a slot may hold before a WARN

@@ -1,7 +1,8 @@
-"""What an audit found: counts per table, template, shard and state; as JSON and as
-Prometheus gauges (for the node-exporter textfile collector or a Pushgateway).
+"""What an audit found: counts per table, template, shard and state; as JSON, as the
+text `reconciler audit` prints, and as Prometheus gauges (for the node-exporter
+textfile collector or a Pushgateway).
 
-States (see `reconciler.audit`): fresh, stale, orphan, ahead, fence, unparsed. Stale,
+States (see `reconciler.ops.audit`): fresh, stale, orphan, ahead, fence, unparsed. Stale,
 orphan and ahead entries are findings: they make the audit fail and `--repair` fixes
 them. An entry *ahead* of Postgres means the row's versions went back (a delete and
 re-insert restarted the version column) or the DSN is a lagging replica; either way
@@ -16,6 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge
+
+from reconciler.ops.texttable import text_table
 
 FRESH, STALE, ORPHAN, AHEAD, FENCE, UNPARSED = (
     "fresh", "stale", "orphan", "ahead", "fence", "unparsed")
@@ -92,6 +95,32 @@ class AuditReport:
                 "remaining": dict(self.remaining()), "sample": self.sample,
                 "repair": self.repair, "started_at": round(self.started, 3),
                 "elapsed_seconds": round(self.elapsed, 3)}
+
+    def text(self) -> str:
+        """The summary `reconciler audit` prints: entries per table and shard by state,
+        what was repaired, what was not auditable, the totals."""
+        data = self.as_json()
+        rows = []
+        for table, entry in data["tables"].items():
+            for shard, counts in sorted(entry["shards"].items()):
+                rows.append((table, shard, *(counts[state] for state in STATES)))
+        lines = [text_table(("table", "shard", *STATES), rows) if rows else
+                 "no cache entries found for the audited templates"]
+        for table, entry in data["tables"].items():
+            repaired = entry["repaired"]
+            if any(repaired.values()):
+                lines.append(f"{table}: repaired {repaired['stale']} stale, "
+                             f"{repaired['orphan']} orphaned and {repaired['ahead']} ahead "
+                             "entries")
+        for table, skipped in data["not_auditable"].items():
+            for item in skipped:
+                lines.append(f"{table}: {item['template']} not audited: {item['reason']}")
+        totals = data["totals"]
+        lines.append(f"total: {totals['fresh']} fresh, {totals['stale']} stale, "
+                     f"{totals['orphan']} orphan, {totals['ahead']} ahead, {totals['fence']} "
+                     f"fences, {totals['unparsed']} unparsed ({data['elapsed_seconds']:.1f}s"
+                     + (f", sample of {data['sample']}" if data["sample"] else "") + ")")
+        return "\n".join(lines)
 
     def registry(self) -> CollectorRegistry:
         """The result as Prometheus gauges (textfile collector, Pushgateway)."""

@@ -1,38 +1,12 @@
-"""Audit: compare what the cache holds with Postgres, and optionally repair it.
+"""The auditor: finds a template's keys on a shard, reads them, classifies them
+against Postgres, re-checks the candidates after a grace period, and repairs.
 
-For each configured table, every versioned key template built only from primary-key
-columns (and naming all of them) can be read back into a row: its keys are found on
-every shard (``SCAN MATCH``, or a random sample), parsed back into primary-key
-values, and the rows' versions read from Postgres in batches (one statement per
-batch, rate-limited). Each entry is then:
-
-    fresh   data cached at the row's version
-    stale   data cached at an older version (or of unknown version: not a valid entry)
-    orphan  data cached for a row that no longer exists
-    ahead   data cached at a newer version than Postgres has: the row's versions went
-            back (deleted and re-inserted, its version column restarted: SPEC §2) or
-            the DSN is a lagging replica. The reconciler would call it fresh forever.
-    fence   a fence (no data): not an entry to compare, counted apart
-    unparsed a key that does not name a row (does not parse, or is not a literal of
-            the primary key's type)
-
-Stale, orphan and ahead entries are findings: the audit fails while any remains.
-Candidates are looked at again after a grace period, so a change the live worker is
-about to reconcile (or a replica about to catch up) is not reported. ``repair`` then
-applies the reconciler's own protocol through ``Shard.apply``: a versioned op at the
-row's version for stale entries (the entry becomes a fence unless something newer was
-written meanwhile), a delete op for orphans and for entries ahead (removed and fenced
-for ``fence_ttl``, as if the row had been deleted: a miss is always safe). Nothing is
-written unless asked.
-
-Templates that cannot be read back (a non-key column, a missing key column) and
-unversioned templates are listed as not auditable.
-
-Valkey errors are errors, never findings: an error reply (a command the ACL user may
-not run, a key outside its patterns, a server loading) or a timeout stops the audit
-(``FatalError``, exit 2) with a message naming the shard, the command, its ACL
-categories and the grant (``AUDIT_GRANT``, the user's least privilege). An entry that
-could not be read is never counted.
+Keys come from ``SCAN MATCH`` (or a sample: RANDOMKEY while the template's keys are
+common enough, else reservoir sampling over a SCAN); their state is read in one
+pipelined round trip per chunk (TYPE, HGET v, HEXISTS d) and the rows' versions in
+one statement per chunk, rate-limited. Valkey and Postgres errors stop the audit
+(``FatalError``); an ACL refusal names the command, its categories and the grant
+(``AUDIT_GRANT``). ``run_audit`` builds the shard clients and the Postgres session.
 """
 
 from __future__ import annotations
@@ -43,7 +17,6 @@ import random
 import re
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import valkey
@@ -61,7 +34,8 @@ from connectors.valkey.protocols import (
 )
 from connectors.valkey.shard import Shard
 from reconciler.errors import ConfigError, FatalError
-from reconciler.findings import (
+from reconciler.observe.metrics import Metrics
+from reconciler.ops.audit.findings import (
     AHEAD,
     FENCE,
     FRESH,
@@ -72,12 +46,11 @@ from reconciler.findings import (
     AuditReport,
     Finding,
 )
-from reconciler.keyparse import key_pattern, parse_key
-from reconciler.observe.metrics import Metrics
+from reconciler.ops.audit.keyparse import key_pattern
+from reconciler.ops.audit.targets import Target, targets
 from reconciler.ops.ratelimit import TokenBucket
 from reconciler.pipeline.shards import ShardPool
 from reconciler.settings import Settings
-from reconciler.templates import KeyTemplate
 from shard_map import ShardMapError, load_shard_map
 
 log = logging.getLogger(__name__)
@@ -105,61 +78,6 @@ AUDIT_GRANT = ("-@all +scan +type +hget +hexists, +dbsize +randomkey for --sampl
 _REFUSED_COMMAND = re.compile(r"run the '([^']+)' command")  # in a NOPERM message
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    """One auditable key template of one table."""
-
-    table: str
-    template: KeyTemplate
-    primary_key: tuple[str, ...]
-    version_column: str
-    others: tuple[KeyTemplate, ...]  # every other configured template, to tell keys apart
-
-    def parse(self, key: str) -> tuple[str, ...] | None:
-        """The primary-key values a key names, or None (not parseable, ambiguous, or
-        the key of a more specific template)."""
-        values = parse_key(self.template, key, others=self.others)
-        if values is None:
-            return None
-        try:
-            return tuple(values[column] for column in self.primary_key)
-        except KeyError:
-            return None
-
-
-def targets(settings: Settings, tables: Sequence[str] | None
-            ) -> tuple[list[Target], dict[str, list[dict[str, str]]]]:
-    """The auditable templates of the chosen tables, and why the others are not."""
-    chosen = list(tables or settings.tables)
-    unknown = [t for t in chosen if t not in settings.tables]
-    if unknown:
-        raise ConfigError(f"--table {', '.join(unknown)}: not configured (tables: "
-                          f"{', '.join(settings.tables)})")
-    every = [t for spec in settings.tables.values() for t in spec.templates()]
-    out: list[Target] = []
-    skipped: dict[str, list[dict[str, str]]] = {}
-    for name in chosen:
-        spec = settings.tables[name]
-        primary_key = tuple(spec.primary_key)
-        for template in spec.templates():
-            reason = None
-            if not template.versioned:
-                reason = "unversioned (a derived key: nothing to compare)"
-            elif not set(template.columns) <= set(primary_key):
-                extra = sorted(set(template.columns) - set(primary_key))
-                reason = f"uses non-key column(s) {', '.join(extra)}: cannot name one row"
-            elif set(template.columns) != set(primary_key):
-                missing = sorted(set(primary_key) - set(template.columns))
-                reason = f"lacks primary-key column(s) {', '.join(missing)}"
-            if reason is not None:
-                skipped.setdefault(name, []).append({"template": template.source,
-                                                     "reason": reason})
-                continue
-            out.append(Target(name, template, primary_key, spec.version_column,
-                              tuple(t for t in every if t is not template)))
-    return out, skipped
 
 
 class Auditor:

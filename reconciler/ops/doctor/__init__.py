@@ -1,0 +1,62 @@
+"""Doctor: a preflight checklist that catches misconfiguration before it bites.
+
+Each check yields one line, ``OK | WARN | FAIL <check>: <detail> — <what to do>``:
+
+- kafka: the brokers answer; every configured topic exists (or the regex matches
+  some); every table has a topic; the dead-letter topic exists; the group's committed
+  offsets are not below the log start (retention deleted changes it never processed).
+- shards: each answers, runs Valkey/Redis ≥ 7 (Functions), has (or accepts) the
+  functions library, and lets the ACL user run every command the reconciler and the
+  functions need (ACL DRYRUN, else a harmless probe); what only audit needs is a WARN.
+- connect (optional ``connect.url``): the Debezium connector and its tasks RUNNING,
+  and capturing every configured table.
+- postgres (optional ``postgres.dsn``): each table exists with its primary key, shard
+  key and version column; a BEFORE UPDATE trigger bumps the version, and the version
+  never goes back across a delete and re-insert (a sequence on INSERT and UPDATE, not
+  ``DEFAULT 1`` plus ``OLD + 1``: a WARN with the SQL); the replica identity carries
+  what deletes and moves need; the table is in the connector's publication; the
+  replication slot is active and its retained WAL bounded.
+
+Any FAIL makes the exit status non-zero. Checks never write, except loading the
+functions library on a shard where it is missing (what the worker does on first use).
+Modules, one per service: ``kafka``, ``valkey`` (the shards), ``connect``, ``postgres``;
+``checklist`` holds a line of the checklist (``Check``) and its rendering.
+"""
+
+from __future__ import annotations
+
+from reconciler.ops.doctor.checklist import Check
+from reconciler.ops.doctor.connect import connect_checks
+from reconciler.ops.doctor.kafka import kafka_checks
+from reconciler.ops.doctor.postgres import DEFAULT_MAX_RETAINED_WAL, postgres_checks
+from reconciler.ops.doctor.valkey import shard_checks
+from reconciler.settings import Settings
+
+__all__ = ["DEFAULT_MAX_RETAINED_WAL", "Doctor", "run_doctor"]
+
+
+class Doctor:
+    """Runs every check against the services the config names."""
+
+    def __init__(self, settings: Settings, *,
+                 max_retained_wal_bytes: int = DEFAULT_MAX_RETAINED_WAL) -> None:
+        self.settings = settings
+        self.max_retained_wal = max_retained_wal_bytes
+
+    def run(self) -> list[Check]:
+        checks = list(kafka_checks(self.settings))
+        checks += shard_checks(self.settings)
+        connector: dict[str, str] | None = None
+        for check in connect_checks(self.settings):
+            if isinstance(check, dict):
+                connector = check
+            else:
+                checks.append(check)
+        checks += postgres_checks(self.settings, connector,
+                                  max_retained_wal_bytes=self.max_retained_wal)
+        return checks
+
+
+def run_doctor(settings: Settings, *,
+               max_retained_wal_bytes: int = DEFAULT_MAX_RETAINED_WAL) -> list[Check]:
+    return Doctor(settings, max_retained_wal_bytes=max_retained_wal_bytes).run()
