@@ -5,7 +5,6 @@ same results and end states)."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 
 import pytest
@@ -82,38 +81,66 @@ def test_a_shard_down_past_the_budget_fails_the_batch() -> None:
     assert a.keys() == []
 
 
-class DownFor(FakeShard):
-    """A shard that refuses every call for its first `seconds`, then answers."""
+class SimTime:
+    """Stands in for the invalidator's `time` module: a clock that moves only when the
+    invalidator sleeps, so a test of its waits never depends on how busy the machine is
+    (with real time, "no more than the budget" needed an upper bound on oversleeping)."""
 
-    def __init__(self, seconds: float) -> None:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> SimTime:
+    from reconciler.pipeline import invalidator
+
+    sim = SimTime()
+    monkeypatch.setattr(invalidator, "time", sim)
+    return sim
+
+
+class DownFor(FakeShard):
+    """A shard that refuses every call until `clock` reaches `seconds`, then answers."""
+
+    def __init__(self, clock: SimTime, seconds: float) -> None:
         super().__init__("a")
-        self.until = time.monotonic() + seconds
+        self.clock, self.until = clock, seconds
+        self.attempts: list[float] = []  # when each call came
 
     def apply(self, keys: Sequence[str], ops: Sequence[str],
               versions: Sequence[int]) -> list[str]:
-        if time.monotonic() < self.until:
+        self.attempts.append(self.clock.now)
+        if self.clock.now < self.until:
             raise ValkeyUnavailable("down", shard="a", command="FCALL")
         return super().apply(keys, ops, versions)
 
 
-def test_a_shard_back_before_the_budget_runs_out_is_used() -> None:
+def test_a_shard_back_before_the_budget_runs_out_is_used(clock: SimTime) -> None:
     """Down for 0.8 s of a 1 s budget: the backoff (0.1, 0.2, 0.4, then 0.8) would next
     try at 1.5 s; the last wait is cut to the deadline instead of giving up at 0.7 s."""
-    a = DownFor(0.8)
+    a = DownFor(clock, 0.8)
     invalidator = Invalidator(lambda: {"a": a}, retry_budget_seconds=1,
                               truncate_max_keys_per_second=1e9)
     outcome = invalidator.execute([Action("a", "post:1", VERSIONED, 1)])
     assert outcome.results["a", "absent"] == 1 and a.keys() == ["post:1"]
+    assert a.attempts == pytest.approx([0, 0.1, 0.3, 0.7, 1.0])
 
 
-def test_a_shard_down_for_good_gets_the_whole_budget_and_no_more() -> None:
-    a = DownFor(3600)
+def test_a_shard_down_for_good_gets_the_whole_budget_and_no_more(clock: SimTime) -> None:
+    a = DownFor(clock, 3600)
     invalidator = Invalidator(lambda: {"a": a}, retry_budget_seconds=0.5,
                               truncate_max_keys_per_second=1e9)
-    started = time.monotonic()
     with pytest.raises(RetryBudgetExceeded, match=r"over 0\.5s \(valkey\.retry_budget"):
         invalidator.execute([Action("a", "post:1", VERSIONED, 1)])
-    assert 0.5 <= time.monotonic() - started < 0.5 + 0.25
+    # The last wait cut to end at the deadline, one more attempt there, then no more.
+    assert a.attempts == pytest.approx([0, 0.1, 0.3, 0.5])
+    assert clock.now == pytest.approx(0.5)
 
 
 def test_two_shards_are_called_and_counted_separately() -> None:
