@@ -45,10 +45,11 @@ from connectors.valkey.writer import CacheWriter
 from reconciler.settings import load_settings
 from shard_map import load_shard_map
 from stack import services
+from stack.process import LOG_DIR, STACK_DIR
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCAL = ROOT / "config" / "local"  # the demo's config, pointed at the running stack below
-CONFIG = services.STACK_DIR / "demo" / "reconciler.yaml"
+CONFIG = STACK_DIR / "demo" / "reconciler.yaml"
 ENDPOINTS = services.endpoints()
 DSN = str(ENDPOINTS["postgres_dsn"])
 METRICS_PORT = int(os.environ.get("CR_DEMO_METRICS_PORT", "9400"))
@@ -293,7 +294,7 @@ def main() -> int:
     write_config()
     group = f"cache-reconciler-demo-{int(time.time())}"
     start_at_end(group)
-    log_path = services.LOG_DIR / "demo-reconciler.log"
+    log_path = LOG_DIR / "demo-reconciler.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "RECONCILER_KAFKA__GROUP_ID": group,
            "RECONCILER_METRICS__PORT": str(METRICS_PORT)}

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from stack import services
+from stack.process import StackError, log
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "up":
             took = services.up(names)
-            services.log(f"stack up in {took:.1f}s; endpoints in {services.ENDPOINTS_FILE}")
+            log(f"stack up in {took:.1f}s; endpoints in {services.ENDPOINTS_FILE}")
         elif args.command == "down":
             services.down(names)
         elif args.command == "restart":
@@ -35,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0 if all(state.values()) else 1
         elif args.command == "env":
             print("\n".join(services.env_lines()))
-    except services.StackError as exc:
+    except StackError as exc:
         print(f"[stack] error: {exc}", file=sys.stderr)
         return 1
     return 0

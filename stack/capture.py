@@ -37,9 +37,11 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from stack import services
+from stack import connect as stack_connect
+from stack import kafka, postgres, services
+from stack.process import LOG_DIR, ROOT, STACK_DIR, StackError, http_json
 
-FIXTURE_DIR = services.ROOT / "tests" / "fixtures" / "debezium"
+FIXTURE_DIR = ROOT / "tests" / "fixtures" / "debezium"
 CONNECTOR_PREFIX = "cr-capture-"
 SLOT_PREFIX = "cr_capture_"
 # prefix -> (schemas.enable, fixture file)
@@ -63,7 +65,7 @@ def log(message: str) -> None:
 
 
 def bootstrap() -> str:
-    return f"{services.HOST}:{services.KAFKA_PORT}"
+    return kafka.bootstrap()
 
 
 def heartbeat_topic(prefix: str) -> str:
@@ -193,7 +195,7 @@ def slot_name(prefix: str) -> str:
 
 
 def capture_config(prefix: str, schemas: bool, seeds: dict[str, list[str]]) -> dict[str, str]:
-    config = services.connector_config()
+    config = stack_connect.connector_config()
     enabled = "true" if schemas else "false"
     config.update({
         "topic.prefix": prefix,
@@ -211,7 +213,7 @@ def capture_config(prefix: str, schemas: bool, seeds: dict[str, list[str]]) -> d
 
 
 def connect(method: str, path: str, body: object | None = None) -> Any:
-    return services.http_json(method, services.connect_url(path), body)
+    return http_json(method, stack_connect.connect_url(path), body)
 
 
 def connector_state(name: str) -> tuple[str, list[dict[str, Any]]]:
@@ -234,7 +236,7 @@ def wait_running(name: str) -> None:
                 return
         time.sleep(0.5)
     raise CaptureError(f"connector {name} not RUNNING after {TIMEOUT:.0f}s; see "
-                       f"{services.LOG_DIR / 'connect.log'}")
+                       f"{LOG_DIR / 'connect.log'}")
 
 
 def remove_connector(name: str) -> None:
@@ -267,18 +269,18 @@ def remove_connector(name: str) -> None:
 def drop_slot(slot: str) -> None:
     """Drop a replication slot as the superuser, ending its walsender if still attached."""
     where = f"FROM pg_replication_slots WHERE slot_name = '{slot}'"
-    if services.psql(f"SELECT count(*) {where}") != "1":
+    if postgres.psql(f"SELECT count(*) {where}") != "1":
         return
     deadline = time.monotonic() + 30
-    while (pid := services.psql(f"SELECT coalesce(active_pid::text, '') {where}")) \
+    while (pid := postgres.psql(f"SELECT coalesce(active_pid::text, '') {where}")) \
             and time.monotonic() < deadline:
         time.sleep(0.5)
     if pid:
         log(f"slot {slot} still in use by pid {pid}: terminating that walsender")
-        services.psql(f"SELECT pg_terminate_backend({int(pid)})")
+        postgres.psql(f"SELECT pg_terminate_backend({int(pid)})")
         time.sleep(1)
     log(f"dropping replication slot {slot}")
-    services.psql(f"SELECT pg_drop_replication_slot(slot_name) {where}")
+    postgres.psql(f"SELECT pg_drop_replication_slot(slot_name) {where}")
 
 
 # --------------------------------------------------------------------------- Postgres
@@ -868,7 +870,7 @@ def snapshot_done(prefix: str, schemas: bool) -> bool:
 
 
 def slot_active(slot: str) -> bool:
-    return services.psql(f"SELECT active FROM pg_replication_slots "
+    return postgres.psql(f"SELECT active FROM pg_replication_slots "
                          f"WHERE slot_name = '{slot}'") == "t"
 
 
@@ -999,7 +1001,7 @@ def write_readme(work: Workload, configs: dict[str, dict[str, str]],
                      f"`schemas.enable={str(schemas).lower()}` |")
     lines += ["", "## Connector configuration",
               "", "Both connectors are `stack/connect/nd-postgres.json` (via "
-              "`services.connector_config()`) with these differences, on the same "
+              "`stack_connect.connector_config()`) with these differences, on the same "
               f"publication `{base['publication.name']}`:", ""]
     for prefix, config in configs.items():
         lines.append(f"`{connector_name(prefix)}`:")
@@ -1036,7 +1038,7 @@ def versions() -> dict[str, str]:
     plugins = connect("GET", "/connector-plugins")
     debezium = next(p["version"] for p in plugins if "PostgresConnector" in p["class"])
     return {"debezium": debezium, "kafka": connect("GET", "/")["version"],
-            "postgres": services.psql("SHOW server_version")}
+            "postgres": postgres.psql("SHOW server_version")}
 
 
 def same_shapes(ordered: dict[str, list[Record]]) -> None:
@@ -1061,7 +1063,7 @@ def preclean() -> None:
     for name in connect("GET", "/connectors"):
         if name.startswith(CONNECTOR_PREFIX):
             remove_connector(name)
-    for slot in services.psql("SELECT slot_name FROM pg_replication_slots WHERE slot_name "
+    for slot in postgres.psql("SELECT slot_name FROM pg_replication_slots WHERE slot_name "
                               f"LIKE '{SLOT_PREFIX}%'").split():
         drop_slot(slot)
     for prefix in PREFIXES:
@@ -1085,7 +1087,7 @@ def cleanup(work: Workload) -> list[str]:
                 errors.append(f"{prefix}: {exc}")
                 log(f"cleanup error ({prefix}): {exc}")
     cleanup_rows(work)
-    leftover = services.psql("SELECT slot_name FROM pg_replication_slots WHERE slot_name "
+    leftover = postgres.psql("SELECT slot_name FROM pg_replication_slots WHERE slot_name "
                              f"LIKE '{SLOT_PREFIX}%'")
     if leftover:
         errors.append(f"replication slots left behind: {leftover}")
@@ -1097,7 +1099,7 @@ def capture() -> None:
     if not all(state.get(n) for n in ("postgres", "kafka", "connect")):
         raise CaptureError(f"the stack is not running ({state}); start it with "
                            "`.venv/bin/python -m stack up`")
-    base = services.connector_config()
+    base = stack_connect.connector_config()
     preclean()
     work = Workload()
     failed = True
@@ -1131,7 +1133,7 @@ def capture() -> None:
             same_shapes(ordered)
         except CaptureError:
             for prefix, records in ordered.items():
-                dump = services.STACK_DIR / f"capture-failed-{prefix}.jsonl"
+                dump = STACK_DIR / f"capture-failed-{prefix}.jsonl"
                 dump.write_text("".join(r.fixture_line() + "\n" for r in records))
                 log(f"what was captured is in {dump}")
             raise
@@ -1152,7 +1154,7 @@ def main(argv: Iterable[str] | None = None) -> int:
     del argv
     try:
         capture()
-    except (CaptureError, services.StackError) as exc:
+    except (CaptureError, StackError) as exc:
         print(f"[capture] error: {exc}", file=sys.stderr)
         return 1
     return 0

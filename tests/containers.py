@@ -2,7 +2,7 @@
 
 `tests/conftest.py` uses this only when no local stack (`python -m stack up`) is
 running and `docker` answers; the project's own machines and CI have no Docker engine
-and always run the local stack. It starts the same services as stack/services.py —
+and always run the local stack. It starts the same services as the local stack (stack/) —
 PostgreSQL 15 with `wal_level=logical` and the same schema, roles and publication;
 Kafka (KRaft); Kafka Connect with the Debezium 3.3 PostgreSQL connector registered
 from the same stack/connect/nd-postgres.json; two Valkey 8 shards — and yields their
@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Any
 
-from stack import services
+from stack import connect, postgres
 from tests.conftest import Stack
 
 POSTGRES_IMAGE = "postgres:15"  # matches the local stack's Debian PostgreSQL 15
@@ -74,11 +74,11 @@ def container_stack() -> Iterator[Stack]:
         yield Stack(
             kafka_bootstrap=bootstrap,
             connect_url=connect_url,
-            connector=services.CONNECTOR_NAME,
-            topic_prefix=services.TOPIC_PREFIX,
-            postgres_dsn=f"postgresql://app:{services.PG_ROLES['app']}@{host}:{port}/nd",
+            connector=connect.CONNECTOR_NAME,
+            topic_prefix=connect.TOPIC_PREFIX,
+            postgres_dsn=f"postgresql://app:{postgres.PG_ROLES['app']}@{host}:{port}/nd",
             postgres_reconciler_dsn=(f"postgresql://reconciler:"
-                                     f"{services.PG_ROLES['reconciler']}@{host}:{port}/nd"),
+                                     f"{postgres.PG_ROLES['reconciler']}@{host}:{port}/nd"),
             valkey=shards,
             source="testcontainers",
         )
@@ -89,7 +89,7 @@ def _provision(superuser_dsn: str) -> None:
     import psycopg
 
     with psycopg.connect(superuser_dsn, autocommit=True) as conn:
-        for role, password in services.PG_ROLES.items():
+        for role, password in postgres.PG_ROLES.items():
             if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone():
                 continue
             conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'")
@@ -97,18 +97,18 @@ def _provision(superuser_dsn: str) -> None:
         conn.execute("CREATE DATABASE nd OWNER app")
     with psycopg.connect(superuser_dsn.rsplit("/", 1)[0] + "/nd", autocommit=True) as conn:
         conn.execute("SET ROLE app")
-        conn.execute((services.ROOT / "stack" / "postgres" / "schema.sql").read_text())
+        conn.execute(postgres.SCHEMA.read_text())
 
 
 def _register_connector(connect_url: str) -> None:
-    config: dict[str, Any] = services.connector_config()
+    config: dict[str, Any] = connect.connector_config()
     config["database.hostname"] = "postgres"
     config["database.port"] = "5432"
     deadline = time.monotonic() + START_TIMEOUT
     while True:
         try:
-            _http("PUT", f"{connect_url}/connectors/{services.CONNECTOR_NAME}/config", config)
-            status = _http("GET", f"{connect_url}/connectors/{services.CONNECTOR_NAME}/status")
+            _http("PUT", f"{connect_url}/connectors/{connect.CONNECTOR_NAME}/config", config)
+            status = _http("GET", f"{connect_url}/connectors/{connect.CONNECTOR_NAME}/status")
             tasks = status.get("tasks") or []
             if tasks and all(task.get("state") == "RUNNING" for task in tasks):
                 return

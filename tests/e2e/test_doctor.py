@@ -294,7 +294,7 @@ def test_an_inactive_replication_slot_warns_with_the_statement_to_drop_it(
     config = write_config(tmp_path, stack, group=f"doctor-{uid}", topics=TOPICS)
     slot = f"doctor_{uid}"
     # The connector's role may make slots (REPLICATION); the app's may not.
-    from stack.services import PG_ROLES
+    from stack.postgres import PG_ROLES
 
     parsed = urlsplit(stack.postgres_dsn)
     replication_dsn = parsed._replace(

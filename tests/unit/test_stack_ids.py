@@ -2,7 +2,7 @@
 
 import base64
 
-from stack.services import kafka_cluster_id
+from stack.kafka import kafka_cluster_id
 
 
 def test_kafka_cluster_id_never_reads_as_an_option() -> None:

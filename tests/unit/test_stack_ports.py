@@ -9,16 +9,16 @@ import os
 import subprocess
 import sys
 
-from stack import services
+from stack.process import ephemeral_ports
 from tests.conftest import ROOT
 
 DEFAULTS = """
 import json
-from stack import security, services, toxiproxy
-print(json.dumps({"postgres": services.PG_PORT, "kafka": services.KAFKA_PORT,
-                  "kafka controller": services.KAFKA_CONTROLLER_PORT,
-                  "kafka sasl": security.KAFKA_SASL_PORT, "connect": services.CONNECT_PORT,
-                  **services.VALKEY_PORTS, "valkey-acl": security.VALKEY_ACL_PORT,
+from stack import connect, kafka, postgres, security, toxiproxy, valkey
+print(json.dumps({"postgres": postgres.PG_PORT, "kafka": kafka.KAFKA_PORT,
+                  "kafka controller": kafka.KAFKA_CONTROLLER_PORT,
+                  "kafka sasl": security.KAFKA_SASL_PORT, "connect": connect.CONNECT_PORT,
+                  **valkey.VALKEY_PORTS, "valkey-acl": security.VALKEY_ACL_PORT,
                   "valkey-tls": security.VALKEY_TLS_PORT, "toxiproxy": toxiproxy.API_PORT}))
 """
 
@@ -29,7 +29,7 @@ def test_default_ports_are_below_the_ephemeral_range() -> None:
     out = subprocess.run([sys.executable, "-c", DEFAULTS], cwd=ROOT, env=env, check=True,
                          capture_output=True, text=True).stdout
     ports: dict[str, int] = json.loads(out)
-    low, _ = services.ephemeral_ports()
+    low, _ = ephemeral_ports()
     assert len(set(ports.values())) == len(ports), ports
     assert {name: port for name, port in ports.items() if port >= low} == {}, (
         f"in the ephemeral range (from {low}): {ports}")
