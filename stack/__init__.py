@@ -3,7 +3,7 @@
 
 Modules, each importing only those below it (import-linter pins it):
 
-- ``__main__``, ``capture``: the command line; recording the Debezium fixtures.
+- ``__main__``, ``capture/``: the command line; recording the Debezium fixtures.
 - ``services``: the services in start order; up, down, restart, status, endpoints.
 - ``connect``: Kafka Connect and the Debezium connector.
 - ``postgres``, ``kafka``, ``valkey``: one server each (valkey: the shards, valkey-acl
