@@ -48,8 +48,8 @@ try:  # the worker as of the pipeline split: timed through its hooks
     from reconciler.pipeline.worker import Worker
     LEGACY = False
 except ImportError:  # a worker from before it (`--worker-ref`): timed by wrapping it
-    from reconciler.clients import kafka_security  # type: ignore[no-redef]
-    from reconciler.worker import Worker  # type: ignore[no-redef]
+    from reconciler.clients import kafka_security  # type: ignore[no-redef, import-not-found]
+    from reconciler.worker import Worker  # type: ignore[no-redef, import-not-found]
     LEGACY = True
 
 PROGRESS_EVERY = 0.25  # seconds between rewrites of the progress file
