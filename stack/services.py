@@ -5,6 +5,9 @@ and Valkey as processes on loopback, with data and logs under ``.stack/``.
 does with them. Each service lives in its own module (postgres, kafka, connect,
 valkey; the secured side's configuration in security), all on ``stack.process``.
 
+``up`` with no names starts `DEFAULT`: everything but the services of `ON_DEMAND`,
+which start only when named (``python -m stack up valkey-tls``).
+
 Only the standard library and, where installed, ``confluent_kafka`` (the broker
 readiness check, the captured tables' topics) are used, so the stack can run before
 the project is installed.
@@ -31,6 +34,9 @@ SERVICES: dict[str, Service] = {service.name: service for service in (
     connect.SERVICE,
 )}
 START_ORDER = list(SERVICES)
+# Started only when named: stunnel, installed by the test set-up, for the security tests.
+ON_DEMAND = ("valkey-tls",)
+DEFAULT = [name for name in START_ORDER if name not in ON_DEMAND]  # what `up` starts
 
 ENV_NAMES = {  # `python -m stack env`: endpoints() key -> variable the tests read
     "kafka_bootstrap": "CR_KAFKA_BOOTSTRAP",
@@ -68,10 +74,10 @@ def env_lines() -> Iterator[str]:
 
 
 def up(names: list[str] | None = None) -> float:
-    """Start `names` (default: every service) in start order; the seconds it took."""
+    """Start `names` (default: `DEFAULT`) in start order; the seconds it took."""
     started = time.monotonic()
     STACK_DIR.mkdir(parents=True, exist_ok=True)
-    for name in names or START_ORDER:
+    for name in names or DEFAULT:
         t0 = time.monotonic()
         SERVICES[name].start()
         log(f"{name} ready ({time.monotonic() - t0:.1f}s)")
@@ -85,6 +91,16 @@ def down(names: list[str] | None = None) -> None:
         if SERVICES[name].running() or read_pid(name) is not None:
             log(f"stopping {name}")
         SERVICES[name].stop()
+
+
+def restart(names: list[str] | None = None) -> float:
+    """Stop and start `names`; by default what `up` starts and every on-demand service
+    that was running."""
+    if names is None:
+        names = [name for name in START_ORDER
+                 if name in DEFAULT or SERVICES[name].running()]
+    down(names)
+    return up(names)
 
 
 def status() -> dict[str, bool]:

@@ -3,6 +3,10 @@
 off and whose users are `stack.security`'s; and ``valkey-tls``, Debian's stunnel
 terminating TLS in front of valkey-acl, as many deployments do (the wheel's
 valkey-server is built without TLS).
+
+valkey-tls is the one service `python -m stack up` starts only when named: the
+security tests need it (scripts/test starts it), the demo does not, and stunnel is
+installed by the test set-up only.
 """
 
 from __future__ import annotations
@@ -106,7 +110,8 @@ def stunnel() -> str:
         found = shutil.which(candidate)
         if found:
             return found
-    raise StackError("stunnel not found: install Debian's stunnel4 (scripts/setup does)")
+    raise StackError("stunnel not found: install Debian's stunnel4 (scripts/setup --tests "
+                     "does); only valkey-tls, for the security tests, needs it")
 
 
 def _tls_command() -> list[str]:

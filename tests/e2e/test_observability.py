@@ -74,7 +74,7 @@ class Prometheus:
         binary = shutil.which("prometheus")
         if binary is None:
             pytest.fail("prometheus is not installed: `apt-get install -y prometheus` "
-                        "(scripts/setup does)", pytrace=False)
+                        "(scripts/setup --tests does)", pytrace=False)
         directory.mkdir(parents=True, exist_ok=True)
         config = {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s",

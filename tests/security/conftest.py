@@ -70,8 +70,9 @@ def secured(stack: Stack) -> Secured:
         ("valkey-tls (stunnel)", security.VALKEY_TLS_PORT)) if not _listening(port)]
     if missing:
         pytest.fail("the secured services are not running: " + "; ".join(missing) +
-                    ". `python -m stack up` starts them (a broker started before the SASL_SSL "
-                    "listener existed needs `python -m stack restart kafka connect`)",
+                    ". `python -m stack up` starts them, and `python -m stack up valkey-tls` "
+                    "the TLS Valkey (scripts/test runs both; a broker started before the "
+                    "SASL_SSL listener existed needs `python -m stack restart kafka connect`)",
                     pytrace=False)
     ends = security.endpoints()
     return Secured(

@@ -38,7 +38,7 @@ def promtool() -> str:
     found = shutil.which("promtool")
     if found is None:
         pytest.fail("promtool is not installed: `apt-get install -y prometheus` "
-                    "(scripts/setup does)", pytrace=False)
+                    "(scripts/setup --tests does)", pytrace=False)
     return found
 
 
