@@ -16,6 +16,7 @@ import logging
 import re
 import ssl
 from collections.abc import Callable
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any, TypeVar
 
@@ -33,6 +34,21 @@ SET_IF_NEWER_FUNCTION = f"cr{PROTOCOL_VERSION}_set_if_newer"  # writer compare-a
 LUA_SOURCE: str = (
     resources.files("connectors.valkey").joinpath("functions.lua").read_text(encoding="utf-8")
 )  # the library source, as shipped in the package
+
+
+@dataclass(frozen=True, slots=True)
+class Library:
+    """A Functions library of the cache protocol: its name, source and function names.
+    `PROTOCOL` is the one shipped; a test builds a deliberately broken variant under
+    names of its own (`reconciler.pipeline.faults`), never replacing this one."""
+
+    name: str
+    source: str
+    apply: str
+    set_if_newer: str
+
+
+PROTOCOL = Library(LIBRARY_NAME, LUA_SOURCE, APPLY_FUNCTION, SET_IF_NEWER_FUNCTION)
 
 # Error prefixes (after valkey-py strips a known code) meaning "the function is gone".
 _MISSING_MARKERS = ("Function not found", "NOSCRIPT")
@@ -125,17 +141,19 @@ def _certificate_error(error: BaseException) -> ssl.SSLCertVerificationError | N
     return None
 
 
-def load_functions(client: valkey.Valkey, *, shard: str = "valkey") -> None:
-    """Install (or replace) library `LIBRARY_NAME` on the server behind `client`."""
+def load_functions(client: valkey.Valkey, *, shard: str = "valkey",
+                   library: Library = PROTOCOL) -> None:
+    """Install (or replace) `library` on the server behind `client`."""
     try:
-        client.function_load(LUA_SOURCE, replace=True)
+        client.function_load(library.source, replace=True)
     except (vx.ValkeyError, OSError) as error:
         raise translate(error, shard=shard, command="FUNCTION LOAD") from error
-    log.info("valkey shard %s: loaded functions library %s", shard, LIBRARY_NAME)
+    log.info("valkey shard %s: loaded functions library %s", shard, library.name)
 
 
 def call_with_reload(client: valkey.Valkey, call: Callable[[], T], *, shard: str,
-                     command: str, missing: Callable[[T], bool] | None = None) -> T:
+                     command: str, missing: Callable[[T], bool] | None = None,
+                     library: Library = PROTOCOL) -> T:
     """Run `call()`; if the function is missing on the server, load it and retry once.
 
     `missing(result)` lets a pipelined call, whose errors come back as values, report
@@ -147,14 +165,14 @@ def call_with_reload(client: valkey.Valkey, call: Callable[[], T], *, shard: str
         except (vx.ValkeyError, OSError) as error:
             if attempt == 1 and is_missing_function(error):
                 log.warning("valkey shard %s: library %s missing (restart or FUNCTION "
-                            "FLUSH?); reloading it", shard, LIBRARY_NAME)
-                load_functions(client, shard=shard)
+                            "FLUSH?); reloading it", shard, library.name)
+                load_functions(client, shard=shard, library=library)
                 continue
             raise translate(error, shard=shard, command=command) from error
         if attempt == 1 and missing is not None and missing(result):
             log.warning("valkey shard %s: library %s missing (restart or FUNCTION FLUSH?); "
-                        "reloading it", shard, LIBRARY_NAME)
-            load_functions(client, shard=shard)
+                        "reloading it", shard, library.name)
+            load_functions(client, shard=shard, library=library)
             continue
         return result
     raise AssertionError("unreachable")  # pragma: no cover

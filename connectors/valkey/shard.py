@@ -25,7 +25,8 @@ from valkey.connection import parse_url
 from connectors.errors import ValkeyRejected, ValkeyUnavailable
 from connectors.valkey.functions import (
     APPLY_FUNCTION,
-    LIBRARY_NAME,
+    PROTOCOL,
+    Library,
     call_with_reload,
     first_error,
     is_missing_function,
@@ -41,8 +42,6 @@ DEFAULT_FENCE_TTL_MS = 60_000  # SPEC fence_ttl default: 60 s
 TLS_SCHEMES = frozenset({"valkeys", "rediss"})  # URL schemes that mean TLS
 SCHEMES = frozenset({"valkey", "redis", *TLS_SCHEMES})  # accepted URL schemes
 _FCALL = b"FCALL"  # the command, pre-encoded
-_APPLY = APPLY_FUNCTION.encode()  # the function name, pre-encoded
-_APPLY_COMMAND = "FCALL " + APPLY_FUNCTION  # how errors name the call
 # Reply bytes -> the result label (one shared str object per label, no decoding).
 _LABEL = {b"repaired": "repaired", b"fresh": "fresh", b"absent": "absent",
           b"fenced": "fenced"}.__getitem__
@@ -96,7 +95,8 @@ def connection_pool(url: str, *, username: str | None = None, password: str | No
 
 
 def apply_commands(keys: Sequence[str], ops: Sequence[str], versions: Sequence[int],
-                   fence_ttl_ms: int) -> list[tuple[Any, ...]]:
+                   fence_ttl_ms: int, function: bytes = APPLY_FUNCTION.encode()
+                   ) -> list[tuple[Any, ...]]:
     """The FCALL argument tuples for one `apply()`: `APPLY_CHUNK` keys each.
 
     Per key: only slicing and slice assignment (C loops); the client packs ints itself.
@@ -108,7 +108,7 @@ def apply_commands(keys: Sequence[str], ops: Sequence[str], versions: Sequence[i
         pairs: list[Any] = [None] * (2 * len(chunk))
         pairs[0::2] = ops[start:stop]
         pairs[1::2] = versions[start:stop]
-        commands.append((_FCALL, _APPLY, len(chunk), *chunk, fence_ttl_ms, *pairs))
+        commands.append((_FCALL, function, len(chunk), *chunk, fence_ttl_ms, *pairs))
     return commands
 
 
@@ -119,11 +119,14 @@ class Shard:
                  password: str | None = None, tls_ca_file: str | None = None,
                  tls_cert_file: str | None = None, tls_key_file: str | None = None,
                  socket_timeout: float = 5.0,
-                 fence_ttl_ms: int = DEFAULT_FENCE_TTL_MS) -> None:
+                 fence_ttl_ms: int = DEFAULT_FENCE_TTL_MS, library: Library = PROTOCOL) -> None:
         if fence_ttl_ms <= 0:
             raise ValueError(f"shard {name!r}: fence_ttl_ms must be positive, "
                              f"got {fence_ttl_ms}")
         self._name = name
+        self.library = library
+        self.apply_function = library.apply.encode()  # the function name, pre-encoded
+        self._apply_command = "FCALL " + library.apply  # how errors name the call
         self.url = redact(url)  # safe to log: no credentials
         self.fence_ttl_ms = fence_ttl_ms
         self._client = valkey.Valkey(connection_pool=connection_pool(
@@ -159,8 +162,8 @@ class Shard:
         self._check(keys, ops, versions)
         if not keys:
             return []
-        commands = apply_commands(keys, ops, versions, self.fence_ttl_ms)
-        replies = self._call(lambda: self._pipeline(commands), _APPLY_COMMAND,
+        commands = apply_commands(keys, ops, versions, self.fence_ttl_ms, self.apply_function)
+        replies = self._call(lambda: self._pipeline(commands), self._apply_command,
                              missing=_any_missing)
         return self._labels(replies, len(keys))
 
@@ -195,7 +198,7 @@ class Shard:
 
     def _labels(self, replies: list[Any], n: int) -> list[str]:
         """The result labels of `apply_commands()`' replies, for `n` keys."""
-        command = _APPLY_COMMAND
+        command = self._apply_command
         error = first_error(replies)
         if error is not None:  # still missing after a reload
             raise translate(error, shard=self._name, command=command)
@@ -206,7 +209,7 @@ class Shard:
         except (KeyError, TypeError) as error:
             raise ValkeyRejected(
                 f"valkey shard {self._name!r}: {command} answered {replies!r:.200}, not one "
-                f"label per key: is another {LIBRARY_NAME} loaded? Run `reconciler doctor`",
+                f"label per key: is another {self.library.name} loaded? Run `reconciler doctor`",
                 shard=self._name, command=command) from error
         if len(results) != n:
             raise ValkeyRejected(f"valkey shard {self._name!r}: {command} answered "
@@ -286,7 +289,7 @@ class Shard:
 
     def ensure_functions(self) -> None:
         """Load (or replace) the functions library now rather than on first use."""
-        load_functions(self._client, shard=self._name)
+        load_functions(self._client, shard=self._name, library=self.library)
 
     def close(self) -> None:
         """Close every connection to the shard."""
@@ -302,7 +305,7 @@ class Shard:
     def _call(self, call: Callable[[], T], command: str,
               missing: Callable[[T], bool] | None = None) -> T:
         return call_with_reload(self._client, call, shard=self._name, command=command,
-                                missing=missing)
+                                missing=missing, library=self.library)
 
 
 def _any_missing(replies: list[Any]) -> bool:
@@ -323,7 +326,7 @@ class _Pending:
         if not keys:
             self._count = 0
             return
-        commands = apply_commands(keys, ops, versions, shard.fence_ttl_ms)
+        commands = apply_commands(keys, ops, versions, shard.fence_ttl_ms, shard.apply_function)
         self._count = len(commands)
         pool = shard.client.connection_pool
         try:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Mapping
 
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 from prometheus_client import Counter
 
 log = logging.getLogger(__name__)
@@ -79,3 +80,38 @@ class RetentionGaps:
                       tp[0], tp[1], missing, expected, expected + missing - 1, tp[0])
         self._next.update(positions)
         return lost
+
+
+def committed_starts(consumer: Consumer, partitions: list[TopicPartition],
+                     timeout: float) -> dict[TP, int | None]:
+    """Where each newly assigned partition continues: its committed offset, or 0 for
+    one without (a new group starts at the earliest offset: auto.offset.reset); None
+    when the broker does not say (the check then starts after its first batch)."""
+    starts: dict[TP, int | None] = {(tp.topic, tp.partition): None for tp in partitions}
+    if not partitions:
+        return starts
+    try:
+        for tp in consumer.committed(partitions, timeout=timeout):
+            if tp.error is None:
+                # OFFSET_INVALID (-1001): nothing committed
+                starts[tp.topic, tp.partition] = tp.offset if tp.offset >= 0 else 0
+    except KafkaException as exc:
+        log.warning("committed offsets of the assigned partitions unavailable (%s): the "
+                    "retention-gap check starts after their first batch", exc)
+    return starts
+
+
+def low_watermark(consumer: Consumer, tp: TP) -> int | None:
+    """A partition's log start offset: librdkafka's, from its last fetch, else the
+    broker's."""
+    partition = TopicPartition(*tp)
+    try:
+        low, _ = consumer.get_watermark_offsets(partition, cached=True)
+        if low is None or low < 0:
+            low, _ = consumer.get_watermark_offsets(partition, timeout=5, cached=False)
+    except KafkaException as exc:
+        log.warning("%s[%d]: log start offset unavailable (%s): a retention gap may go "
+                    "uncounted", tp[0], tp[1], exc)
+        return None
+    return low if low is not None and low >= 0 else None
+

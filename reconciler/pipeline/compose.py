@@ -90,7 +90,7 @@ def build_parts(settings: Settings, shard_map: ShardMap, metrics: Metrics, *, gr
             metrics.unresolved.labels(name, template.source, MISSING)
             if template not in rules.key_templates:
                 metrics.unresolved.labels(name, template.source, KEY_ONLY)
-    shards = ShardPool(settings, metrics)
+    shards = ShardPool(settings, metrics, library=faults.library())
     problems = shards.problems(shard_map)
     if problems:
         raise ConfigError(f"shard_map {settings.shard_map}: " + "; ".join(problems))

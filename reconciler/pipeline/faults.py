@@ -19,6 +19,10 @@ proves the oracle can see that class of bug.
     early_offsets      a batch's offsets are stored and committed once it is planned,
                        before its invalidations are sent
     ignore_tombstones  tombstones are skipped (a compacted topic loses its deletes)
+    no_ttl_refresh     a change that meets a fence or fresh data never extends its TTL
+                       (protocol version 1's hole): a variant of the library, loaded
+                       under names of its own (`cr2broken_*`), so other workers and the
+                       applications' writers keep the real one
 """
 
 from __future__ import annotations
@@ -26,13 +30,14 @@ from __future__ import annotations
 import os
 import signal
 
+from connectors.valkey.functions import PROTOCOL, Library
 from reconciler.pipeline.hooks import POINTS, NoHooks
 
 STOP_AT = os.environ.get("RECONCILER_FAULT_STOP_AT") or None  # the point to stop at, if any
 STOP_ON = int(os.environ.get("RECONCILER_FAULT_STOP_ON", "1"))  # the Nth arrival stops
 SLOW_CLOSE = float(os.environ.get("RECONCILER_FAULT_SLOW_CLOSE_SECONDS") or 0)  # a hung close
 BROKEN = os.environ.get("RECONCILER_FAULT_BROKEN") or None  # a deliberately broken worker
-BROKEN_MODES = ("no_fences", "early_offsets", "ignore_tombstones")
+BROKEN_MODES = ("no_fences", "early_offsets", "ignore_tombstones", "no_ttl_refresh")
 
 if STOP_AT is not None and STOP_AT not in POINTS:
     raise SystemExit(f"RECONCILER_FAULT_STOP_AT={STOP_AT!r}: expected one of {', '.join(POINTS)}")
@@ -78,3 +83,35 @@ class StopAt(NoHooks):
 def hooks() -> NoHooks:
     """The hooks the environment asks for: a `StopAt`, or none."""
     return StopAt(STOP_AT, STOP_ON) if STOP_AT else NoHooks()
+
+
+# The edits that make the no_ttl_refresh library: every one must apply, so that a change
+# to functions.lua cannot leave the negative control silently testing the real thing.
+_NO_TTL_REFRESH = (
+    (f"#!lua name={PROTOCOL.name}", f"#!lua name={PROTOCOL.name}_broken"),
+    (f"'{PROTOCOL.apply}'", "'cr2broken_apply'"),
+    (f"'{PROTOCOL.set_if_newer}'", "'cr2broken_set_if_newer'"),
+    ("""local function hold_fence(key, ttl_ms)
+  if redis.call('PEXPIRE', key, ttl_ms, 'GT') == 0 then
+    redis.call('PEXPIRE', key, ttl_ms, 'NX')
+  end
+end""", """local function hold_fence(key, ttl_ms)
+end"""),
+    ("""      redis.call('PEXPIRE', key, ttl_ms, 'GT')  -- a shorter TTL raised; none left none
+""", ""),
+)
+
+
+def library() -> Library:
+    """The Functions library the worker loads: the real one, unless no_ttl_refresh."""
+    if not broken("no_ttl_refresh"):
+        return PROTOCOL
+    source = PROTOCOL.source
+    for old, new in _NO_TTL_REFRESH:
+        if old not in source:
+            raise SystemExit("RECONCILER_FAULT_BROKEN=no_ttl_refresh: functions.lua no longer "
+                             f"contains {old.splitlines()[0]!r}; update reconciler/pipeline/"
+                             "faults.py")
+        source = source.replace(old, new)
+    return Library(f"{PROTOCOL.name}_broken", source, "cr2broken_apply",
+                   "cr2broken_set_if_newer")

@@ -16,7 +16,7 @@ abandoned with its offsets unstored: it is processed again after a restart
 (every operation is idempotent).
 
 Everything a pipeline uses is handed in (the composition root is
-`reconciler.pipeline.clients.build_parts`): a record source (a confluent Consumer, or
+`reconciler.pipeline.compose.build_parts`): a record source (a confluent Consumer, or
 `testing.MemorySource`), the decoder, the planner, the invalidator over the shards,
 the dead-letter sink, the metrics and freshness bundles, and the hooks its fault and
 timing points call.

@@ -14,6 +14,7 @@ import threading
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
+from connectors.valkey.functions import PROTOCOL, Library
 from connectors.valkey.shard import TLS_SCHEMES, Shard, redact
 from reconciler.observe.metrics import Metrics
 from reconciler.settings import Settings
@@ -25,8 +26,10 @@ log = logging.getLogger(__name__)
 class ShardPool:
     """The shard clients of the current shard map and their reachability."""
 
-    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics, *,
+                 library: Library = PROTOCOL) -> None:
         self._settings = settings
+        self._library = library
         self._metrics = metrics
         self._shards: dict[str, Shard] = {}
         self._urls: dict[str, str] = {}
@@ -67,6 +70,7 @@ class ShardPool:
                     tls_key_file=str(tls.key_file) if tls.key_file else None,
                     socket_timeout=valkey.socket_timeout_seconds,
                     fence_ttl_ms=self._settings.fence_ttl_seconds * 1000,
+                    library=self._library,
                 )
                 self._metrics.init_shard(name)
                 log.info("shard %s: %s", name, shards[name].url)

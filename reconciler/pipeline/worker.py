@@ -24,6 +24,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
@@ -32,7 +33,7 @@ from prometheus_client import CollectorRegistry
 
 from connectors.kafka import admin_config, consumer_config
 from reconciler.errors import ConfigError, FatalError, RetryBudgetExceeded, TransientError
-from reconciler.observe.gaps import RetentionGaps
+from reconciler.observe.gaps import RetentionGaps, committed_starts, low_watermark
 from reconciler.observe.health import HealthServer, Status
 from reconciler.observe.lag import REQUEST_TIMEOUT as LAG_REQUEST_TIMEOUT
 from reconciler.observe.lag import LagMonitor
@@ -87,7 +88,7 @@ class Worker:
         self.shards = parts.shards
         self.consumer = parts.consumer
         self._parts = parts
-        self._gaps = RetentionGaps(self._low_watermark, self.metrics.unseen)
+        self._gaps = RetentionGaps(partial(low_watermark, self.consumer), self.metrics.unseen)
         self.pipeline = Pipeline(
             parts.consumer, parts.decoder, parts.planner, parts.invalidator,
             parts.dead_letters, self.metrics, max_event_bytes=settings.max_event_bytes,
@@ -255,7 +256,7 @@ class Worker:
         consumer.incremental_assign(partitions)
         if self._paused:
             consumer.pause(partitions)
-        self._gaps.assigned(self._starts(consumer, partitions))
+        self._gaps.assigned(committed_starts(consumer, partitions, METADATA_TIMEOUT_SECONDS))
         for tp in partitions:
             self._positions[tp.topic, tp.partition] = None
         self.freshness.assigned((tp.topic, tp.partition) for tp in partitions)
@@ -277,39 +278,6 @@ class Worker:
         # Lost partitions may already belong to someone else: never commit for them.
         self._forget(partitions)
         log.warning("lost %s (group membership expired)", _names(partitions))
-
-    def _starts(self, consumer: Consumer, partitions: list[TopicPartition]
-                ) -> dict[TP, int | None]:
-        """Where each assigned partition continues: its committed offset, or 0 for one
-        without (a new group starts at the earliest offset); None when the broker does
-        not say (the retention-gap check then starts from the first batch)."""
-        starts: dict[TP, int | None] = {(tp.topic, tp.partition): None for tp in partitions}
-        if not partitions:
-            return starts
-        try:
-            for tp in consumer.committed(partitions, timeout=METADATA_TIMEOUT_SECONDS):
-                if tp.error is None:
-                    # OFFSET_INVALID (-1001): nothing committed; auto.offset.reset=earliest
-                    starts[tp.topic, tp.partition] = tp.offset if tp.offset >= 0 else 0
-        except KafkaException as exc:
-            log.warning("committed offsets of the assigned partitions unavailable (%s): the "
-                        "retention-gap check starts after their first batch", exc)
-        return starts
-
-    def _low_watermark(self, tp: TP) -> int | None:
-        """A partition's log start offset: librdkafka's, from its last fetch, else the
-        broker's."""
-        partition = TopicPartition(*tp)
-        try:
-            low, _ = self.consumer.get_watermark_offsets(partition, cached=True)
-            if low is None or low < 0:
-                low, _ = self.consumer.get_watermark_offsets(partition, timeout=5,
-                                                             cached=False)
-        except KafkaException as exc:
-            log.warning("%s[%d]: log start offset unavailable (%s): a retention gap may go "
-                        "uncounted", tp[0], tp[1], exc)
-            return None
-        return low if low is not None and low >= 0 else None
 
     def _forget(self, partitions: list[TopicPartition]) -> None:
         self._gaps.revoked((tp.topic, tp.partition) for tp in partitions)

@@ -41,8 +41,9 @@ def test_a_library_flushed_again_right_after_its_reload_is_transient(
 
     load = functions.load_functions
 
-    def load_then_flushed(target: valkey.Valkey, *, shard: str = "valkey") -> None:
-        load(target, shard=shard)
+    def load_then_flushed(target: valkey.Valkey, *, shard: str = "valkey",
+                          library: functions.Library = functions.PROTOCOL) -> None:
+        load(target, shard=shard, library=library)
         client.function_flush("SYNC")
 
     client.function_flush("SYNC")
