@@ -49,9 +49,13 @@ from typing import Any
 
 import valkey
 from confluent_kafka import Consumer, TopicPartition
-
 from connectors.valkey.writer import CacheWriter
-from reconciler.pipeline.deadletter import HEADER_OFFSET, HEADER_PARTITION, HEADER_REASON, HEADER_TOPIC
+from reconciler.pipeline.deadletter import (
+    HEADER_OFFSET,
+    HEADER_PARTITION,
+    HEADER_REASON,
+    HEADER_TOPIC,
+)
 from tests.conftest import Stack
 from tests.e2e.support import (
     COMMENTS,
