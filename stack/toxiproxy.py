@@ -18,7 +18,6 @@ stack.toxiproxy install`` builds it with ``go install`` into the virtualenv's bi
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -28,7 +27,7 @@ import sys
 import tempfile
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -247,15 +246,6 @@ class FaultNet:
 
     def __exit__(self, *exc: object) -> None:
         self.remove()
-
-
-@contextlib.contextmanager
-def fault_net(ports: Mapping[str, int]) -> Iterator[FaultNet]:
-    net = FaultNet(ports)
-    try:
-        yield net.start()
-    finally:
-        net.remove()
 
 
 def main(argv: list[str] | None = None) -> int:

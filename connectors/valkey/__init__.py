@@ -4,7 +4,7 @@
   `cr2_apply`, `cr2_set_if_newer`), loading it, transparent reload, error mapping.
 - `shard` — `Shard`: one server; `apply()` (one round trip per batch), `truncate()`.
 - `writer` — `CacheWriter`: what applications use (`get`, `set_if_newer`).
-- `protocols` — the `Invalidator` seam, op codes and result labels (stdlib only).
+- `protocols` — the `ShardClient` seam, op codes and result labels (stdlib only).
 - `testing` — `FakeShard`: the same semantics in memory, for unit tests.
 
 Importing this package loads only `protocols`; import the other modules explicitly.
@@ -18,9 +18,18 @@ from connectors.valkey.protocols import (
     OPS,
     REPAIRED,
     RESULTS,
-    Invalidator,
     PendingApply,
+    ShardClient,
 )
 
-__all__ = ["ABSENT", "FENCED", "FRESH", "MAX_VERSION", "OPS", "REPAIRED", "RESULTS",
-           "Invalidator", "PendingApply"]
+__all__ = [
+    "ABSENT",
+    "FENCED",
+    "FRESH",
+    "MAX_VERSION",
+    "OPS",
+    "REPAIRED",
+    "RESULTS",
+    "PendingApply",
+    "ShardClient",
+]

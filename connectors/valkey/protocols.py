@@ -1,7 +1,7 @@
 """The seam between the reconciler and a cache shard.
 
 `Shard` (real server) and `testing.FakeShard` (in memory, same semantics) implement
-`Invalidator`, so the reconciler's invalidation code is written and unit-tested
+`ShardClient`, so the reconciler's invalidation code is written and unit-tested
 against this Protocol without a server. The op codes, result labels and field names
 of the cache protocol are defined here too; this module imports nothing but the
 standard library, so pure code (the planner) can use it freely.
@@ -40,7 +40,7 @@ def parse_version(raw: bytes | None) -> int | None:
     return version if version <= MAX_VERSION else None
 
 
-class Invalidator(Protocol):
+class ShardClient(Protocol):
     """Applies cache-protocol operations to one shard."""
 
     @property
@@ -73,7 +73,7 @@ class Invalidator(Protocol):
 
 
 class PendingApply(Protocol):
-    """Operations sent by `Invalidator.send()`, their answers not read yet."""
+    """Operations sent by `ShardClient.send()`, their answers not read yet."""
 
     def result(self) -> list[str]:
         """One result label per key, in order (what `apply()` returns); raises what

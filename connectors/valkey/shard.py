@@ -33,7 +33,7 @@ from connectors.valkey.functions import (
     load_functions,
     translate,
 )
-from connectors.valkey.protocols import MAX_VERSION, OPS, Invalidator, PendingApply
+from connectors.valkey.protocols import MAX_VERSION, OPS, PendingApply, ShardClient
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ def apply_commands(keys: Sequence[str], ops: Sequence[str], versions: Sequence[i
 
 
 class Shard:
-    """A Valkey server holding part of the cache (implements `Invalidator`)."""
+    """A Valkey server holding part of the cache (implements `ShardClient`)."""
 
     def __init__(self, name: str, url: str, *, username: str | None = None,
                  password: str | None = None, tls_ca_file: str | None = None,
@@ -377,4 +377,4 @@ class _Pending:
 
 
 if TYPE_CHECKING:
-    _implements: type[Invalidator] = Shard
+    _implements: type[ShardClient] = Shard

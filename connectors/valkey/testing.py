@@ -1,6 +1,6 @@
 """An in-memory shard with the exact semantics of the Valkey functions, for unit tests.
 
-`FakeShard` implements `Invalidator` (apply, truncate) plus the writer's
+`FakeShard` implements `ShardClient` (apply, truncate) plus the writer's
 `set_if_newer`, over a dict of hashes (and non-hash values, to model foreign data),
 with TTLs (the fence lifetime rules included) against an injectable clock.
 `tests/unit/connectors/valkey` runs the same random operation sequences through it and
@@ -31,8 +31,8 @@ from connectors.valkey.protocols import (
     OPS,
     REPAIRED,
     VERSION_FIELD,
-    Invalidator,
     PendingApply,
+    ShardClient,
     parse_version,
 )
 
@@ -76,7 +76,7 @@ def glob_regex(pattern: str) -> re.Pattern[str]:
 
 
 class FakeShard:
-    """An in-memory `Invalidator` with the semantics of library cache_reconciler_2."""
+    """An in-memory `ShardClient` with the semantics of library cache_reconciler_2."""
 
     def __init__(self, name: str = "fake", *, fence_ttl_ms: int = 60_000,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -261,7 +261,7 @@ class FakeShard:
 
 
 if TYPE_CHECKING:
-    _implements: type[Invalidator] = FakeShard
+    _implements: type[ShardClient] = FakeShard
 
 
 class _FakePending:

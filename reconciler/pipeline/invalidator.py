@@ -27,45 +27,38 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from connectors.errors import ValkeyRejected, ValkeyUnavailable
-from connectors.valkey.protocols import PendingApply
+from connectors.valkey.protocols import (
+    OP_DELETE,
+    OP_SNAPSHOT,
+    OP_UNVERSIONED,
+    OP_VERSIONED,
+    PendingApply,
+    ShardClient,
+)
 from reconciler.errors import FatalError, RetryBudgetExceeded, TransientError
 from reconciler.pipeline.hooks import Hooks, NoHooks
 from reconciler.pipeline.planner import DELETE, TRUNCATE, UNVERSIONED, VERSIONED, Action
 
 log = logging.getLogger(__name__)
 
-OP_BY_KIND = {VERSIONED: "v", DELETE: "d", UNVERSIONED: "u"}  # kind → op code (fence on)
-SNAPSHOT_OP = "s"  # a versioned action without fence: a snapshot read (op r)
+OP_BY_KIND = {VERSIONED: OP_VERSIONED, DELETE: OP_DELETE, UNVERSIONED: OP_UNVERSIONED}
 # The fault suite's broken worker (RECONCILER_FAULT_BROKEN=no_fences): every key plainly
 # deleted, as a naive invalidator does.
-UNFENCED_OPS = {VERSIONED: "u", DELETE: "u", UNVERSIONED: "u"}
+UNFENCED_OPS = dict.fromkeys((VERSIONED, DELETE, UNVERSIONED), OP_UNVERSIONED)
 BACKOFF_START = 0.1  # seconds before the first retry
 BACKOFF_MAX = 5.0  # longest wait between retries
 
 T = TypeVar("T")
 
 
-class ShardClient(Protocol):
-    """What the invalidator needs from a shard (connectors.valkey.Shard implements it)."""
-
-    def apply(self, keys: Sequence[str], ops: Sequence[str],
-              versions: Sequence[int]) -> list[str]: ...
-
-    def send(self, keys: Sequence[str], ops: Sequence[str],
-             versions: Sequence[int]) -> PendingApply: ...
-
-    def truncate(self, pattern: str, *, count: int = ...,
-                 max_keys_per_second: float | None = ...) -> int: ...
-
-
 @dataclass(slots=True)
 class ShardBatch:
-    """Actions for one shard, as the parallel argument lists cr1_apply takes."""
+    """Actions for one shard, as the parallel argument lists cr2_apply takes."""
 
     keys: list[str] = field(default_factory=list)
     ops: list[str | None] = field(default_factory=list)  # None: superseded, dropped by compact()
@@ -105,7 +98,7 @@ def segments(actions: Iterable[Action],
     """Group actions per shard, in order, cutting at every truncate, and coalesce the
     deletes of each derived key into the last one (the hot path: one pass, three
     appends per action, a dict lookup per derived key). `codes` maps kinds to op codes."""
-    snapshot = SNAPSHOT_OP if codes is OP_BY_KIND else codes[VERSIONED]
+    snapshot = OP_SNAPSHOT if codes is OP_BY_KIND else codes[VERSIONED]
     out = [Segment()]
     shards = out[0].shards
     for action in actions:

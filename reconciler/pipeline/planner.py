@@ -39,6 +39,7 @@ import msgspec
 from connectors.debezium import model
 from connectors.debezium.model import Event
 from connectors.debezium.values import LogicalType, format_value, hint_type
+from connectors.valkey.protocols import MAX_VERSION
 from reconciler.errors import PoisonRecordError
 from reconciler.settings import Settings, TableSpec
 from reconciler.templates import KeyTemplate
@@ -63,7 +64,6 @@ TOMBSTONE_OP = "tombstone"  # the op a tombstone is counted and printed under
 MISSING = "missing"  # the event lacks a column the template needs (NULL, TOAST, absent)
 KEY_ONLY = "key_only"  # only the key is known (DEFAULT-identity delete, tombstone): expected
 HEARTBEAT = "heartbeat"  # a heartbeat record, or a change to the heartbeat table
-MAX_VERSION = 2**63 - 1  # the delete fence; the cache functions refuse anything larger
 
 
 class Action(msgspec.Struct, frozen=True, gc=False):

@@ -9,8 +9,9 @@ from hypothesis import strategies as st
 
 from connectors.debezium import Decoder
 from connectors.debezium.model import Event
+from connectors.valkey.protocols import MAX_VERSION
 from reconciler.errors import PoisonRecordError
-from reconciler.pipeline.planner import DELETE, MAX_VERSION, VERSIONED, Plan
+from reconciler.pipeline.planner import DELETE, VERSIONED, Plan
 from shard_map import ShardResolutionError
 from tests.unit.connectors.debezium import recorded as r
 from tests.unit.connectors.debezium.recorded import FILES, record
