@@ -45,11 +45,13 @@ from reconciler.settings import Settings, load_settings
 
 try:  # the worker as of the pipeline split: timed through its hooks
     from reconciler.pipeline.clients import kafka_security
+    from reconciler.pipeline.hooks import NoHooks
     from reconciler.pipeline.worker import Worker
     LEGACY = False
 except ImportError:  # a worker from before it (`--worker-ref`): timed by wrapping it
     from reconciler.clients import kafka_security  # type: ignore[no-redef, import-not-found]
     from reconciler.worker import Worker  # type: ignore[no-redef, import-not-found]
+    NoHooks = object  # type: ignore[assignment, misc]
     LEGACY = True
 
 PROGRESS_EVERY = 0.25  # seconds between rewrites of the progress file
@@ -225,7 +227,7 @@ def _naive_change(event: dict[str, Any]) -> Change:
 # --------------------------------------------------------------------------- worker
 
 
-class Timings:
+class Timings(NoHooks):
     """The worker's hooks (`reconciler.pipeline.hooks`): when records first arrive, how
     long the worker waits in consume(), in the invalidator, and completing batches."""
 
@@ -252,18 +254,6 @@ class Timings:
     def completed(self, seconds: float) -> None:
         if self._meter.started is not None:
             self.completing += seconds
-
-    def decoded(self) -> None:
-        pass
-
-    def between_shards(self) -> None:
-        pass
-
-    def acknowledged(self) -> None:
-        pass
-
-    def stored(self) -> None:
-        pass
 
 
 class Measured:

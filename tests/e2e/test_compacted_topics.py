@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -99,20 +98,9 @@ def kinds(records: list[Message]) -> list[str]:
     return out
 
 
-@pytest.fixture
-def clients(stack: Stack, prefix: str) -> Iterator[dict[str, valkey.Valkey]]:
-    found = {"a": valkey.Valkey.from_url(stack.valkey["valkey-a"]),
-             "b": valkey.Valkey.from_url(stack.valkey["valkey-b"])}
-    yield found
-    for client in found.values():
-        for key in client.scan_iter(f"{prefix}*"):
-            client.delete(key)
-        client.close()
-
-
 def test_a_tombstone_compaction_left_alone_deletes_and_fences_the_row(
         stack: Stack, tmp_path: Path, uid: str, prefix: str,
-        clients: dict[str, valkey.Valkey]) -> None:
+        shards: dict[str, valkey.Valkey]) -> None:
     # A post in neighbourhood 7 (shard a), cached by the application, then deleted.
     start = end_offsets(stack, [POSTS])
     db = Rows(stack.postgres_dsn)
@@ -122,7 +110,7 @@ def test_a_tombstone_compaction_left_alone_deletes_and_fences_the_row(
     finally:
         db.close()
     key = f"{prefix}post:{post_id}"
-    assert CacheWriter(clients["a"]).set_if_newer(key, version, {"id": post_id}, 3600)
+    assert CacheWriter(shards["a"]).set_if_newer(key, version, {"id": post_id}, 3600)
     records = debezium_records(stack, start, post_id, expected=3)
     assert kinds(records) == ["c", "d", "tombstone"]
 
@@ -151,7 +139,7 @@ def test_a_tombstone_compaction_left_alone_deletes_and_fences_the_row(
                           key_prefix=prefix)
     with InProcessWorker(config) as live:
         live.wait_caught_up(stack, [topic])
-        entries = {name: client.hgetall(key) for name, client in clients.items()}
+        entries = {name: client.hgetall(key) for name, client in shards.items()}
         tombstones = live.metric("reconciler_events_total",
                                  {"table": "public.posts", "op": "tombstone"})
         unseen = live.metric("reconciler_unseen_records_total",
@@ -161,12 +149,12 @@ def test_a_tombstone_compaction_left_alone_deletes_and_fences_the_row(
     assert tombstones == 1
     assert unseen == 0  # offsets removed by compaction are not a retention gap
     # A slow reader that loaded the row before the delete cannot put it back.
-    assert not CacheWriter(clients["a"]).set_if_newer(key, version, {"id": post_id}, 3600)
+    assert not CacheWriter(shards["a"]).set_if_newer(key, version, {"id": post_id}, 3600)
 
 
 def test_a_dead_letter_whose_key_decodes_still_deletes_and_fences_the_row(
         stack: Stack, tmp_path: Path, uid: str, prefix: str,
-        clients: dict[str, valkey.Valkey]) -> None:
+        shards: dict[str, valkey.Valkey]) -> None:
     """A record dead-lettered for its value (here: not JSON) whose key decodes and names
     a configured table: the keys that key builds are deleted and fenced on every shard
     before its offset is stored, and the dead letter is on the dead-letter topic."""
@@ -177,7 +165,7 @@ def test_a_dead_letter_whose_key_decodes_still_deletes_and_fences_the_row(
     post_id = 2_000_000_000 + int(uid, 16) % 10**6
     key_bytes, _ = post_insert(post_id, 7, version=5)
     key = f"{prefix}post:{post_id}"
-    assert CacheWriter(clients["a"]).set_if_newer(key, 5, {"id": post_id}, 3600)
+    assert CacheWriter(shards["a"]).set_if_newer(key, 5, {"id": post_id}, 3600)
     producer = Producer({"bootstrap.servers": stack.kafka_bootstrap})
     producer.produce(topic, key=key_bytes, value=b'{"payload": {"op": "u", "after": ')
     producer.flush(30)
@@ -193,7 +181,7 @@ def test_a_dead_letter_whose_key_decodes_still_deletes_and_fences_the_row(
             "table": "public.posts", "template": f"{prefix}feed:{{neighborhood_id}}",
             "cause": "key_only"})
     fence = {b"v": str(MAX_VERSION).encode()}
-    assert {name: c.hgetall(key) for name, c in clients.items()} == {"a": fence, "b": fence}
+    assert {name: c.hgetall(key) for name, c in shards.items()} == {"a": fence, "b": fence}
     assert (dead, repaired, unresolved) == (1, 1, 1)
     letters = read_topic(stack, f"{group}.dlq", expected=1)
     assert [m.key() for m in letters] == [key_bytes]
