@@ -94,7 +94,8 @@ class Demo:
     def __init__(self) -> None:
         shard_map = load_shard_map(CONFIG.parent / "shard_map.yaml")
         self.shard_map = shard_map
-        self.writers = {name: CacheWriter(shard_map.url(name)) for name in shard_map.shard_names()}
+        self.writers = {name: CacheWriter(shard_map.endpoint(name).url)
+                        for name in shard_map.shard_names()}
         self.stop = threading.Event()
         self.tally = Tally()
         self.rows: dict[int, int] = {}  # post id → neighbourhood (replaced whole, never mutated)

@@ -8,14 +8,18 @@ never imports ``reconciler`` or ``connectors``.
 from shard_map.errors import ShardMapError, ShardResolutionError
 from shard_map.load import ReloadResult, ShardMapWatcher, load_shard_map, parse_shard_map
 from shard_map.model import MovingSpec, RangeSpec, ShardMapFile, ShardSpec, validate_document
-from shard_map.resolve import Move, Range, ShardMap
+from shard_map.resolve import CLUSTER, SENTINEL, STANDALONE, Move, Range, ShardEndpoint, ShardMap
 
 __all__ = [
+    "CLUSTER",
+    "SENTINEL",
+    "STANDALONE",
     "Move",
     "MovingSpec",
     "Range",
     "RangeSpec",
     "ReloadResult",
+    "ShardEndpoint",
     "ShardMap",
     "ShardMapError",
     "ShardMapFile",

@@ -16,12 +16,13 @@ from urllib.parse import urlsplit
 from shard_map._text import did_you_mean, ids, redact_url, render
 
 if TYPE_CHECKING:
-    from shard_map.model import MovingSpec, RangeSpec, ShardMapFile
+    from shard_map.model import MovingSpec, RangeSpec, ShardMapFile, ShardSpec
 
 # Shard names become Prometheus label values: keep them to a safe alphabet.
 SHARD_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 # URL schemes the Valkey client accepts (the `s` forms use TLS).
 URL_SCHEMES = ("valkey", "valkeys", "redis", "rediss")
+TLS_SCHEMES = ("valkeys", "rediss")
 # A URL path may only select a database by number (`/0`).
 _DB_PATH = re.compile(r"/\d*")
 # Known shard names listed in full in an "unknown shard" problem, at most.
@@ -68,12 +69,49 @@ def _check_shards(model: ShardMapFile) -> list[str]:
                 f"shards: name {name!r} must match {SHARD_NAME.pattern} "
                 f"(shard names become Prometheus label values)"
             )
-        url_problem = _url_problem(spec.url)
-        if url_problem:
-            problems.append(
-                f"shards.{render(name)}.url {render(redact_url(spec.url))} {url_problem}"
-            )
+        problems += _check_kind(name, spec)
     return problems
+
+
+def _check_kind(name: str, spec: ShardSpec) -> list[str]:
+    """Exactly one of url, cluster or sentinel (with service); every URL valid."""
+    where = f"shards.{render(name)}"
+    given = [kind for kind in ("url", "cluster", "sentinel") if getattr(spec, kind) is not None]
+    if len(given) != 1:
+        return [f"{where}: give exactly one of url (a standalone primary), cluster (the seed "
+                f"nodes of a Valkey Cluster) or sentinel (the Sentinels, with service), got "
+                f"{', '.join(given) or 'none'}"]
+    problems: list[str] = []
+    if spec.service is not None and spec.sentinel is None:
+        problems.append(f"{where}.service: only a sentinel shard names a service")
+    if spec.sentinel is not None and not spec.service:
+        problems.append(f"{where}.service is required with sentinel: the name the Sentinels "
+                        "monitor the primary under (SENTINEL MONITOR <service> ...)")
+    if spec.url is not None:
+        urls = [("url", spec.url)]
+    else:
+        listed = spec.cluster if spec.cluster is not None else spec.sentinel
+        assert listed is not None
+        if not listed:
+            problems.append(f"{where}.{given[0]} is empty: list at least one URL")
+        urls = [(f"{given[0]}[{i}]", url) for i, url in enumerate(listed)]
+    for field, url in urls:
+        problem = _url_problem(url)
+        if problem is None and spec.url is None and _database(url):
+            problem = ("selects a database: a cluster has only database 0, and a sentinel "
+                       "shard's primary is used with database 0")
+        if problem:
+            problems.append(f"{where}.{field} {render(redact_url(url))} {problem}")
+    schemes = {urlsplit(url).scheme.lower() in TLS_SCHEMES for _, url in urls
+               if _url_problem(url) is None}
+    if len(schemes) > 1:
+        problems.append(f"{where}: mixes TLS and plain URLs: use valkeys:// (or rediss://) "
+                        "for all of them, or for none")
+    return problems
+
+
+def _database(url: str) -> bool:
+    return (urlsplit(url).path or "/").strip("/") not in ("", "0")
 
 
 def _url_problem(url: str) -> str | None:

@@ -28,11 +28,16 @@ _ENTRY_LISTS = ("ranges", "moving")
 
 
 class ShardSpec(BaseModel):
-    """``shards.<name>``: where one Valkey shard lives."""
+    """``shards.<name>``: where one Valkey shard lives — exactly one of a standalone
+    primary's ``url``, a Valkey Cluster's seed nodes (``cluster``), or the Sentinels
+    that know a ``service``'s primary (``sentinel`` + ``service``)."""
 
     model_config = _STRICT
 
-    url: str
+    url: str | None = None
+    cluster: list[str] | None = None
+    sentinel: list[str] | None = None
+    service: str | None = None
 
 
 class RangeSpec(BaseModel):

@@ -17,7 +17,7 @@ from typing import Any
 
 from shard_map._text import redact_url
 from shard_map.errors import ShardResolutionError
-from shard_map.model import ShardMapFile
+from shard_map.model import ShardMapFile, ShardSpec
 
 # Segment metadata for "no range" / "no moving entry" covers this segment.
 _NONE = -1
@@ -42,6 +42,42 @@ class Move:
     target: str
 
 
+STANDALONE, CLUSTER, SENTINEL = "standalone", "cluster", "sentinel"  # ShardEndpoint.kind
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class ShardEndpoint:
+    """Where one shard lives: a standalone primary (one URL), a Valkey Cluster (its
+    seed nodes' URLs) or a primary found through Sentinel (the Sentinels' URLs and the
+    service name). URLs may hold passwords: `describe()` is the form to show."""
+
+    kind: str  # STANDALONE, CLUSTER or SENTINEL
+    urls: tuple[str, ...]
+    service: str | None = None  # the Sentinel service name (SENTINEL only)
+
+    @classmethod
+    def standalone(cls, url: str) -> ShardEndpoint:
+        return cls(STANDALONE, (url,))
+
+    @property
+    def url(self) -> str:
+        """The first URL: the standalone primary's, or the first seed or Sentinel."""
+        return self.urls[0]
+
+    def describe(self) -> str:
+        """``valkey://h:1/0``, ``cluster valkey://h:1, valkey://h:2`` or ``sentinel
+        valkey://s:26379 service cache-c``, passwords redacted."""
+        urls = ", ".join(redact_url(url) for url in self.urls)
+        if self.kind == STANDALONE:
+            return urls
+        if self.kind == CLUSTER:
+            return f"cluster {urls}"
+        return f"sentinel {urls} service {self.service}"
+
+    def __repr__(self) -> str:
+        return f"ShardEndpoint({self.describe()})"
+
+
 @dataclass(frozen=True, slots=True, repr=False)
 class ShardMap:
     """A valid shard map. Build it with `load_shard_map`, `parse_shard_map` or
@@ -49,7 +85,7 @@ class ShardMap:
     (no overlaps, known names), not the file rules."""
 
     version: int
-    urls: Mapping[str, str]
+    endpoints: Mapping[str, ShardEndpoint]
     ranges: tuple[Range, ...] = ()
     moving: tuple[Move, ...] = ()
     default: str | None = None
@@ -67,15 +103,15 @@ class ShardMap:
         """Compile a model returned by `validate_document` (so already valid)."""
         return cls(
             version=model.version,
-            urls={name: spec.url for name, spec in model.shards.items()},
+            endpoints={name: _endpoint(spec) for name, spec in model.shards.items()},
             ranges=tuple(Range(r.from_, r.to, r.shard) for r in model.ranges),
             moving=tuple(Move(m.from_, m.to, m.source, m.target) for m in model.moving),
             default=model.default,
         )
 
     def __post_init__(self) -> None:
-        urls = MappingProxyType(dict(self.urls))
-        names = tuple(sorted(urls))
+        endpoints = MappingProxyType(dict(self.endpoints))
+        names = tuple(sorted(endpoints))
         _require_known(names, self.ranges, self.moving, self.default)
         by_name = {name: (name,) for name in names}  # one tuple per answer, shared
         pairs: dict[tuple[str, str], tuple[str, ...]] = {}
@@ -114,7 +150,7 @@ class ShardMap:
             move_of.append(m)
         fallback = None if self.default is None else by_name[self.default]
         for name, value in (
-            ("urls", urls),
+            ("endpoints", endpoints),
             ("_starts", tuple(starts)),
             ("_ends", tuple(ends)),
             ("_answers", tuple(answers)),
@@ -143,10 +179,10 @@ class ShardMap:
         """Every shard of the map, sorted (the targets of a broadcast)."""
         return self._names
 
-    def url(self, name: str) -> str:
-        """The URL of shard `name` (may hold a password: do not log it)."""
+    def endpoint(self, name: str) -> ShardEndpoint:
+        """Where shard `name` lives (its URLs may hold a password: do not log them)."""
         try:
-            return self.urls[name]
+            return self.endpoints[name]
         except KeyError:
             raise KeyError(
                 f"shard map version {self.version} has no shard {name!r} "
@@ -175,7 +211,7 @@ class ShardMap:
             "map_version": self.version,
             "matched": matched,
             "shards": list(shards),
-            "urls": {name: redact_url(self.urls[name]) for name in shards},
+            "urls": {name: self.endpoints[name].describe() for name in shards},
             "range": None if r == _NONE else _range_json(r, self.ranges[r]),
             "moving": None if m == _NONE else _move_json(m, self.moving[m]),
             "default": self.default,
@@ -233,4 +269,14 @@ def _require_known(
         used.add(default)
     unknown = sorted(used.difference(names))
     if unknown:
-        raise ValueError(f"unknown shards {unknown}: not in urls {list(names)}")
+        raise ValueError(f"unknown shards {unknown}: not in endpoints {list(names)}")
+
+
+def _endpoint(spec: ShardSpec) -> ShardEndpoint:
+    if spec.cluster is not None:
+        return ShardEndpoint(CLUSTER, tuple(spec.cluster))
+    if spec.sentinel is not None:
+        return ShardEndpoint(SENTINEL, tuple(spec.sentinel), spec.service)
+    assert spec.url is not None  # validate_document checked exactly one kind
+    return ShardEndpoint.standalone(spec.url)
+

@@ -18,7 +18,7 @@ from connectors.valkey.functions import PROTOCOL, Library
 from connectors.valkey.shard import TLS_SCHEMES, Shard, redact
 from reconciler.observe.metrics import Metrics
 from reconciler.settings import Settings
-from shard_map import ShardMap
+from shard_map import STANDALONE, ShardEndpoint, ShardMap
 
 log = logging.getLogger(__name__)
 
@@ -32,39 +32,44 @@ class ShardPool:
         self._library = library
         self._metrics = metrics
         self._shards: dict[str, Shard] = {}
-        self._urls: dict[str, str] = {}
+        self._endpoints: dict[str, ShardEndpoint] = {}
         self._up: dict[str, bool] = {}
         self._lock = threading.Lock()
 
     def problems(self, shard_map: ShardMap) -> list[str]:
         """Why this shard map cannot be used with these settings (empty: it can)."""
-        if not self._settings.valkey.tls.enabled:
-            return []
-        return [f"shard {name}: valkey.tls.enabled is true but its URL "
-                f"{redact(shard_map.url(name))} is not TLS (use valkeys:// or rediss://)"
-                for name in shard_map.shard_names()
-                if urlsplit(shard_map.url(name)).scheme.lower() not in TLS_SCHEMES]
+        problems = []
+        for name in shard_map.shard_names():
+            endpoint = shard_map.endpoint(name)
+            if endpoint.kind != STANDALONE:
+                problems.append(f"shard {name}: {endpoint.kind} shards are not supported by "
+                                "this build yet")
+            elif self._settings.valkey.tls.enabled and (
+                    urlsplit(endpoint.url).scheme.lower() not in TLS_SCHEMES):
+                problems.append(f"shard {name}: valkey.tls.enabled is true but its URL "
+                                f"{redact(endpoint.url)} is not TLS (use valkeys:// or rediss://)")
+        return problems
 
     def update(self, shard_map: ShardMap) -> None:
         valkey = self._settings.valkey
         password = valkey.password_value()
         tls = valkey.tls
-        wanted = {name: shard_map.url(name) for name in shard_map.shard_names()}
+        wanted = {name: shard_map.endpoint(name) for name in shard_map.shard_names()}
         with self._lock:
             shards = dict(self._shards)
             for name in list(shards):
-                if name in wanted and wanted[name] == self._urls.get(name):
+                if name in wanted and wanted[name] == self._endpoints.get(name):
                     continue
                 shards.pop(name).close()
                 self._up.pop(name, None)
                 if name not in wanted:
                     with contextlib.suppress(KeyError):
                         self._metrics.shard_up.remove(name)
-            for name, url in wanted.items():
+            for name, endpoint in wanted.items():
                 if name in shards:
                     continue
                 shards[name] = Shard(
-                    name, url, username=valkey.username, password=password,
+                    name, endpoint.url, username=valkey.username, password=password,
                     tls_ca_file=str(tls.ca_file) if tls.ca_file else None,
                     tls_cert_file=str(tls.cert_file) if tls.cert_file else None,
                     tls_key_file=str(tls.key_file) if tls.key_file else None,
@@ -75,7 +80,7 @@ class ShardPool:
                 self._metrics.init_shard(name)
                 log.info("shard %s: %s", name, shards[name].url)
             self._shards = shards
-            self._urls = wanted
+            self._endpoints = wanted
 
     def clients(self) -> Mapping[str, Shard]:
         return self._shards

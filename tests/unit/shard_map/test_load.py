@@ -85,7 +85,7 @@ shards:
   b: {<<: *base, url: "valkey://h:2/0"}
 default: a
 """
-    assert parse_shard_map(text).url("b") == "valkey://h:2/0"
+    assert parse_shard_map(text).endpoint("b").url == "valkey://h:2/0"
 
 
 @pytest.mark.parametrize(

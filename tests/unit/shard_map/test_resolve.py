@@ -11,6 +11,7 @@ import pytest
 from shard_map import (
     Move,
     Range,
+    ShardEndpoint,
     ShardMap,
     ShardResolutionError,
     parse_shard_map,
@@ -131,9 +132,9 @@ def test_shard_names_lists_every_shard_sorted() -> None:
 
 
 def test_url(spec_map: ShardMap) -> None:
-    assert spec_map.url("b") == "valkey://127.0.0.1:6380/0"
+    assert spec_map.endpoint("b").url == "valkey://127.0.0.1:6380/0"
     with pytest.raises(KeyError, match="no shard 'c' "):
-        spec_map.url("c")
+        spec_map.endpoint("c")
 
 
 def test_describe_a_moving_id(spec_map: ShardMap) -> None:
@@ -174,14 +175,14 @@ def test_describe_and_repr_hide_passwords() -> None:
     assert repr(shard_map) == (
         "ShardMap(version=7, shards=('a', 'b'), ranges=2, moving=1, default=None)"
     )
-    assert shard_map.url("a") == "rediss://app:hunter2@cache:6379/0"
+    assert shard_map.endpoint("a").url == "rediss://app:hunter2@cache:6379/0"
 
 
 def test_the_map_is_immutable(spec_map: ShardMap) -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         spec_map.version = 8  # type: ignore[misc]
     with pytest.raises(TypeError):
-        spec_map.urls["c"] = "valkey://h"  # type: ignore[index]
+        spec_map.endpoints["c"] = ShardEndpoint.standalone("valkey://h")  # type: ignore[index]
 
 
 def test_maps_from_the_same_content_are_equal(spec_map: ShardMap) -> None:
@@ -192,7 +193,8 @@ def test_maps_from_the_same_content_are_equal(spec_map: ShardMap) -> None:
 def test_direct_construction() -> None:
     shard_map = ShardMap(
         version=1,
-        urls={"a": "valkey://h:1", "b": "valkey://h:2"},
+        endpoints={"a": ShardEndpoint.standalone("valkey://h:1"),
+                   "b": ShardEndpoint.standalone("valkey://h:2")},
         ranges=(Range(10, 19, "b"), Range(0, 9, "a")),
         moving=(Move(5, 12, "a", "b"),),
     )
@@ -218,4 +220,5 @@ def test_direct_construction_refuses_what_resolve_cannot_handle(
     kwargs: dict[str, Any], says: str
 ) -> None:
     with pytest.raises(ValueError, match=says):
-        ShardMap(version=1, urls={"a": "valkey://h:1", "b": "valkey://h:2"}, **kwargs)
+        ShardMap(version=1, endpoints={"a": ShardEndpoint.standalone("valkey://h:1"),
+                   "b": ShardEndpoint.standalone("valkey://h:2")}, **kwargs)
