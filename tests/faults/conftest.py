@@ -2,6 +2,8 @@
 
 - ``CR_FAULT_REPEAT`` (default 1) repeats every scenario's fault cycle inside each test:
   CI runs the default, `scripts/faults` the full count.
+- Every test runs application readers beside its workers (`tests.faults.readers`), from
+  the start of the test to its end; the oracle pauses them while it checks.
 - Every test leaves the stack healthy: whatever a scenario stopped is started again and
   the Debezium connector is RUNNING before the next test (``healthy_stack``).
 - Each scenario's figures (changes, records, stale entries, dead letters expected and
@@ -23,10 +25,16 @@ from typing import Any
 import pytest
 
 from stack import services
+from stack.toxiproxy import FaultNet
 from tests.conftest import Stack
 from tests.e2e.support import admin, create_topic
-from tests.faults.oracle import TOPICS, Figures, Oracle, Workload
+from tests.faults.oracle import TOPICS, Figures, Oracle
+from tests.faults.readers import Readers
+from tests.faults.workload import Workload
 
+# What the network tests' Toxiproxy sits in front of (the worker's every connection).
+PROXIES = {"kafka": services.KAFKA_PORT, "valkey-a": services.VALKEY_PORTS["valkey-a"],
+           "valkey-b": services.VALKEY_PORTS["valkey-b"]}
 REPEAT = max(1, int(os.environ.get("CR_FAULT_REPEAT", "1")))  # fault cycles per scenario
 FIGURES_FILE = os.environ.get("CR_FAULT_FIGURES")  # JSON lines of every scenario's figures
 _collected: list[dict[str, Any]] = []
@@ -91,17 +99,40 @@ def healthy_stack(stack: Stack, change_topics: None) -> Iterator[None]:
 
 
 @pytest.fixture
-def workload(stack: Stack, valkey_clients: dict[str, Any]) -> Iterator[Workload]:
-    load = Workload(stack, valkey_clients)  # type: ignore[arg-type]
+def net() -> Iterator[FaultNet]:
+    """The worker's network namespace behind Toxiproxy (needs root)."""
+    if os.geteuid() != 0:
+        pytest.fail("the network fault tests need root (network namespaces)", pytrace=False)
+    faults = FaultNet(PROXIES)
+    try:
+        yield faults.start()
+    finally:
+        faults.remove()
+
+
+@pytest.fixture
+def workload(stack: Stack, valkey_clients: dict[str, Any], uid: str) -> Iterator[Workload]:
+    """The test's rows; its fence_ttl_seconds (2-5 s) is chosen from the test's uid."""
+    load = Workload(stack, valkey_clients, seed=uid)  # type: ignore[arg-type]
     yield load
     load.close()
 
 
 @pytest.fixture
-def oracle(request: pytest.FixtureRequest, stack: Stack,
-           workload: Workload) -> Iterator[Oracle]:
+def readers(stack: Stack, workload: Workload, uid: str) -> Iterator[Readers]:
+    """Application readers racing the worker for the whole test."""
+    found = Readers(stack, workload, seed=uid).start()
+    try:
+        yield found
+    finally:
+        found.stop()
+
+
+@pytest.fixture
+def oracle(request: pytest.FixtureRequest, stack: Stack, workload: Workload,
+           readers: Readers) -> Iterator[Oracle]:
     """The oracle for this test; its figures are collected whatever the outcome."""
-    found = Oracle(stack, workload, scenario=request.node.name)
+    found = Oracle(stack, workload, scenario=request.node.name, readers=readers)
     try:
         yield found
     finally:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tests.conftest import ROOT
-from tests.faults.oracle import NEIGHBOURHOODS, shards_of
+from tests.faults.workload import NEIGHBOURHOODS, shards_of
 
 FIXTURE = ROOT / "tests" / "fixtures" / "debezium" / "schemas_true.jsonl"
 HEADER_SEQ = "cr-fault-seq"  # the record's number in the corpus

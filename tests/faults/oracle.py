@@ -1,41 +1,59 @@
-"""The fault suite's workload and its oracle.
+"""The fault suite's oracle: what must hold after every scenario.
 
-The workload: posts (REPLICA IDENTITY DEFAULT) and comments (FULL) in neighbourhoods on
-shard a only, on shard b only, and in the range being moved from a to b (on both),
-each cached by the application's writer at version 1 before anything else happens,
-with its derived key (``feed:…``, ``post_comments:…``) cached too. Then updates,
-comment moves between shards, and deletes, in rounds or on chosen rows.
+Fences expire (every scenario runs with ``fence_ttl_seconds`` of 2-5 s) and readers
+cache rows beside the worker (`tests.faults.readers`), so the cache's state is not one
+exact entry per row: an entry may have expired, or hold data a reader cached. The
+rules say which states a correct pipeline can leave and which only a lost or
+misapplied change can.
 
-The oracle has two halves.
+State, part 1 (`Oracle.violations`), once the worker group has committed the end of
+its topics and the readers have stopped with their last writes landed. For every row
+of the workload and every shard (a and b), the entry under the row's key is one of:
 
-State (`Oracle.violations`): with ``fence_ttl_seconds`` large (nothing expires during
-a test), after the pipeline has caught up, for every row and every shard it lives on:
+- nothing: a fence expired, or nobody cached the row since its last change;
+- data at exactly the row's current version in Postgres, on a shard the row lives on
+  (a reader cached it; the payload's version is the one written with it). Any other
+  data is a stale entry: data older than the row (a lost change), data of a deleted
+  row (a lost delete), data on a shard the row has left (a lost move), data ahead of
+  the row;
+- a fence at exactly the version of the last change that fenced the key on that
+  shard (`Row.fenced`): the row's version on the shards it lives on, the version of
+  the move on a shard it left, 2^63-1 after a delete. A lower fence is a lost change.
+  Higher is allowed only for the delete fence of an earlier incarnation: a row
+  deleted and inserted again meets its delete fence, which stays (extended to
+  fence_ttl by every change that meets it) until fence_ttl after the worker last
+  touched the key. Where a scenario processes a row's records out of order (a replay
+  beside the live worker, partitions added to a topic), an older change may also
+  fence an expired key at its older version: `older_fences` allows fences below.
 
-- a live row's entry is a fence at exactly the row's current version — or, when the
-  test runs a concurrent application writer, data at exactly that version. Never data
-  older than the row: the stale data cached at version 1 is repaired only if the last
-  change of the row was reconciled, so one lost change leaves it behind;
-- a deleted row's entry is a delete fence (``v`` = 2^63-1) on every shard it was
-  broadcast to;
-- a comment that moved shards holds, on the shard it left, a fence at least as high as
-  the version of the move (and no data);
-- every derived key seeded before the changes is gone.
+Rows are cached by the workload at their creation version and, before a share of
+their updates, at their current version, so a lost *last* change leaves stale data
+behind whatever expired: that is what the state check detects, and what the planted
+races and the negative controls (tests/faults/test_negative.py) rely on.
 
-Accounting (`Oracle.account`): every change the workload made reached the topic
-(Debezium's side: each (table, id, version) or delete is found between the test's start
-offsets and the end), the group's committed offset equals the end offset of every
-partition of the topics (the commit only moves past acknowledged work, so every record
-below it was processed at least once), and the worker group's dead-letter topic (the
-config's ``kafka.dead_letter_topic``, read in every scenario) holds exactly the expected
+State, part 2, fence_ttl (+0.5 s) after the group committed the end: no fence is left
+on any of those keys — every fence expires fence_ttl after the worker last touched
+it, so its row's current version is cacheable again (SPEC, fence lifetime).
+
+Derived keys (``feed:…``, ``post_comments:…``) the application cached before a later
+change on that shard are gone.
+
+A reader write that landed fence_ttl or more after its read is outside the
+application's contract; a stale entry under such a key is reported as excused, not
+blamed on the worker (`Readers.late`; figures: ``extra["excused_late"]``).
+
+Accounting (`Oracle.account`): every change the workload made reached the Debezium
+topics (each (table, id, version) or delete is found between the test's start offsets
+and the end), the group's committed offset equals the end offset of every partition
+of the topics it reads (the commit only moves past acknowledged work, so every record
+below it was processed at least once), and the group's dead-letter topic (the config's
+``kafka.dead_letter_topic``, read whole in every scenario) holds exactly the expected
 poison records of the test's range.
 
 Counting (`Oracle.counted`): where workers survive to the end of a scenario (not
 SIGKILLed), their metrics — events + skips + dead letters, heartbeats left out — cover
 every record of the topics from where they started to the end (at least once: a
 restarted or rebalanced worker processes some records again).
-
-Rows are spread so that most changes are the *last* change of their row: a lost
-change of such a row is a stale entry, whichever batch it was in.
 """
 
 from __future__ import annotations
@@ -47,9 +65,10 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import valkey
+import msgpack
 from confluent_kafka import Consumer, TopicPartition
-from connectors.valkey.writer import CacheWriter
+
+from connectors.valkey.writer import decode_payload
 from reconciler.pipeline.deadletter import (
     HEADER_OFFSET,
     HEADER_PARTITION,
@@ -61,193 +80,16 @@ from tests.e2e.support import (
     COMMENTS,
     POSTS,
     PROFILES,
-    Rows,
     committed,
     end_offsets,
     wait_until,
 )
+from tests.faults.readers import Readers
+from tests.faults.workload import MAX_VERSION, SHARDS, Change, Row, Workload
 
 TOPICS = [POSTS, COMMENTS, PROFILES]
 TP = tuple[str, int]
-MAX_VERSION = 2**63 - 1
-FENCE_TTL = 3600  # fence_ttl_seconds of every fault test: nothing expires mid-test
-DATA_TTL = 3600  # TTL of the application's cached data
-SHARD_A, SHARD_B = "valkey-a", "valkey-b"
-# Neighbourhoods: on shard a only, on shard b only, and being moved a -> b (on both).
-NEIGHBOURHOODS = {"a": 7, "b": 700, "moving": 420}
-PLACES = ("a", "b", "moving", "a", "b")  # round-robin placement of new rows
-
-
-def shards_of(neighbourhood: int) -> tuple[str, ...]:
-    """The shards a neighbourhood's keys live on (the test shard map of write_config)."""
-    if 400 <= neighbourhood <= 450:
-        return (SHARD_A, SHARD_B)
-    return (SHARD_A,) if neighbourhood <= 500 else (SHARD_B,)
-
-
-@dataclass
-class Row:
-    table: str  # "posts" or "comments"
-    id: int
-    neighbourhood: int
-    version: int
-    post_id: int = 0  # comments: the post they belong to
-    deleted: bool = False
-    moved_from: dict[str, int] = field(default_factory=dict)  # shard left -> version of move
-
-    @property
-    def key(self) -> str:
-        return f"{'post' if self.table == 'posts' else 'comment'}:{self.id}"
-
-    @property
-    def derived_key(self) -> str:
-        return (f"feed:{self.neighbourhood}" if self.table == "posts"
-                else f"post_comments:{self.post_id}")
-
-
-@dataclass(frozen=True)
-class Change:
-    """One change the workload made, as it must appear on the topic."""
-
-    table: str
-    id: int
-    op: str  # c, u or d
-    version: int  # 0 for a delete
-
-
-class Workload:
-    """Rows in Postgres, cached in Valkey, then changed; remembers every change."""
-
-    def __init__(self, stack: Stack, shards: Mapping[str, valkey.Valkey]) -> None:
-        self.stack = stack
-        self.db = Rows(stack.postgres_dsn)
-        self.shards = dict(shards)
-        self.writers = {name: CacheWriter(client) for name, client in self.shards.items()}
-        self.rows: list[Row] = []
-        self.retired: list[Row] = []  # rows checked already, no longer checked
-        self.changes: list[Change] = []
-        # Derived keys the app cached, per shard, and those a later update must remove.
-        self.seeded: dict[str, set[str]] = {SHARD_A: set(), SHARD_B: set()}
-        self.due: dict[str, set[str]] = {SHARD_A: set(), SHARD_B: set()}
-
-    def close(self) -> None:
-        self.db.close()
-
-    # ------------------------------------------------------------------ rows
-
-    def create(self, posts: int, comments: int = 0, *, cache: bool = True) -> list[Row]:
-        """Insert rows spread over the shards; cache each at version 1 (stale later)."""
-        created = []
-        for index in range(posts):
-            neighbourhood = NEIGHBOURHOODS[PLACES[index % len(PLACES)]]
-            post_id, version = self.db.insert_post(neighbourhood, f"fault row {index}")
-            created.append(Row("posts", post_id, neighbourhood, version))
-        parents = [row for row in created if row.table == "posts"] or [
-            Row("posts", self.db.insert_post(7)[0], 7, 1)]
-        for index in range(comments):
-            neighbourhood = NEIGHBOURHOODS[PLACES[(index + 1) % len(PLACES)]]
-            post = parents[index % len(parents)]
-            comment_id, version = self.db.insert_comment(post.id, neighbourhood)
-            created.append(Row("comments", comment_id, neighbourhood, version, post_id=post.id))
-        for row in created:
-            self.changes.append(Change(row.table, row.id, "c", row.version))
-            if cache:
-                self.cache(row)
-        self.rows.extend(created)
-        return created
-
-    def cache(self, row: Row, version: int | None = None) -> None:
-        """The application caches the row (at `version`, default 1: stale after a change)
-        on the first shard of its neighbourhood, and its derived key."""
-        shard = shards_of(row.neighbourhood)[0]
-        self.writers[shard].set_if_newer(row.key, row.version if version is None else version,
-                                         {"id": row.id, "cached": "by the app"}, DATA_TTL)
-        self.shards[shard].set(row.derived_key, b"derived", ex=DATA_TTL)
-        self.seeded[shard].add(row.derived_key)
-        self.due[shard].discard(row.derived_key)
-
-    def _derived_changed(self, row: Row, shards: Iterable[str]) -> None:
-        for shard in shards:
-            if row.derived_key in self.seeded[shard]:
-                self.due[shard].add(row.derived_key)
-
-    def retire(self) -> None:
-        """Stop checking the rows so far (a scenario that wipes a shard checks each
-        cycle's rows before the next wipe, then retires them)."""
-        self.retired.extend(self.rows)
-        self.rows = []
-        for keys in (*self.seeded.values(), *self.due.values()):
-            keys.clear()
-
-    def live(self, table: str | None = None) -> list[Row]:
-        return [r for r in self.rows if not r.deleted and (table is None or r.table == table)]
-
-    def update(self, rows: Iterable[Row]) -> int:
-        """One update of each row; returns how many changes that made."""
-        count = 0
-        for row in rows:
-            if row.deleted:
-                continue
-            if row.table == "posts":
-                row.version = self.db.update_post(row.id)
-            else:
-                row.version = self.db.update_comment(row.id, body=f"b{time.monotonic_ns()}")
-            self._derived_changed(row, shards_of(row.neighbourhood))
-            self.changes.append(Change(row.table, row.id, "u", row.version))
-            count += 1
-        return count
-
-    def rounds(self, rounds: int, rows: Iterable[Row] | None = None) -> int:
-        chosen = list(self.live() if rows is None else rows)
-        return sum(self.update(chosen) for _ in range(rounds))
-
-    def move(self, rows: Iterable[Row]) -> int:
-        """Move comments to a neighbourhood on the other shard (FULL identity: the old
-        shard's key is invalidated too)."""
-        count = 0
-        for row in rows:
-            if row.deleted or row.table != "comments":
-                continue
-            old = shards_of(row.neighbourhood)
-            row.neighbourhood = NEIGHBOURHOODS["b"] if SHARD_A in old and len(old) == 1 \
-                else NEIGHBOURHOODS["a"]
-            row.version = self.db.update_comment(row.id, neighborhood_id=row.neighbourhood)
-            for shard in set(old) - set(shards_of(row.neighbourhood)):
-                row.moved_from[shard] = row.version
-            self._derived_changed(row, {*old, *shards_of(row.neighbourhood)})
-            self.changes.append(Change(row.table, row.id, "u", row.version))
-            count += 1
-        return count
-
-    def delete(self, rows: Iterable[Row]) -> int:
-        count = 0
-        for row in rows:
-            if row.deleted:
-                continue
-            table = "posts" if row.table == "posts" else "comments"
-            self.db.conn.execute(f"DELETE FROM {table} WHERE id = %s", (row.id,))
-            row.deleted = True
-            self.changes.append(Change(row.table, row.id, "d", 0))
-            count += 1
-        return count
-
-    def mixed(self, rounds: int = 1, *, delete_every: int = 7, move_every: int = 5) -> int:
-        """`rounds` updates of every live row, then some comment moves and deletes."""
-        count = self.rounds(rounds)
-        comments = self.live("comments")
-        count += self.move(comments[::move_every])
-        count += self.delete(self.live()[::delete_every])
-        return count
-
-    def versions_in_db(self) -> dict[tuple[str, int], int | None]:
-        out: dict[tuple[str, int], int | None] = {}
-        for table in ("posts", "comments"):
-            ids = [r.id for r in self.rows if r.table == table]
-            found = dict(self.db.conn.execute(
-                f"SELECT id, system_version FROM {table} WHERE id = ANY(%s)", (ids,)).fetchall())
-            for row_id in ids:
-                out[table, row_id] = found.get(row_id)
-        return out
+EXPIRY_SLACK = 0.5  # seconds past fence_ttl after which no fence may be left
 
 
 @dataclass
@@ -263,6 +105,7 @@ class Figures:
     dead_letters_expected: int = 0
     dead_letters_found: int = 0
     faults: int = 0  # faults injected (kills, restarts, flushes, toxics…)
+    unseen: int = 0  # records a retention gap removed before the group read them
     counted: int = 0  # records surviving workers' metrics accounted for (events+skips+DLQ)
     to_count: int = 0  # records of the topics they had to account for (counted >= this)
     seconds: float = 0.0
@@ -355,12 +198,15 @@ def parse_change(topic: str, value: bytes) -> Change | None:
 class Oracle:
     """Checks a workload's cache state and accounts for its changes and dead letters."""
 
-    def __init__(self, stack: Stack, workload: Workload, *, scenario: str) -> None:
+    def __init__(self, stack: Stack, workload: Workload, *, scenario: str,
+                 readers: Readers | None = None) -> None:
         self.stack = stack
         self.workload = workload
+        self.readers = readers
         self.start = end_offsets(stack, TOPICS)
         self.reader = TopicReader(stack, self.start)
         self.figures = Figures(scenario)
+        self.figures.extra["fence_ttl_seconds"] = workload.fence_ttl
         self.started = time.monotonic()
 
     def close(self) -> None:
@@ -368,60 +214,76 @@ class Oracle:
 
     # ------------------------------------------------------------------ state
 
-    def violations(self, *, allow_data: bool = False,
-                   truncated: frozenset[str] = frozenset()) -> list[str]:
-        """Every entry that breaks the state oracle, described (empty when it holds).
-
-        `truncated`: tables whose entries may also be absent, because a TRUNCATE of
-        the table was replayed after them (an absent entry is a miss, never stale;
-        stale data still fails)."""
+    def violations(self, *, older_fences: bool = False,
+                   excused: Iterable[Row] = ()) -> list[str]:
+        """Every entry that breaks part 1 of the state rules, described (empty when
+        it holds). `excused`: rows whose changes the scenario lost on purpose (a
+        retention gap); their entries are not checked (figures: ``extra["excused"]``)."""
         wrong: list[str] = []
         checked = 0
-        truth = self.workload.versions_in_db()
-        max_fence = {b"v": str(MAX_VERSION).encode()}
+        skip = {(row.table, row.id) for row in excused}
+        late = set(self.readers.late) if self.readers is not None else set()
+        truth = self.workload.truth()
         for row in self.workload.rows:
-            current = truth[row.table, row.id]
-            if row.deleted != (current is None):
-                wrong.append(f"{row.key}: the test believes deleted={row.deleted}, "
-                             f"the database says version {current}")
+            if (row.table, row.id) in skip:
                 continue
-            if current is None:
-                home = (SHARD_A, SHARD_B) if row.table == "posts" else shards_of(row.neighbourhood)
-                for shard in home:
-                    checked += 1
-                    entry = self.workload.shards[shard].hgetall(row.key)
-                    if entry != max_fence and not (row.table in truncated and not entry):
-                        wrong.append(f"{shard} {row.key} (deleted): holds {_show(entry)}, "
-                                     "expected a delete fence")
+            found = truth[row.table, row.id]
+            if row.deleted != (found is None) or (
+                    found is not None and (found[0], found[1]) != (row.version,
+                                                                   row.neighbourhood)):
+                wrong.append(f"{row.key}: the test believes version {row.version} in "
+                             f"{row.neighbourhood} (deleted={row.deleted}), the database "
+                             f"says {found}")
                 continue
-            version = str(current).encode()
-            for shard in shards_of(row.neighbourhood):
+            for shard in SHARDS:
                 checked += 1
                 entry = self.workload.shards[shard].hgetall(row.key)
-                fence_ok = entry == {b"v": version}
-                data_ok = allow_data and entry.get(b"v") == version and b"d" in entry
-                absent_ok = row.table in truncated and not entry
-                if not (fence_ok or data_ok or absent_ok):
-                    wrong.append(f"{shard} {row.key} (version {current}): holds "
-                                 f"{_show(entry)}, expected a fence at {current}")
-            for shard, moved_at in row.moved_from.items():
-                if shard in shards_of(row.neighbourhood):
+                problem = judge(row, shard, entry, older_fences=older_fences)
+                if problem is None:
                     continue
-                checked += 1
-                entry = self.workload.shards[shard].hgetall(row.key)
-                if row.table in truncated and not entry:
+                if (shard, row.key) in late and b"d" in entry:
+                    self.figures.extra["excused_late"] = \
+                        self.figures.extra.get("excused_late", 0) + 1
                     continue
-                if b"d" in entry or int(entry.get(b"v", b"-1")) < moved_at:
-                    wrong.append(f"{shard} {row.key} (moved away at version {moved_at}): "
-                                 f"holds {_show(entry)}, expected a fence >= {moved_at}")
+                wrong.append(f"{shard} {row.key} ({describe(row)}): {problem}")
         for shard, keys in self.workload.due.items():
             for key in keys:
                 checked += 1
                 if self.workload.shards[shard].exists(key):
-                    wrong.append(f"{shard} {key}: derived key still cached")
+                    wrong.append(f"{shard} {key}: derived key still cached after a later "
+                                 "change (a lost invalidation)")
         self.figures.entries_checked += checked
         self.figures.rows += len(self.workload.rows)
         return wrong
+
+    def problems_of(self, rows: Iterable[Row]) -> dict[str, list[str]]:
+        """What breaks the state rules for each of `rows` (by key; rows without a
+        problem left out): how a scenario shows that changes it lost on purpose were
+        seen to be lost."""
+        found: dict[str, list[str]] = {}
+        for row in rows:
+            for shard in SHARDS:
+                problem = judge(row, shard, self.workload.shards[shard].hgetall(row.key))
+                if problem is not None:
+                    found.setdefault(row.key, []).append(f"{shard}: {problem}")
+        return found
+
+    def lingering_fences(self, excused: Iterable[Row] = ()) -> list[str]:
+        """Part 2: the fences still there (call fence_ttl after the last change was
+        processed)."""
+        skip = {(row.table, row.id) for row in excused}
+        left = []
+        for row in self.workload.rows:
+            if (row.table, row.id) in skip:
+                continue
+            for shard in SHARDS:
+                entry = self.workload.shards[shard].hgetall(row.key)
+                if entry and b"d" not in entry:
+                    ttl = self.workload.shards[shard].pttl(row.key)
+                    left.append(f"{shard} {row.key} ({describe(row)}): {show(entry)} still "
+                                f"there {self.workload.fence_ttl:g}s after the group caught "
+                                f"up (PTTL {ttl} ms): a fence outlived fence_ttl")
+        return left
 
     # ------------------------------------------------------------------ accounting
 
@@ -451,14 +313,16 @@ class Oracle:
         return found
 
     def counted(self, count: Callable[[], float], since: Mapping[TP, int], *,
-                timeout: float = 60.0) -> int:
+                records: int | None = None, timeout: float = 60.0) -> int:
         """Workers that were the group's only members from `since` on (and are still
         running) accounted for every record of `since`'s partitions from there to their
         current end: `count()` — the sum of their events, skips and dead letters — reaches
         that many records (at least: records are processed again after a restart or a
-        rebalance). Adds both to the figures; returns the records to account for."""
+        rebalance). `records`: how many there are, where offsets do not say (a compacted
+        topic has gaps). Adds both to the figures; returns the records to account for."""
         ends = end_offsets(self.stack, sorted({topic for topic, _ in since}))
-        records = sum(max(0, end - since[tp]) for tp, end in ends.items() if tp in since)
+        if records is None:
+            records = sum(max(0, end - since[tp]) for tp, end in ends.items() if tp in since)
         last = [0.0]
 
         def enough() -> bool:
@@ -478,24 +342,40 @@ class Oracle:
         return records
 
     def account(self, group: str, *, dead_letter_topic: str, dead_letters: int = 0,
-                other_dead_letters: bool = False, allow_data: bool = False,
-                truncated: frozenset[str] = frozenset(), timeout: float = 120.0) -> Figures:
-        """The whole oracle: every change published, committed to the end, the state
-        exact, the dead letters exactly as expected. Raises AssertionError otherwise.
+                other_dead_letters: bool = False, topics: list[str] | None = None,
+                older_fences: bool = False, excused: Iterable[Row] = (),
+                timeout: float = 120.0) -> Figures:
+        """The whole oracle: every change published, committed to the end of `topics`
+        (default the Debezium topics), both parts of the state rules, the dead letters
+        exactly as expected. Raises AssertionError otherwise, every failed part named.
 
-        `dead_letter_topic` (the worker config's ``kafka.dead_letter_topic``) is read
-        whole: `dead_letters` of its records come from the test's range of the topics;
-        any other (a record from before the range: a group that re-read the topics'
-        history) fails too unless `other_dead_letters`, and is counted in
-        ``extra["dead_letters_outside_range"]``."""
+        The readers keep racing the worker while it catches up; they are paused for
+        the check and resumed after it. `dead_letter_topic` (the worker config's
+        ``kafka.dead_letter_topic``) is read whole: `dead_letters` of its records come
+        from the test's range of the topics; any other (a record from before the range:
+        a group that re-read the topics' history) fails too unless
+        `other_dead_letters`, and is counted in ``extra["dead_letters_outside_range"]``."""
+        excused = list(excused)
         ends = self.published(timeout)
+        if topics is not None:
+            ends = end_offsets(self.stack, topics)
         self.wait_committed(group, ends, timeout)
-        final = committed(self.stack, group, TOPICS)
+        caught_up = time.monotonic()
+        final = committed(self.stack, group, sorted({t for t, _ in ends}))
         behind = {tp: (final.get(tp), end) for tp, end in ends.items()
-                  if end > 0 and final.get(tp, -1) != end and final.get(tp, -1) < end}
+                  if end > 0 and final.get(tp, -1) < end}
         assert not behind, f"committed offsets short of the end: {behind}"
-        self.reader.drain(1.0)
-        wrong = self.violations(allow_data=allow_data, truncated=truncated)
+        if self.readers is not None:
+            self.readers.pause()
+        try:
+            self.reader.drain(1.0)
+            wrong = self.violations(older_fences=older_fences, excused=excused)
+            time.sleep(max(0.0, caught_up + self.workload.fence_ttl + EXPIRY_SLACK
+                           - time.monotonic()))
+            lingering = self.lingering_fences(excused)
+        finally:
+            if self.readers is not None:
+                self.readers.resume()
         figures = self.figures
         figures.changes = len(self.workload.changes)
         figures.records = sum(self.reader.seen[c] for c in set(self.workload.changes))
@@ -509,10 +389,18 @@ class Oracle:
         figures.extra["dead_letters_outside_range"] = outside
         figures.extra["dead_letters_by_reason"] = dict(Counter(
             letter.get(HEADER_REASON, "?") for letter in inside))
+        figures.extra["lingering_fences"] = len(lingering)
+        if excused:
+            figures.extra["excused"] = len(excused)
+        if self.readers is not None:
+            figures.extra["readers"] = self.readers.figures()
         figures.seconds = round(time.monotonic() - self.started, 1)
         failures = []  # every part that failed, reported together
         if wrong:
             failures.append(f"{len(wrong)} stale entries, e.g.:\n" + "\n".join(wrong[:20]))
+        if lingering:
+            failures.append(f"{len(lingering)} fences outlived fence_ttl, e.g.:\n"
+                            + "\n".join(lingering[:10]))
         if figures.dead_letters_found != dead_letters:
             failures.append(f"dead letters on {dead_letter_topic} from the test's records: "
                             f"expected {dead_letters}, found {figures.dead_letters_found} "
@@ -531,7 +419,57 @@ class Oracle:
             offset = int(letter[HEADER_OFFSET])
         except (KeyError, ValueError):
             return True  # unreadable headers: never excused as someone else's record
-        return tp in self.start and offset >= self.start[tp]
+        return tp not in self.start or offset >= self.start[tp]
+
+
+def judge(row: Row, shard: str, entry: Mapping[bytes, bytes], *,
+          older_fences: bool = False) -> str | None:
+    """Why `entry` (the row's key on `shard`) breaks the state rules, or None."""
+    if not entry:
+        return None
+    try:
+        version = int(entry.get(b"v", b"-1"))
+    except ValueError:
+        version = -1
+    if b"d" in entry:
+        try:
+            written = decode_payload(entry[b"d"])
+        except (ValueError, msgpack.UnpackException) as exc:
+            return f"holds data that does not decode: {exc}"
+        if isinstance(written, dict) and written.get("v") != version:
+            return f"holds data of version {written.get('v')} under v={version}"
+        if row.deleted:
+            return (f"holds data at {version} for a deleted row (a lost delete, or a stale "
+                    "write let through)")
+        if shard not in row.home:
+            return (f"holds data at {version} on a shard the row does not live on (a lost "
+                    "move or delete, or a stale write let through)")
+        if version < row.version:
+            return (f"holds stale data at {version} (a lost change, or a stale write let "
+                    "through)")
+        if version > row.version:
+            return f"holds data at {version}, ahead of the row"
+        return None
+    expected = row.fenced.get(shard)
+    if version == expected:
+        return None
+    if version == MAX_VERSION and shard in row.delete_fenced:
+        return None  # an earlier incarnation's delete fence, not yet expired
+    if expected is None:
+        return f"holds {show(entry)}, but no change of the row fenced this shard"
+    if version < expected:
+        if older_fences:
+            return None
+        return (f"holds a fence at {version}, below the last change that fenced this "
+                f"shard ({expected}): a lost change")
+    return f"holds a fence at {version}, above the last change that fenced it ({expected})"
+
+
+def describe(row: Row) -> str:
+    if row.deleted:
+        return f"deleted, incarnation {row.incarnations}"
+    return (f"version {row.version} in {row.neighbourhood}"
+            + (f", incarnation {row.incarnations}" if row.incarnations > 1 else ""))
 
 
 def read_dead_letters(stack: Stack, topic: str, timeout: float = 120.0) -> list[dict[str, str]]:
@@ -571,7 +509,8 @@ def read_dead_letters(stack: Stack, topic: str, timeout: float = 120.0) -> list[
     return found
 
 
-def _show(entry: Mapping[bytes, bytes]) -> str:
+
+def show(entry: Mapping[bytes, bytes]) -> str:
     if not entry:
         return "nothing"
     return "{" + ", ".join(f"{k.decode()}: {'<data>' if k == b'd' else v.decode()}"

@@ -21,8 +21,9 @@ from tests.conftest import Stack
 from tests.e2e.support import create_topic, end_offsets
 from tests.faults.conftest import REPEAT
 from tests.faults.corpus import ANY, HEADER_EXPECT, HEADER_SEQ, VALID, Corpus, Record
-from tests.faults.oracle import MAX_VERSION, Figures, Oracle, read_dead_letters
+from tests.faults.oracle import Figures, Oracle, read_dead_letters
 from tests.faults.workers import Worker, dead_letter_topic, fault_config
+from tests.faults.workload import MAX_VERSION
 
 pytestmark = [pytest.mark.faults, pytest.mark.e2e]
 MAX_EVENT_BYTES = 256 * 1024  # max_event_bytes of this test: near-limit and oversized records
@@ -50,8 +51,9 @@ def test_thousands_of_hostile_records_are_dead_lettered_and_the_valid_applied(
         stack: Stack, tmp_path: Path, uid: str, oracle: Oracle) -> None:
     topic = create_topic(stack, f"fbad-{uid}", partitions=3)
     group = f"fbad-{uid}"
-    config = fault_config(tmp_path, stack, group, batch_size=500, topics=[topic], overrides={
-        "unknown_tables": "error", "max_event_bytes": MAX_EVENT_BYTES})
+    config = fault_config(tmp_path, stack, group, fence_ttl=oracle.workload.fence_ttl,
+                          batch_size=500, topics=[topic], overrides={
+                              "unknown_tables": "error", "max_event_bytes": MAX_EVENT_BYTES})
     corpus = Corpus(uid, max_event_bytes=MAX_EVENT_BYTES)
     records: list[Record] = []
     worker = Worker(config, tmp_path / "worker.log")

@@ -1,4 +1,4 @@
-"""Latency and loss between the worker and Kafka/Valkey: they may only slow it down.
+"""Latency, loss and a network partition between the worker and Kafka/Valkey.
 
 The worker runs in a network namespace where every connection it makes — to the Kafka
 bootstrap address, to the broker address Kafka advertises, to both Valkey shards —
@@ -6,16 +6,21 @@ passes through Toxiproxy (`stack.toxiproxy`). The tests add latency with jitter,
 then cut connections in every way Toxiproxy can (resets, black holes, connections
 closed after a few bytes, replies sliced into tiny pieces) while changes flow; the
 oracle must hold and the worker must never exit.
+
+The partition scenario cuts shard b off — its proxy disabled (connections refused) or
+turned into a black hole — for four times ``valkey.retry_budget_seconds`` (3 s) while
+changes wait for it. The worker gives up after the budget and exits 2; the test
+restarts it whenever it exits, as an orchestrator would, until the network heals; the
+oracle must then hold: nothing lost (shard a's changes wait with b's — the test does
+not ask for isolation).
 """
 
 from __future__ import annotations
 
-import os
 import random
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,35 +30,30 @@ from stack import services
 from stack.toxiproxy import FaultNet, Toxiproxy
 from tests.conftest import Stack
 from tests.e2e.support import start_group_at_end
-from tests.faults.conftest import REPEAT
-from tests.faults.oracle import TOPICS, Oracle, Workload
+from tests.faults.conftest import PROXIES, REPEAT
+from tests.faults.negative import assert_broken, env, judged
+from tests.faults.oracle import TOPICS, Figures, Oracle
 from tests.faults.workers import Load, Worker, dead_letter_topic, fault_config
+from tests.faults.workload import Workload
 
 pytestmark = [pytest.mark.faults, pytest.mark.e2e]
-PROXIES = {"kafka": services.KAFKA_PORT, "valkey-a": services.VALKEY_PORTS["valkey-a"],
-           "valkey-b": services.VALKEY_PORTS["valkey-b"]}
 CHAOS_SECONDS = 12.0  # per repetition: how long connections are cut while changes flow
+BUDGET = 3.0  # valkey.retry_budget_seconds of the partition scenario
+SOCKET_TIMEOUT = 1.0  # valkey.socket_timeout_seconds there: a black-holed call fails soon
+CUT_SECONDS = 4 * BUDGET  # how long shard b stays cut off
 
 
-@pytest.fixture
-def net() -> Iterator[FaultNet]:
-    if os.geteuid() != 0:
-        pytest.fail("the network fault tests need root (network namespaces)", pytrace=False)
-    faults = FaultNet(PROXIES)
-    try:
-        yield faults.start()
-    finally:
-        faults.remove()
+def netns_worker(net: FaultNet, config: Path, log: Path,
+                 env: dict[str, str] | None = None) -> Worker:
+    return Worker(config, log, prefix=net.prefix, metrics_host=net.address, env=env)
 
 
-def netns_worker(net: FaultNet, config: Path, log: Path) -> Worker:
-    return Worker(config, log, prefix=net.prefix, metrics_host=net.address)
-
-
-def config_in(net: FaultNet, tmp_path: Path, stack: Stack, group: str, **kwargs: Any) -> Path:
+def config_in(net: FaultNet, tmp_path: Path, stack: Stack, group: str, *, fence_ttl: float,
+              **kwargs: Any) -> Path:
     overrides = {"metrics": {"host": net.address, "port": 0, "lag_refresh_seconds": 0.5},
                  **kwargs.pop("overrides", {})}
-    return fault_config(tmp_path, stack, group, overrides=overrides, **kwargs)
+    return fault_config(tmp_path, stack, group, fence_ttl=fence_ttl, overrides=overrides,
+                        **kwargs)
 
 
 def test_latency_with_jitter_only_slows_the_worker_down(
@@ -62,7 +62,7 @@ def test_latency_with_jitter_only_slows_the_worker_down(
     group = f"flat-{uid}"
     start_group_at_end(stack, group, TOPICS)
     since = oracle.committed(group)
-    config = config_in(net, tmp_path, stack, group, batch_size=20)
+    config = config_in(net, tmp_path, stack, group, fence_ttl=workload.fence_ttl, batch_size=20)
     toxics = net.toxics
     assert toxics is not None
     for proxy in PROXIES:
@@ -75,9 +75,11 @@ def test_latency_with_jitter_only_slows_the_worker_down(
     try:
         worker.wait_ready(120)
         for _cycle in range(REPEAT):
+            workload.reinsert(workload.gone()[::2])
             rows = workload.create(posts=40, comments=30)
             workload.update(rows)
             workload.move([r for r in rows if r.table == "comments"][::4])
+            workload.churn(rows[3::10])
             workload.delete(rows[::7])
             oracle.figures.faults += 1
         figures = oracle.account(group, dead_letter_topic=dead_letter_topic(config),
@@ -138,7 +140,7 @@ def test_connection_resets_and_cuts_never_lose_a_change(
     group = f"fcut-{uid}"
     start_group_at_end(stack, group, TOPICS)
     since = oracle.committed(group)
-    config = config_in(net, tmp_path, stack, group, batch_size=20)
+    config = config_in(net, tmp_path, stack, group, fence_ttl=workload.fence_ttl, batch_size=20)
     toxics = net.toxics
     assert toxics is not None
     rng = random.Random(uid)
@@ -165,3 +167,92 @@ def test_connection_resets_and_cuts_never_lose_a_change(
                                               for kind in {d.split(":")[1] for d in done}}
     assert code == 0, worker.log()[-3000:]
     assert_carried(toxics, oracle.figures.extra)
+
+
+# --------------------------------------------------------------------------- partition
+
+
+def cut(toxics: Toxiproxy, proxy: str, black_hole: bool) -> str:
+    """Cut `proxy` off: disabled (connections refused and closed) or a black hole."""
+    if black_hole:
+        toxics.add(proxy, "timeout", name="partition_up", stream="upstream", timeout=0)
+        toxics.add(proxy, "timeout", name="partition_down", stream="downstream", timeout=0)
+        return "black hole"
+    toxics.call("POST", f"/proxies/{proxy}", {"enabled": False})
+    return "refused"
+
+
+def run_partition(stack: Stack, tmp_path: Path, uid: str, workload: Workload, oracle: Oracle,
+                  net: FaultNet, *, cycles: int, broken: str | None = None) -> Figures | None:
+    group = f"fpart-{uid}"
+    start_group_at_end(stack, group, TOPICS)
+    since = oracle.committed(group)
+    config = config_in(net, tmp_path, stack, group, fence_ttl=workload.fence_ttl,
+                       batch_size=20, overrides={"valkey.retry_budget_seconds": BUDGET,
+                                                 "valkey.socket_timeout_seconds": SOCKET_TIMEOUT})
+    toxics = net.toxics
+    assert toxics is not None
+    workers: list[Worker] = []
+    exits: list[int] = []
+    kinds: list[str] = []
+
+    def start() -> Worker:
+        started = netns_worker(net, config, tmp_path / f"w{len(workers)}.log", env(broken))
+        workers.append(started)
+        return started
+
+    def restarted(current: Worker) -> Worker:
+        """The orchestrator: a worker that exited is replaced."""
+        if current.alive():
+            return current
+        code = current.proc.wait()
+        exits.append(code)
+        assert code == 2, f"the worker exited {code}:\n{current.log()[-3000:]}"
+        assert "still unavailable" in current.log(), current.log()[-3000:]
+        return start()
+
+    worker = start()
+    try:
+        worker.wait_ready(120)
+        assert_broken(worker.log(), broken)
+        for cycle in range(cycles):
+            rows = workload.create(posts=20, comments=20)
+            oracle.wait_committed(group, oracle.published(), alive=worker.alive)
+            before = len(exits)
+            kinds.append(cut(toxics, "valkey-b", black_hole=cycle % 2 == 1))
+            try:
+                # Changes while b is cut off, each its row's last (cached at its version
+                # first): on a, on b, on both, moves between them, deletes.
+                workload.update(rows, recache=1.0)
+                workload.move([r for r in rows if r.table == "comments"][::4])
+                workload.delete(rows[::6])
+                workload.reinsert(workload.gone()[::3])
+                oracle.published()
+                until = time.monotonic() + CUT_SECONDS
+                while time.monotonic() < until:
+                    worker = restarted(worker)
+                    time.sleep(0.2)
+            finally:
+                toxics.clear()  # healed: enabled again, toxics gone
+            oracle.figures.faults += 1
+            assert len(exits) > before, "the worker never gave up on the cut-off shard"
+            worker = restarted(worker)
+        figures = judged(oracle, broken, lambda: oracle.account(
+            group, dead_letter_topic=dead_letter_topic(config), timeout=180))
+        if broken is None:
+            worker.wait_ready(60)
+            gone = sum(w.processed_at_exit() for w in workers if w is not worker)
+            oracle.counted(lambda: gone + worker.processed(), since)
+    finally:
+        toxics.clear()
+        for each in workers:
+            if each.alive():
+                each.stop()
+    oracle.figures.extra.update(exits=len(exits), cuts=kinds)
+    return figures
+
+
+def test_network_partition_past_the_retry_budget_then_healed_loses_no_change(
+        stack: Stack, tmp_path: Path, uid: str, workload: Workload, oracle: Oracle,
+        net: FaultNet) -> None:
+    run_partition(stack, tmp_path, uid, workload, oracle, net, cycles=REPEAT)

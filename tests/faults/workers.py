@@ -4,6 +4,7 @@ kill, stop, continue, scrape, or run inside a network namespace.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -14,7 +15,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import ROOT, Stack
 from tests.e2e.support import end_offsets, wait_until, write_config
-from tests.faults.oracle import FENCE_TTL, TOPICS, Workload
+from tests.faults.oracle import TOPICS
+from tests.faults.workload import Row, Workload
 
 METRICS_MARKER = "/freshness on "  # the start-up log line that names the metrics port
 # The line a stopping worker logs last but one: what its counters held.
@@ -32,14 +34,15 @@ TALLY = re.compile(r"accounted for \d+ records: (\d+) events, (\d+) skipped "
                    r"\((\d+) heartbeats\), (\d+) dead letters")
 
 
-def fault_config(directory: Path, stack: Stack, group: str, *, batch_size: int = 50,
-                 overrides: Mapping[str, Any] | None = None,
+def fault_config(directory: Path, stack: Stack, group: str, *, fence_ttl: float,
+                 batch_size: int = 50, overrides: Mapping[str, Any] | None = None,
                  shard_map: Mapping[str, Any] | None = None,
                  topics: list[str] | None = None) -> Path:
-    """A config for one fault test: its own group and DLQ, fences that outlive it."""
+    """A config for one fault test: its own group and DLQ, the workload's short
+    fence_ttl_seconds (2-5 s: fences expire mid-test, so TTL races can show)."""
     return write_config(directory, stack, group=group, topics=topics or TOPICS,
                         shard_map=shard_map, overrides={
-                            "fence_ttl_seconds": FENCE_TTL,
+                            "fence_ttl_seconds": fence_ttl,
                             "kafka.batch_size": batch_size,
                             "valkey.retry_budget_seconds": 120,
                             **(overrides or {})})
@@ -147,6 +150,22 @@ class Worker:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
+    @contextlib.contextmanager
+    def traced(self) -> Iterator[None]:
+        """A failure inside (a timeout: the worker stopped making progress) ends a live
+        worker with SIGABRT, so that faulthandler writes every thread's stack to its log,
+        and adds them to the message."""
+        try:
+            yield
+        except AssertionError as exc:
+            if not self.alive():
+                raise
+            self.proc.send_signal(signal.SIGABRT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(10)
+            raise AssertionError(f"{exc}\n\nthe worker's threads when it failed:\n"
+                                 f"{self.log()[-8000:]}") from exc
+
     def state(self) -> str:
         """The process state letter from /proc (R, S, T for stopped, Z…)."""
         try:
@@ -246,9 +265,11 @@ class CommitMonitor(threading.Thread):
 
 
 class Load(threading.Thread):
-    """Application traffic during a fault: fresh rows, cached at version 1, then updated
-    once (every one's last change is that update), some moved or deleted. It uses the
-    workload's connection: the test leaves the workload alone while the load runs."""
+    """Application traffic during a fault: fresh rows, cached at their creation version,
+    then updated once (most rows' last change is that update), some moved or deleted,
+    deleted rows inserted again with their primary key, some rows deleted and inserted
+    again at once. It uses the workload's connection: the test leaves the workload
+    alone while the load runs."""
 
     def __init__(self, workload: Workload, *, pause: float = 0.05) -> None:
         super().__init__(name="load", daemon=True)
@@ -260,6 +281,7 @@ class Load(threading.Thread):
     def run(self) -> None:
         try:
             step = 0
+            deleted: list[Row] = []
             while not self._done.is_set():
                 rows = self.workload.create(posts=3, comments=2)
                 self.workload.update(rows)
@@ -267,6 +289,12 @@ class Load(threading.Thread):
                 if step % 3 == 0:
                     self.workload.move([r for r in rows if r.table == "comments"][:1])
                     self.workload.delete(rows[:1])
+                    deleted += rows[:1]
+                if step % 4 == 0 and deleted:
+                    self.workload.reinsert(deleted[:1])
+                    deleted = deleted[1:]
+                if step % 5 == 0:
+                    self.workload.churn(rows[1:2])
                 time.sleep(self.pause)
         except BaseException as exc:  # noqa: BLE001 - reported by stop()
             self.error = exc
