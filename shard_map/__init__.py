@@ -8,7 +8,16 @@ never imports ``reconciler`` or ``connectors``.
 from shard_map.errors import ShardMapError, ShardResolutionError
 from shard_map.load import ReloadResult, ShardMapWatcher, load_shard_map, parse_shard_map
 from shard_map.model import MovingSpec, RangeSpec, ShardMapFile, ShardSpec, validate_document
-from shard_map.resolve import CLUSTER, SENTINEL, STANDALONE, Move, Range, ShardEndpoint, ShardMap
+from shard_map.resolve import (
+    CLUSTER,
+    SENTINEL,
+    STANDALONE,
+    Move,
+    Range,
+    ShardEndpoint,
+    ShardMap,
+    Wait,
+)
 
 __all__ = [
     "CLUSTER",
@@ -26,6 +35,7 @@ __all__ = [
     "ShardMapWatcher",
     "ShardResolutionError",
     "ShardSpec",
+    "Wait",
     "load_shard_map",
     "parse_shard_map",
     "validate_document",

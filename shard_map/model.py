@@ -27,6 +27,18 @@ _STRICT = ConfigDict(strict=True, extra="forbid", frozen=True)
 _ENTRY_LISTS = ("ranges", "moving")
 
 
+class WaitSpec(BaseModel):
+    """``shards.<name>.wait``: acknowledge a batch only once `replicas` replicas (and,
+    with `aof`, the primary's and their append-only files) have it — WAIT / WAITAOF
+    after the batch's calls, within `timeout_ms`."""
+
+    model_config = _STRICT
+
+    replicas: int = Field(ge=0)
+    aof: bool = False
+    timeout_ms: int = Field(1000, gt=0)
+
+
 class ShardSpec(BaseModel):
     """``shards.<name>``: where one Valkey shard lives — exactly one of a standalone
     primary's ``url``, a Valkey Cluster's seed nodes (``cluster``), or the Sentinels
@@ -38,6 +50,7 @@ class ShardSpec(BaseModel):
     cluster: list[str] | None = None
     sentinel: list[str] | None = None
     service: str | None = None
+    wait: WaitSpec | None = None
 
 
 class RangeSpec(BaseModel):

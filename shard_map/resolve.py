@@ -45,6 +45,15 @@ class Move:
 STANDALONE, CLUSTER, SENTINEL = "standalone", "cluster", "sentinel"  # ShardEndpoint.kind
 
 
+@dataclass(frozen=True, slots=True)
+class Wait:
+    """WAIT `replicas` (WAITAOF 1 `replicas` with `aof`) after a batch, `timeout_ms` at most."""
+
+    replicas: int
+    aof: bool = False
+    timeout_ms: int = 1000
+
+
 @dataclass(frozen=True, slots=True, repr=False)
 class ShardEndpoint:
     """Where one shard lives: a standalone primary (one URL), a Valkey Cluster (its
@@ -54,6 +63,7 @@ class ShardEndpoint:
     kind: str  # STANDALONE, CLUSTER or SENTINEL
     urls: tuple[str, ...]
     service: str | None = None  # the Sentinel service name (SENTINEL only)
+    wait: Wait | None = None  # acknowledge only once replicas (and AOF) have a batch
 
     @classmethod
     def standalone(cls, url: str) -> ShardEndpoint:
@@ -273,10 +283,12 @@ def _require_known(
 
 
 def _endpoint(spec: ShardSpec) -> ShardEndpoint:
+    wait = None if spec.wait is None else Wait(spec.wait.replicas, spec.wait.aof,
+                                               spec.wait.timeout_ms)
     if spec.cluster is not None:
-        return ShardEndpoint(CLUSTER, tuple(spec.cluster))
+        return ShardEndpoint(CLUSTER, tuple(spec.cluster), wait=wait)
     if spec.sentinel is not None:
-        return ShardEndpoint(SENTINEL, tuple(spec.sentinel), spec.service)
+        return ShardEndpoint(SENTINEL, tuple(spec.sentinel), spec.service, wait=wait)
     assert spec.url is not None  # validate_document checked exactly one kind
-    return ShardEndpoint.standalone(spec.url)
+    return ShardEndpoint(STANDALONE, (spec.url,), wait=wait)
 

@@ -114,6 +114,11 @@ def translate(error: Exception, *, shard: str, command: str) -> ValkeyShardError
             f"reloaded ({text}; FUNCTION FLUSH or failovers in a row?): retrying",
             shard=shard, command=command)
     if isinstance(error, vx.ResponseError):
+        if "WAITAOF" in text:
+            return ValkeyRejected(f"{where} refused WAITAOF ({text}): the shard map asks this "
+                                  "shard to wait for its append-only file (wait.aof): turn on "
+                                  "`appendonly yes` on the server, or set wait.aof false",
+                                  shard=shard, command=command)
         if text.startswith(_TRANSIENT_CODES):
             return ValkeyUnavailable(f"{where} failed, shard busy or not ready: {text}",
                                      shard=shard, command=command)

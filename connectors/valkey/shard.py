@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
@@ -119,12 +120,14 @@ class Shard:
                  password: str | None = None, tls_ca_file: str | None = None,
                  tls_cert_file: str | None = None, tls_key_file: str | None = None,
                  socket_timeout: float = 5.0,
-                 fence_ttl_ms: int = DEFAULT_FENCE_TTL_MS, library: Library = PROTOCOL) -> None:
+                 fence_ttl_ms: int = DEFAULT_FENCE_TTL_MS, library: Library = PROTOCOL,
+                 wait: WaitFor | None = None) -> None:
         if fence_ttl_ms <= 0:
             raise ValueError(f"shard {name!r}: fence_ttl_ms must be positive, "
                              f"got {fence_ttl_ms}")
         self._name = name
         self.library = library
+        self.wait = wait  # acknowledged only once replicas (and AOF) have a call
         self.apply_function = library.apply.encode()  # the function name, pre-encoded
         self._apply_command = "FCALL " + library.apply  # how errors name the call
         self.url = redact(url)  # safe to log: no credentials
@@ -162,10 +165,18 @@ class Shard:
         self._check(keys, ops, versions)
         if not keys:
             return []
-        commands = apply_commands(keys, ops, versions, self.fence_ttl_ms, self.apply_function)
+        commands = self.commands(keys, ops, versions)
         replies = self._call(lambda: self._pipeline(commands), self._apply_command,
                              missing=_any_missing)
         return self._labels(replies, len(keys))
+
+    def commands(self, keys: Sequence[str], ops: Sequence[str],
+                 versions: Sequence[int]) -> list[tuple[Any, ...]]:
+        """The pipeline of one call: its FCALLs, then the WAIT (or WAITAOF) asked for."""
+        commands = apply_commands(keys, ops, versions, self.fence_ttl_ms, self.apply_function)
+        if self.wait is not None:
+            commands.append(self.wait.command())
+        return commands
 
     def send(self, keys: Sequence[str], ops: Sequence[str],
              versions: Sequence[int]) -> PendingApply:
@@ -197,11 +208,13 @@ class Shard:
                              f"must be in [0, 2^63-1], got {versions[bad]}")
 
     def _labels(self, replies: list[Any], n: int) -> list[str]:
-        """The result labels of `apply_commands()`' replies, for `n` keys."""
+        """The result labels of `commands()`' replies, for `n` keys."""
         command = self._apply_command
         error = first_error(replies)
         if error is not None:  # still missing after a reload
             raise translate(error, shard=self._name, command=command)
+        if self.wait is not None:
+            self.wait.check(replies.pop(), shard=self._name)
         results: list[str] = []
         try:
             for reply in replies:
@@ -282,6 +295,14 @@ class Shard:
                 log.warning("%s", error)
             return False
 
+    def identity(self) -> str:
+        """Which incarnation of the server holds the shard's data: its run_id, new after
+        every restart and different on a promoted replica. A change means writes it
+        acknowledged may be gone (asynchronous replication, a restart from an older
+        snapshot): the worker then re-applies what it may have lost."""
+        info: dict[str, Any] = self._call(lambda: self._sync.info("server"), "INFO")
+        return str(info.get("run_id") or "unknown")
+
     def server_version(self) -> str:
         """The server's version (`valkey_version`, else `redis_version` of INFO)."""
         info: dict[str, Any] = self._call(lambda: self._sync.info("server"), "INFO")
@@ -308,6 +329,34 @@ class Shard:
                                 missing=missing, library=self.library)
 
 
+@dataclass(frozen=True, slots=True)
+class WaitFor:
+    """Acknowledge a call only once `replicas` replicas have it (WAIT), or, with `aof`,
+    once the primary's append-only file and `replicas` replicas' have it (WAITAOF), in
+    at most `timeout_ms`. Fewer is `ValkeyUnavailable`: the call is retried (it is
+    idempotent), within the retry budget."""
+
+    replicas: int
+    aof: bool = False
+    timeout_ms: int = 1000
+
+    def command(self) -> tuple[Any, ...]:
+        if self.aof:
+            return ("WAITAOF", 1, self.replicas, self.timeout_ms)
+        return ("WAIT", self.replicas, self.timeout_ms)
+
+    def check(self, reply: Any, *, shard: str) -> None:
+        local, replicas = (reply[0], reply[1]) if self.aof else (1, reply)
+        if int(local) >= 1 and int(replicas) >= self.replicas:
+            return
+        what = "WAITAOF" if self.aof else "WAIT"
+        raise ValkeyUnavailable(
+            f"valkey shard {shard!r}: {what} {self.replicas} {self.timeout_ms}: "
+            f"{'the primary fsynced its AOF' if int(local) else 'the primary did not fsync'}"
+            f" and {replicas} of {self.replicas} replicas acknowledged in time (shards."
+            f"{shard}.wait): retrying the call", shard=shard, command=what)
+
+
 def _any_missing(replies: list[Any]) -> bool:
     return any(isinstance(reply, Exception) for reply in replies)
 
@@ -326,7 +375,7 @@ class _Pending:
         if not keys:
             self._count = 0
             return
-        commands = apply_commands(keys, ops, versions, shard.fence_ttl_ms, shard.apply_function)
+        commands = shard.commands(keys, ops, versions)
         self._count = len(commands)
         pool = shard.client.connection_pool
         try:

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from urllib.parse import urlsplit
 
 from connectors.valkey.functions import PROTOCOL, Library
-from connectors.valkey.shard import TLS_SCHEMES, Shard, redact
+from connectors.valkey.shard import TLS_SCHEMES, Shard, WaitFor, redact
 from reconciler.observe.metrics import Metrics
 from reconciler.settings import Settings
 from shard_map import STANDALONE, ShardEndpoint, ShardMap
@@ -76,6 +76,8 @@ class ShardPool:
                     socket_timeout=valkey.socket_timeout_seconds,
                     fence_ttl_ms=self._settings.fence_ttl_seconds * 1000,
                     library=self._library,
+                    wait=None if endpoint.wait is None else WaitFor(
+                        endpoint.wait.replicas, endpoint.wait.aof, endpoint.wait.timeout_ms),
                 )
                 self._metrics.init_shard(name)
                 log.info("shard %s: %s", name, shards[name].url)

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from shard_map import CLUSTER, SENTINEL, STANDALONE, parse_shard_map, validate_document
+from shard_map import CLUSTER, SENTINEL, STANDALONE, Wait, parse_shard_map, validate_document
 from tests.unit.shard_map.maps import PATH, example, only_problem
 
 SEEDS = ["valkey://10.0.1.1:6379", "valkey://:secret@10.0.1.2:6379"]
@@ -86,3 +86,22 @@ def _yaml(doc: dict[str, Any]) -> str:
     import yaml
 
     return yaml.safe_dump(doc)
+
+
+def test_a_shard_may_wait_for_its_replicas_and_aof() -> None:
+    doc = with_b({"url": "valkey://h:2", "wait": {"replicas": 1, "aof": True, "timeout_ms": 200}})
+    assert parse_shard_map(_yaml(doc)).endpoint("b").wait == Wait(1, True, 200)
+    assert parse_shard_map(_yaml(with_b({"cluster": SEEDS, "wait": {"replicas": 2}}))
+                           ).endpoint("b").wait == Wait(2, False, 1000)
+    assert parse_shard_map(_yaml(example())).endpoint("a").wait is None
+
+
+@pytest.mark.parametrize(("wait", "problem"), [
+    ({"replicas": -1}, "shards.b.wait.replicas input should be greater than or equal to 0, "
+                       "got -1"),
+    ({"replicas": 1, "timeout_ms": 0}, "shards.b.wait.timeout_ms input should be greater "
+                                       "than 0, got 0"),
+    ({}, "shards.b.wait.replicas is required"),
+])
+def test_a_bad_wait_names_the_field(wait: dict[str, Any], problem: str) -> None:
+    assert only_problem(with_b({"url": "valkey://h:2", "wait": wait})) == problem
