@@ -5,7 +5,8 @@ Modules, each importing only those below it (import-linter pins it):
 
 - ``__main__``, ``capture/``: the command line; recording the Debezium fixtures.
 - ``services``: the services in start order; up, down, restart, status, endpoints.
-- ``connect``: Kafka Connect and the Debezium connector.
+- ``connect``: Kafka Connect and the Debezium connector; ``valkey_cluster``: a Valkey
+  Cluster of six nodes, and the helpers that fail and move them.
 - ``postgres``, ``kafka``, ``valkey``: one server each (valkey: the shards, valkey-acl
   and valkey-tls); kafka also the Java side Connect shares.
 - ``security``, ``toxiproxy``: the secured side's configuration and secrets; the fault

@@ -6,7 +6,7 @@ does with them. Each service lives in its own module (postgres, kafka, connect,
 valkey; the secured side's configuration in security), all on ``stack.process``.
 
 ``up`` with no names starts `DEFAULT`: everything but the services of `ON_DEMAND`,
-which start only when named (``python -m stack up valkey-tls``).
+which start only when named (``python -m stack up valkey-tls``, ``… valkey-cluster``).
 
 Only the standard library and, where installed, ``confluent_kafka`` (the broker
 readiness check, the captured tables' topics) are used, so the stack can run before
@@ -19,7 +19,7 @@ import json
 import time
 from collections.abc import Iterator
 
-from stack import connect, kafka, postgres, process, security, valkey
+from stack import connect, kafka, postgres, process, security, valkey, valkey_cluster
 from stack.process import HOST, STACK_DIR, Service, log, read_pid
 
 ENDPOINTS_FILE = STACK_DIR / "endpoints.json"  # written by `up`: the tests and bench read it
@@ -32,10 +32,12 @@ SERVICES: dict[str, Service] = {service.name: service for service in (
     valkey.TLS,  # stunnel: TLS in front of valkey-acl
     kafka.SERVICE,
     connect.SERVICE,
+    valkey_cluster.SERVICE,  # 3 primaries + 3 replicas (stack/valkey_cluster.py)
 )}
 START_ORDER = list(SERVICES)
-# Started only when named: stunnel, installed by the test set-up, for the security tests.
-ON_DEMAND = ("valkey-tls",)
+# Started only when named: stunnel, installed by the test set-up, for the security tests;
+# the six nodes of the Valkey Cluster, for the cluster shard kind's tests.
+ON_DEMAND = ("valkey-tls", "valkey-cluster")
 DEFAULT = [name for name in START_ORDER if name not in ON_DEMAND]  # what `up` starts
 
 ENV_NAMES = {  # `python -m stack env`: endpoints() key -> variable the tests read
@@ -60,6 +62,7 @@ def endpoints() -> dict[str, object]:
                    for name, port in valkey.VALKEY_PORTS.items()},
         "stack_dir": str(STACK_DIR),
         "security": security.endpoints(),
+        **valkey_cluster.endpoints(),
     }
 
 
@@ -71,6 +74,7 @@ def env_lines() -> Iterator[str]:
     assert isinstance(shards, dict)
     for name, url in shards.items():
         yield f"export CR_{name.upper().replace('-', '_')}_URL='{url}'"
+    yield from valkey_cluster.iter_env()
 
 
 def up(names: list[str] | None = None) -> float:
