@@ -82,25 +82,6 @@ class RetentionGaps:
         return lost
 
 
-def committed_starts(consumer: Consumer, partitions: list[TopicPartition],
-                     timeout: float) -> dict[TP, int | None]:
-    """Where each newly assigned partition continues: its committed offset, or 0 for
-    one without (a new group starts at the earliest offset: auto.offset.reset); None
-    when the broker does not say (the check then starts after its first batch)."""
-    starts: dict[TP, int | None] = {(tp.topic, tp.partition): None for tp in partitions}
-    if not partitions:
-        return starts
-    try:
-        for tp in consumer.committed(partitions, timeout=timeout):
-            if tp.error is None:
-                # OFFSET_INVALID (-1001): nothing committed
-                starts[tp.topic, tp.partition] = tp.offset if tp.offset >= 0 else 0
-    except KafkaException as exc:
-        log.warning("committed offsets of the assigned partitions unavailable (%s): the "
-                    "retention-gap check starts after their first batch", exc)
-    return starts
-
-
 def low_watermark(consumer: Consumer, tp: TP) -> int | None:
     """A partition's log start offset: librdkafka's, from its last fetch, else the
     broker's."""

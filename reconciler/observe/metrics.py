@@ -107,6 +107,8 @@ class Metrics:
     coalesced: Counter
     retries: Counter
     unseen: Counter
+    shard_changes: Counter
+    failover_replayed: Counter
     assigned_partitions: Gauge
     ready: Gauge
     build_info: Gauge
@@ -181,6 +183,15 @@ class Metrics:
                 "Records deleted (retention, DeleteRecords) before this group read them: "
                 "changes never reconciled. Repair with `reconciler audit --repair`.",
                 ("topic", "partition")),
+            shard_changes=counter(
+                "reconciler_shard_changes_total",
+                "Times a shard's server changed under the worker (a failover, a restart: its "
+                "run id differs), each followed by a replay of the recent changes.",
+                ("shard",)),
+            failover_replayed=counter(
+                "reconciler_failover_replayed_records_total",
+                "Records processed again because a shard's server changed "
+                "(valkey.failover_replay_seconds)."),
             assigned_partitions=gauge("reconciler_assigned_partitions",
                                       "Partitions currently assigned to this worker."),
             ready=gauge("reconciler_ready", "1 when /readyz answers ready, else 0."),
@@ -216,3 +227,4 @@ class Metrics:
             self.invalidations.labels(shard, result)
         self.truncated_keys.labels(shard)
         self.coalesced.labels(shard)
+        self.shard_changes.labels(shard)

@@ -4,8 +4,11 @@ creates."""
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Collection
+from typing import Any
 
+from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from connectors.kafka import Security
@@ -61,3 +64,18 @@ def ensure_topic(admin: AdminClient, topic: str, existing: Collection[str], *,
     except Exception as exc:  # noqa: BLE001 - reported, the worker can still run
         log.warning("could not create the %s topic %s (%s); create it, or the first "
                     "record sent there stops the worker", purpose, topic, exc)
+
+
+def cluster_topics(admin: AdminClient, timeout: float) -> dict[str, Any]:
+    """The topics the cluster shows us. A refused authentication or TLS handshake stops
+    start-up at once (FatalError from the admin client's error callback) rather than
+    ending as a metadata timeout that does not say why."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return dict(admin.list_topics(timeout=1).topics)
+        except KafkaException:
+            admin.poll(0)  # serves error_cb: raises FatalError if refused
+            if time.monotonic() >= deadline:
+                raise
+

@@ -79,8 +79,8 @@ class Pipeline:
                  hooks: Hooks | None = None, dry_run: bool = False,
                  count_actions: bool = False,
                  consumer_error: Callable[[KafkaError], None] = lambda error: None,
-                 on_stored: Callable[[Sequence[TopicPartition]], None] = lambda stored: None
-                 ) -> None:
+                 on_stored: Callable[[Sequence[TopicPartition]], None] = lambda stored: None,
+                 offset_metadata: Callable[[], str] | None = None) -> None:
         self.source = source
         self.decoder = decoder
         self.planner = planner  # replaced by the worker when the shard map is reloaded
@@ -96,7 +96,11 @@ class Pipeline:
         self._heartbeat_table = heartbeat_table
         self._consumer_error = consumer_error
         self._on_stored = on_stored
+        self._offset_metadata = offset_metadata
         self._publish = BatchMetrics(metrics)
+        # Partitions processed again below where they had been (a failover replay): no
+        # offset at or below the floor is stored, no dead letter below it sent twice.
+        self.floors: dict[TP, int] = {}
         # The batch whose Valkey calls are out while the next one is prepared (its Flight
         # is None when it sent nothing).
         self._in_flight: tuple[Prepared, Flight | None] | None = None
@@ -219,10 +223,18 @@ class Pipeline:
 
     def store(self, positions: dict[TP, int]) -> None:
         """Store the offsets to commit (the next offset to read, per partition)."""
+        floors = self.floors
+        if floors:
+            positions = self._above_floors(positions)
         if not positions:
             return
-        offsets = [TopicPartition(topic, partition, offset)
-                   for (topic, partition), offset in positions.items()]
+        if self._offset_metadata is None:
+            offsets = [TopicPartition(topic, partition, offset)
+                       for (topic, partition), offset in positions.items()]
+        else:
+            metadata = self._offset_metadata()
+            offsets = [TopicPartition(topic, partition, offset, metadata=metadata)
+                       for (topic, partition), offset in positions.items()]
         try:
             self.source.store_offsets(offsets=offsets)
             stored = offsets
@@ -239,7 +251,27 @@ class Pipeline:
                              "%s)", tp.topic, tp.partition, tp.offset, exc)
         self._on_stored(stored)
 
+    def _above_floors(self, positions: dict[TP, int]) -> dict[TP, int]:
+        """The positions past their partition's floor (a floor reached is dropped)."""
+        out = {}
+        for tp, offset in positions.items():
+            floor = self.floors.get(tp)
+            if floor is None:
+                out[tp] = offset
+            elif offset > floor:
+                del self.floors[tp]
+                out[tp] = offset
+        return out
+
+    def _below_floor(self, message: Message) -> bool:
+        floor = self.floors.get((message.topic() or "", message.partition() or 0))
+        return floor is not None and (message.offset() or 0) < floor
+
     def _dead_letter(self, dead: list[tuple[Message, str, str]], result: BatchResult) -> None:
+        if self.floors:  # below a floor the dead letter was sent the first time round
+            dead = [entry for entry in dead if not self._below_floor(entry[0])]
+            if not dead:
+                return
         for index, (message, reason, error) in enumerate(dead):
             if index < DEAD_LETTER_LOGS_PER_BATCH:
                 log.warning("%s[%d]@%d: dead-lettered (%s): %s", message.topic(),

@@ -9,11 +9,15 @@ is tracked for ``/readyz`` and the ``reconciler_shard_up`` gauge.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import threading
+import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from connectors.errors import ConnectorError
 from connectors.valkey.functions import PROTOCOL, Library
 from connectors.valkey.shard import TLS_SCHEMES, Shard, WaitFor, redact
 from reconciler.observe.metrics import Metrics
@@ -21,6 +25,20 @@ from reconciler.settings import Settings
 from shard_map import STANDALONE, ShardEndpoint, ShardMap
 
 log = logging.getLogger(__name__)
+
+
+def digest(identity: str) -> str:
+    """12 hex characters standing for a shard's identity (in commit metadata)."""
+    return hashlib.sha256(identity.encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True, slots=True)
+class IdentityChange:
+    """Shard `shard`'s server changed: writes acknowledged from about `since` (unix
+    seconds) on may be lost."""
+
+    shard: str
+    since: float
 
 
 class ShardPool:
@@ -34,6 +52,10 @@ class ShardPool:
         self._shards: dict[str, Shard] = {}
         self._endpoints: dict[str, ShardEndpoint] = {}
         self._up: dict[str, bool] = {}
+        self._identities: dict[str, str | None] = {}  # shard → its server's run id
+        # shard → (identity digest, when) from committed offsets, for an unreachable shard
+        self._expected: dict[str, tuple[str, float]] = {}
+        self._changes: list[IdentityChange] = []
         self._lock = threading.Lock()
 
     def problems(self, shard_map: ShardMap) -> list[str]:
@@ -96,11 +118,59 @@ class ShardPool:
                 log.warning("shard %s is unreachable", shard)
             elif was is not None:
                 log.info("shard %s is reachable again", shard)
+                self.watch(only=shard)  # back after an outage: a failover? a restart?
 
     def probe(self) -> None:
         """Ping every shard (from the housekeeping thread)."""
         for name, shard in list(self._shards.items()):
             self.mark(name, shard.ping())
+
+    # ------------------------------------------------------------------ identities
+
+    def watch(self, only: str | None = None) -> None:
+        """Ask every shard (or `only` one) which incarnation of its server holds its
+        data; one that changed (a failover, a restart) since last asked — or since the
+        committed offsets said (`expect`) — is queued for `take_changes`."""
+        for name, shard in list(self._shards.items()):
+            if only is not None and name != only:
+                continue
+            try:
+                now = shard.identity()
+            except ConnectorError:
+                continue  # unreachable: asked again when it answers
+            with self._lock:
+                before = self._identities.get(name)
+                expected = self._expected.pop(name, None)
+                self._identities[name] = now
+                since: float | None = None
+                if before is not None and before != now:
+                    since = time.time()
+                elif before is None and expected is not None and digest(now) != expected[0]:
+                    since = expected[1]  # changed since the committed offsets were stored
+                if since is not None:
+                    self._changes.append(IdentityChange(name, since))
+                    self._metrics.shard_changes.labels(name).inc()
+                    log.warning("shard %s: its server changed (a failover, or a restart; run "
+                                "id %s, was %s): writes it acknowledged may be lost", name,
+                                now[:12], (before or "?")[:12])
+
+    def expect_digest(self, name: str, value: str, since: float) -> None:
+        """What committed offsets say shard `name`'s server was when they were stored
+        (`since`, unix seconds), for a shard unreachable now: its first answer is
+        compared with it."""
+        with self._lock:
+            if name in self._shards and self._identities.get(name) is None:
+                self._expected[name] = (value, since)
+
+    def identities(self) -> dict[str, str]:
+        """The last known incarnation of each shard (unreachable ones left out)."""
+        with self._lock:
+            return {name: value for name, value in self._identities.items() if value}
+
+    def take_changes(self) -> list[IdentityChange]:
+        with self._lock:
+            changes, self._changes = self._changes, []
+        return changes
 
     def states(self) -> dict[str, bool]:
         return {name: self._up.get(name, False) for name in self._shards}

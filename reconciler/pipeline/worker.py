@@ -33,19 +33,25 @@ from prometheus_client import CollectorRegistry
 
 from connectors.kafka import admin_config, consumer_config
 from reconciler.errors import ConfigError, FatalError, RetryBudgetExceeded, TransientError
-from reconciler.observe.gaps import RetentionGaps, committed_starts, low_watermark
+from reconciler.observe.gaps import RetentionGaps, low_watermark
 from reconciler.observe.health import HealthServer, Status
 from reconciler.observe.lag import REQUEST_TIMEOUT as LAG_REQUEST_TIMEOUT
 from reconciler.observe.lag import LagMonitor
 from reconciler.observe.metrics import Metrics
 from reconciler.pipeline import faults
-from reconciler.pipeline.clients import ensure_topic, kafka_security, subscription_topics
+from reconciler.pipeline.clients import (
+    cluster_topics,
+    ensure_topic,
+    kafka_security,
+    subscription_topics,
+)
 from reconciler.pipeline.compose import (
     RDKAFKA_LOG,
     build_parts,
     consumer_error,
     kafka_error_callback,
 )
+from reconciler.pipeline.failover import FailoverGuard
 from reconciler.pipeline.hooks import Hooks
 from reconciler.pipeline.pipeline import Pipeline
 from reconciler.settings import Settings
@@ -89,12 +95,14 @@ class Worker:
         self.consumer = parts.consumer
         self._parts = parts
         self._gaps = RetentionGaps(partial(low_watermark, self.consumer), self.metrics.unseen)
+        self._failover = FailoverGuard(parts.shards, self.metrics,
+                                       replay_seconds=settings.valkey.failover_replay_seconds)
         self.pipeline = Pipeline(
             parts.consumer, parts.decoder, parts.planner, parts.invalidator,
             parts.dead_letters, self.metrics, max_event_bytes=settings.max_event_bytes,
             heartbeat_table=settings.freshness.heartbeat_table, gaps=self._gaps,
             hooks=hooks, consumer_error=consumer_error,
-            on_stored=self._stored)
+            on_stored=self._stored, offset_metadata=self._failover.metadata)
         self.freshness = self.pipeline.freshness
         kafka = settings.kafka
         security = kafka_security(settings)
@@ -210,6 +218,7 @@ class Worker:
                 self._reload_shard_map()
             if self._pause_wanted != self._paused:
                 self._set_paused(self._pause_wanted)
+            self._failover.replay_if_changed(self.consumer, pipeline)
             messages = pipeline.poll(batch_size, timeout)
             if messages:
                 pipeline.push(messages)
@@ -244,6 +253,9 @@ class Worker:
     def subscription(self) -> list[str]:
         return subscription_topics(self.settings, self._topics())
 
+    def _topics(self) -> dict[str, Any]:
+        return cluster_topics(self._admin, METADATA_TIMEOUT_SECONDS)
+
     def _stored(self, stored: Sequence[TopicPartition]) -> None:
         for tp in stored:
             key = (tp.topic, tp.partition)
@@ -253,10 +265,13 @@ class Worker:
     # ------------------------------------------------------------------ rebalances
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        consumer.incremental_assign(partitions)
+        # A partition whose commit metadata names a shard that changed server since
+        # starts early (see reconciler.pipeline.failover).
+        starts, committed = self._failover.starts(consumer, partitions, self.pipeline)
+        consumer.incremental_assign(starts)
         if self._paused:
             consumer.pause(partitions)
-        self._gaps.assigned(committed_starts(consumer, partitions, METADATA_TIMEOUT_SECONDS))
+        self._gaps.assigned(committed)
         for tp in partitions:
             self._positions[tp.topic, tp.partition] = None
         self.freshness.assigned((tp.topic, tp.partition) for tp in partitions)
@@ -282,6 +297,8 @@ class Worker:
     def _forget(self, partitions: list[TopicPartition]) -> None:
         self._gaps.revoked((tp.topic, tp.partition) for tp in partitions)
         for tp in partitions:
+            self.pipeline.floors.pop((tp.topic, tp.partition), None)
+        for tp in partitions:
             self._positions.pop((tp.topic, tp.partition), None)
         self.freshness.revoked((tp.topic, tp.partition) for tp in partitions)
         self.metrics.assigned_partitions.set(len(self._positions))
@@ -298,14 +315,28 @@ class Worker:
     # ------------------------------------------------------------------ housekeeping
 
     def _housekeeping(self) -> None:
-        interval = self.settings.metrics.lag_refresh_seconds
-        while not self._stopping.wait(interval):
-            for task in (self.lag.refresh, self.shards.probe):
+        """Lag, shard probes and readiness every lag_refresh_seconds; the shards'
+        servers' identities every valkey.identity_check_seconds (failover detection)."""
+        refresh = self.settings.metrics.lag_refresh_seconds
+        identities = self.settings.valkey.identity_check_seconds
+        next_refresh = next_watch = time.monotonic()
+        while not self._stopping.wait(max(0.0, min(next_refresh, next_watch) - time.monotonic())):
+            now = time.monotonic()
+            tasks: list[Callable[[], None]] = []
+            if now >= next_watch:
+                next_watch = now + identities
+                tasks.append(self.shards.watch)
+            refreshing = now >= next_refresh
+            if refreshing:
+                next_refresh = now + refresh
+                tasks += [self.lag.refresh, self.shards.probe]
+            for task in tasks:
                 try:
                     task()
                 except Exception as exc:  # noqa: BLE001 - housekeeping must go on
                     log.debug("housekeeping %s failed: %s", task.__qualname__, exc)
-            self.metrics.ready.set(1 if self._ready().ok else 0)
+            if refreshing:
+                self.metrics.ready.set(1 if self._ready().ok else 0)
 
     def _reload_shard_map(self) -> None:
         self._next_reload = time.monotonic() + self.settings.shard_map_reload_seconds
@@ -341,19 +372,6 @@ class Worker:
             self.consumer.resume(assignment)
             log.warning("resumed (SIGUSR2)")
         self._paused = paused
-
-    def _topics(self) -> dict[str, Any]:
-        """The topics the cluster shows us. A refused authentication or TLS handshake
-        stops start-up at once (FatalError from the error callback) rather than ending
-        as a metadata timeout that does not say why."""
-        deadline = time.monotonic() + METADATA_TIMEOUT_SECONDS
-        while True:
-            try:
-                return dict(self._admin.list_topics(timeout=1).topics)
-            except KafkaException:
-                self._admin.poll(0)  # serves error_cb: raises FatalError if refused
-                if time.monotonic() >= deadline:
-                    raise
 
     # ------------------------------------------------------------------ health
 
