@@ -19,7 +19,7 @@ import json
 import time
 from collections.abc import Iterator
 
-from stack import connect, kafka, postgres, process, security, valkey, valkey_cluster
+from stack import connect, kafka, postgres, process, security, sentinel, valkey, valkey_cluster
 from stack.process import HOST, STACK_DIR, Service, log, read_pid
 
 ENDPOINTS_FILE = STACK_DIR / "endpoints.json"  # written by `up`: the tests and bench read it
@@ -30,14 +30,16 @@ SERVICES: dict[str, Service] = {service.name: service for service in (
     valkey.shard("valkey-b"),
     valkey.ACL,  # Valkey with ACL users (stack/security.py)
     valkey.TLS,  # stunnel: TLS in front of valkey-acl
+    sentinel.SERVICE,  # a primary, a replica and three Sentinels (stack/sentinel.py)
     kafka.SERVICE,
     connect.SERVICE,
     valkey_cluster.SERVICE,  # 3 primaries + 3 replicas (stack/valkey_cluster.py)
 )}
 START_ORDER = list(SERVICES)
 # Started only when named: stunnel, installed by the test set-up, for the security tests;
-# the six nodes of the Valkey Cluster, for the cluster shard kind's tests.
-ON_DEMAND = ("valkey-tls", "valkey-cluster")
+# the Sentinel-managed Valkey, for the sentinel shard kind's tests; the six nodes of
+# the Valkey Cluster, for the cluster shard kind's tests.
+ON_DEMAND = ("valkey-tls", "valkey-sentinel", "valkey-cluster")
 DEFAULT = [name for name in START_ORDER if name not in ON_DEMAND]  # what `up` starts
 
 ENV_NAMES = {  # `python -m stack env`: endpoints() key -> variable the tests read
@@ -62,6 +64,7 @@ def endpoints() -> dict[str, object]:
                    for name, port in valkey.VALKEY_PORTS.items()},
         "stack_dir": str(STACK_DIR),
         "security": security.endpoints(),
+        "sentinel": sentinel.endpoints(),
         **valkey_cluster.endpoints(),
     }
 
@@ -75,6 +78,8 @@ def env_lines() -> Iterator[str]:
     for name, url in shards.items():
         yield f"export CR_{name.upper().replace('-', '_')}_URL='{url}'"
     yield from valkey_cluster.iter_env()
+    yield f"export CR_VALKEY_SENTINEL_URLS='{','.join(sentinel.sentinel_urls())}'"
+    yield f"export CR_VALKEY_SENTINEL_SERVICE='{sentinel.SERVICE_NAME}'"
 
 
 def up(names: list[str] | None = None) -> float:

@@ -14,7 +14,7 @@ from tests.conftest import ROOT
 
 DEFAULTS = """
 import json
-from stack import connect, kafka, postgres, security, toxiproxy, valkey, valkey_cluster
+from stack import connect, kafka, postgres, security, sentinel, toxiproxy, valkey, valkey_cluster
 print(json.dumps({"postgres": postgres.PG_PORT, "kafka": kafka.KAFKA_PORT,
                   "kafka controller": kafka.KAFKA_CONTROLLER_PORT,
                   "kafka sasl": security.KAFKA_SASL_PORT, "connect": connect.CONNECT_PORT,
@@ -22,7 +22,9 @@ print(json.dumps({"postgres": postgres.PG_PORT, "kafka": kafka.KAFKA_PORT,
                   "valkey-tls": security.VALKEY_TLS_PORT, "toxiproxy": toxiproxy.API_PORT,
                   **{f"valkey-cluster {port}": port for port in valkey_cluster.ports()},
                   **{f"valkey-cluster bus {port}": port + valkey_cluster.BUS_OFFSET
-                     for port in valkey_cluster.ports()}}))
+                     for port in valkey_cluster.ports()},
+                  **{f"valkey-sentinel {port}": port
+                     for port in sentinel.NODE_PORTS + sentinel.SENTINEL_PORTS}}))
 """
 
 
