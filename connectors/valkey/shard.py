@@ -121,7 +121,10 @@ class Shard:
                  tls_cert_file: str | None = None, tls_key_file: str | None = None,
                  socket_timeout: float = 5.0,
                  fence_ttl_ms: int = DEFAULT_FENCE_TTL_MS, library: Library = PROTOCOL,
-                 wait: WaitFor | None = None) -> None:
+                 wait: WaitFor | None = None,
+                 pool: valkey.ConnectionPool | None = None) -> None:
+        """`pool`, if given, replaces the one `url` and the credentials would make (a
+        Sentinel-managed pool: `connectors.valkey.sentinel`); `url` then only names it."""
         if fence_ttl_ms <= 0:
             raise ValueError(f"shard {name!r}: fence_ttl_ms must be positive, "
                              f"got {fence_ttl_ms}")
@@ -132,10 +135,11 @@ class Shard:
         self._apply_command = "FCALL " + library.apply  # how errors name the call
         self.url = redact(url)  # safe to log: no credentials
         self.fence_ttl_ms = fence_ttl_ms
-        self._client = valkey.Valkey(connection_pool=connection_pool(
-            url, username=username, password=password, tls_ca_file=tls_ca_file,
-            tls_cert_file=tls_cert_file, tls_key_file=tls_key_file,
-            socket_timeout=socket_timeout))
+        if pool is None:
+            pool = connection_pool(url, username=username, password=password,
+                                   tls_ca_file=tls_ca_file, tls_cert_file=tls_cert_file,
+                                   tls_key_file=tls_key_file, socket_timeout=socket_timeout)
+        self._client = valkey.Valkey(connection_pool=pool)
         # valkey-py annotates the sync client with its async return types
         # (`Awaitable[Any] | Any`); this untyped view keeps the call sites honest.
         self._sync: Any = self._client
