@@ -15,14 +15,16 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import partial
 from urllib.parse import urlsplit
 
 from connectors.errors import ConnectorError
 from connectors.valkey.functions import PROTOCOL, Library
+from connectors.valkey.sentinel import SentinelShard
 from connectors.valkey.shard import TLS_SCHEMES, Shard, WaitFor, redact
 from reconciler.observe.metrics import Metrics
 from reconciler.settings import Settings
-from shard_map import STANDALONE, ShardEndpoint, ShardMap
+from shard_map import CLUSTER, SENTINEL, ShardEndpoint, ShardMap
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +65,7 @@ class ShardPool:
         problems = []
         for name in shard_map.shard_names():
             endpoint = shard_map.endpoint(name)
-            if endpoint.kind != STANDALONE:
+            if endpoint.kind == CLUSTER:
                 problems.append(f"shard {name}: {endpoint.kind} shards are not supported by "
                                 "this build yet")
             elif self._settings.valkey.tls.enabled and (
@@ -90,8 +92,12 @@ class ShardPool:
             for name, endpoint in wanted.items():
                 if name in shards:
                     continue
-                shards[name] = Shard(
-                    name, endpoint.url, username=valkey.username, password=password,
+                # A sentinel shard: the Sentinels' URLs; the primary's credentials and TLS
+                # are the settings', as for a standalone one (connectors/valkey/sentinel).
+                client = (partial(SentinelShard, name, endpoint.urls, endpoint.service or "")
+                          if endpoint.kind == SENTINEL else partial(Shard, name, endpoint.url))
+                shards[name] = client(
+                    username=valkey.username, password=password,
                     tls_ca_file=str(tls.ca_file) if tls.ca_file else None,
                     tls_cert_file=str(tls.cert_file) if tls.cert_file else None,
                     tls_key_file=str(tls.key_file) if tls.key_file else None,

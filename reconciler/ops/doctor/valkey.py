@@ -18,9 +18,11 @@ from prometheus_client import CollectorRegistry
 
 from connectors.errors import ConnectorError, ValkeyRejected, ValkeyShardError
 from connectors.valkey.functions import APPLY_FUNCTION, LIBRARY_NAME, LUA_SOURCE
+from connectors.valkey.sentinel import SentinelShard
 from connectors.valkey.shard import Shard
 from reconciler.observe.metrics import Metrics
 from reconciler.ops.doctor.checklist import FAIL, OK, WARN, Check
+from reconciler.ops.doctor.sentinel import sentinel_checks
 from reconciler.pipeline.shards import ShardPool
 from reconciler.settings import Settings
 from shard_map import ShardMapError, load_shard_map
@@ -62,6 +64,8 @@ def shard_checks(settings: Settings) -> Iterator[Check]:
 
 def _shard(settings: Settings, name: str, shard: Shard) -> Iterator[Check]:
     check = f"shard {name}"
+    if isinstance(shard, SentinelShard):  # the Sentinels first, then their primary
+        yield from sentinel_checks(name, shard)
     try:
         version = shard.server_version()
     except ValkeyRejected as exc:
