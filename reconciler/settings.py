@@ -169,6 +169,17 @@ class ValkeyTLS(Strict):
     key_file: Path | None = None
 
 
+class ParkingSettings(Strict):
+    """Shard isolation: a shard unavailable for `after_seconds` is parked — its calls go
+    to a Kafka topic of its own, `<topic_prefix>.<shard>`, until it answers again — so
+    the other shards go on (reconciler.pipeline.parking). Off: the worker retries for
+    valkey.retry_budget_seconds, then exits."""
+
+    enabled: bool = True
+    after_seconds: float = Field(10.0, gt=0)
+    topic_prefix: str | None = None  # default: <kafka.group_id>.parked
+
+
 class ValkeySettings(Strict):
     username: str | None = None
     password: SecretStr | None = None
@@ -181,6 +192,7 @@ class ValkeySettings(Strict):
     # acknowledged: the changes of this many seconds before are processed again (0: off).
     failover_replay_seconds: float = Field(60.0, ge=0)
     identity_check_seconds: float = Field(1.0, gt=0)  # how often each shard's server is asked
+    parking: ParkingSettings = Field(default_factory=ParkingSettings)
 
     def password_value(self) -> str | None:
         if self.password is not None:

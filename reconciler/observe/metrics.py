@@ -108,6 +108,9 @@ class Metrics:
     retries: Counter
     unseen: Counter
     shard_changes: Counter
+    parked: Gauge
+    parked_actions: Counter
+    parked_oldest: Gauge
     failover_replayed: Counter
     assigned_partitions: Gauge
     ready: Gauge
@@ -188,6 +191,17 @@ class Metrics:
                 "Times a shard's server changed under the worker (a failover, a restart: its "
                 "run id differs), each followed by a replay of the recent changes.",
                 ("shard",)),
+            parked=gauge(
+                "reconciler_parked_records",
+                "Calls parked on a shard's parking topic (the shard stayed unavailable) and "
+                "not applied yet, per shard; 0 when it is not parked.", ("shard",)),
+            parked_actions=counter(
+                "reconciler_parked_actions_total",
+                "Cache actions parked because their shard stayed unavailable.", ("shard",)),
+            parked_oldest=gauge(
+                "reconciler_parked_oldest_seconds",
+                "Age of the oldest parked call of a shard still to apply (0: none).",
+                ("shard",)),
             failover_replayed=counter(
                 "reconciler_failover_replayed_records_total",
                 "Records processed again because a shard's server changed "
@@ -228,3 +242,6 @@ class Metrics:
         self.truncated_keys.labels(shard)
         self.coalesced.labels(shard)
         self.shard_changes.labels(shard)
+        self.parked.labels(shard)
+        self.parked_actions.labels(shard)
+        self.parked_oldest.labels(shard)

@@ -45,6 +45,7 @@ class BatchResult:
     dead_letters: Counter[str] = field(default_factory=Counter)
     invalidations: Counter[tuple[str, str]] = field(default_factory=Counter)
     coalesced: Counter[str] = field(default_factory=Counter)  # shard → derived deletes saved
+    parked: Counter[str] = field(default_factory=Counter)  # shard → actions parked
     actions: Counter[tuple[str, str, str]] = field(default_factory=Counter)  # table, shard, kind
     # table, template, cause → templates that could not be built
     unresolved: Counter[tuple[str, str, str]] = field(default_factory=Counter)

@@ -51,13 +51,13 @@ def subscription_topics(settings: Settings, existing: Collection[str]) -> list[s
 
 
 def ensure_topic(admin: AdminClient, topic: str, existing: Collection[str], *,
-                 purpose: str) -> None:
+                 purpose: str, partitions: int = 3) -> None:
     """Create `topic` if it is missing; we may lack the ACL (doctor reports it)."""
     if topic in existing:
         return
-    future = admin.create_topics(
-        [NewTopic(topic, num_partitions=3, replication_factor=-1, config=DLQ_TOPIC_CONFIG)]
-    )[topic]
+    future = admin.create_topics([NewTopic(topic, num_partitions=partitions,
+                                           replication_factor=-1, config=DLQ_TOPIC_CONFIG)]
+                                 )[topic]
     try:
         future.result(timeout=30)
         log.info("created the %s topic %s", purpose, topic)

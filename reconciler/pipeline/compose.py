@@ -24,6 +24,7 @@ from reconciler.pipeline.clients import kafka_security
 from reconciler.pipeline.deadletter import DeadLetters
 from reconciler.pipeline.hooks import Hooks
 from reconciler.pipeline.invalidator import Invalidator
+from reconciler.pipeline.parking import Parking
 from reconciler.pipeline.planner import KEY_ONLY, MISSING, Planner
 from reconciler.pipeline.shards import ShardPool
 from reconciler.settings import Settings
@@ -71,10 +72,13 @@ class Parts:
     invalidator: Invalidator
     decoder: Decoder
     planner: Planner
+    parking: Parking | None = None  # shard isolation (valkey.parking.enabled)
 
     def close(self) -> None:
         """Release the clients (the consumer is closed by its owner, who leaves the group)."""
         self.producer.flush(5)
+        if self.parking is not None:
+            self.parking.close()
         self.shards.close()
 
 
@@ -105,15 +109,30 @@ def build_parts(settings: Settings, shard_map: ShardMap, metrics: Metrics, *, gr
                                         logger=RDKAFKA_LOG)
                         | {"message.timeout.ms": int(kafka.retry_budget_seconds * 1000)}
                         | refused)
+    valkey = settings.valkey
+    parking = None
+    if valkey.parking.enabled:
+        def drain_consumer(group: str) -> Consumer:
+            return Consumer(consumer_config(kafka.bootstrap_servers, group, security,
+                                            kafka.client, logger=RDKAFKA_LOG)
+                            | {"enable.auto.commit": False} | refused)
+
+        parking = Parking(producer, drain_consumer,
+                          topic_prefix=valkey.parking.topic_prefix or f"{group_id}.parked",
+                          group=f"{group_id}.parked",
+                          after_seconds=valkey.parking.after_seconds, metrics=metrics,
+                          retry_budget_seconds=kafka.retry_budget_seconds,
+                          truncate_rate=valkey.truncate_max_keys_per_second)
     invalidator = Invalidator(
-        shards.clients, retry_budget_seconds=settings.valkey.retry_budget_seconds,
-        truncate_max_keys_per_second=settings.valkey.truncate_max_keys_per_second,
+        shards.clients, retry_budget_seconds=valkey.retry_budget_seconds,
+        truncate_max_keys_per_second=valkey.truncate_max_keys_per_second,
         on_shard_state=shards.mark, on_retry=metrics.retries.labels("valkey").inc,
-        should_stop=stopping, hooks=hooks, fences=not faults.broken("no_fences"))
+        should_stop=stopping, hooks=hooks, fences=not faults.broken("no_fences"),
+        parking=parking)
     return Parts(
         consumer=consumer, producer=producer,
         dead_letters=DeadLetters(producer, kafka.dead_letter_topic, group_id,
                                  retry_budget_seconds=kafka.retry_budget_seconds),
         shards=shards, invalidator=invalidator,
         decoder=Decoder(heartbeat_prefix=kafka.heartbeat_topic_prefix, columns=planner.columns),
-        planner=planner)
+        planner=planner, parking=parking)

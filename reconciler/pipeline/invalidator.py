@@ -42,6 +42,7 @@ from connectors.valkey.protocols import (
 )
 from reconciler.errors import FatalError, RetryBudgetExceeded, TransientError
 from reconciler.pipeline.hooks import Hooks, NoHooks
+from reconciler.pipeline.parking import Parking
 from reconciler.pipeline.planner import DELETE, TRUNCATE, UNVERSIONED, VERSIONED, Action
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,10 @@ BACKOFF_START = 0.1  # seconds before the first retry
 BACKOFF_MAX = 5.0  # longest wait between retries
 
 T = TypeVar("T")
+
+
+class ShardDown(TransientError):
+    """A shard unavailable for valkey.parking.after_seconds: its calls are parked."""
 
 
 @dataclass(slots=True)
@@ -89,6 +94,7 @@ class Outcome:
     """What the shards answered for one batch."""
 
     results: Counter[tuple[str, str]] = field(default_factory=Counter)  # (shard, result) → n
+    parked: Counter[str] = field(default_factory=Counter)  # shard → actions parked
     truncated: Counter[str] = field(default_factory=Counter)  # shard → keys removed
     coalesced: Counter[str] = field(default_factory=Counter)  # shard → derived deletes saved
 
@@ -152,8 +158,10 @@ class Invalidator:
                  on_shard_state: Callable[[str, bool], None] = lambda shard, up: None,
                  on_retry: Callable[[], None] = lambda: None,
                  should_stop: Callable[[], bool] = lambda: False,
-                 hooks: Hooks | None = None, fences: bool = True) -> None:
+                 hooks: Hooks | None = None, fences: bool = True,
+                 parking: Parking | None = None) -> None:
         self._shards = shards
+        self._parking = parking
         self._hooks = hooks or NoHooks()
         self._codes = OP_BY_KIND if fences else UNFENCED_OPS
         self._budget = retry_budget_seconds
@@ -190,14 +198,32 @@ class Invalidator:
             sent = flight.sent if index == 0 and flight.sent is not None \
                 else self._send(segment)
             flight.sent = None
+            pending = {shard: call for shard, _batch, call in sent}
             try:
-                for shard, batch, pending in sent:
-                    self._count(outcome, shard, self._apply(shard, batch, pending))
+                for shard, batch in segment.shards.items():
+                    call = pending.pop(shard, None)
+                    if call is None:  # parked before this segment was sent
+                        self._park(outcome, shard, batch)
+                        continue
+                    try:
+                        self._count(outcome, shard, self._apply(shard, batch, call))
+                    except ShardDown as exc:
+                        self._begin_parking(shard, exc)
+                        self._park(outcome, shard, batch)
             except BaseException:
-                for _shard, _batch, pending in sent:
-                    pending.discard()  # the answers not read yet: their connections go
+                for call in pending.values():
+                    call.discard()  # the answers not read yet: their connections go
                 raise
         return outcome
+
+    def _park(self, outcome: Outcome, shard: str, batch: ShardBatch) -> None:
+        assert self._parking is not None
+        ops: list[Any] = batch.ops
+        outcome.parked[shard] += self._parking.park(shard, batch.keys, ops, batch.versions)
+
+    def _begin_parking(self, shard: str, exc: ShardDown) -> None:
+        assert self._parking is not None
+        self._parking.begin(shard, str(exc.__cause__ or exc))
 
     def abandon(self, flight: Flight) -> None:
         """Drop a started batch without reading its answers (it failed elsewhere)."""
@@ -209,6 +235,8 @@ class Invalidator:
         sent: list[tuple[str, ShardBatch, PendingApply]] = []
         try:
             for shard, batch in segment.shards.items():
+                if self._parking is not None and self._parking.parked(shard):
+                    continue  # parked: its calls go to Kafka in finish()
                 if sent:
                     self._hooks.between_shards()
                 ops: list[Any] = batch.ops  # compacted: no None left
@@ -229,6 +257,15 @@ class Invalidator:
         def call(client: ShardClient) -> int:
             return client.truncate(action.key, max_keys_per_second=self._truncate_rate)
 
+        parking = self._parking
+        if parking is not None and not parking.parked(action.shard):
+            try:
+                return self._call(action.shard, call)
+            except ShardDown as exc:
+                self._begin_parking(action.shard, exc)
+        if parking is not None:
+            parking.park(action.shard, truncate=action.key)
+            return 0
         return self._call(action.shard, call)
 
     def _apply(self, shard: str, batch: ShardBatch,
@@ -252,7 +289,9 @@ class Invalidator:
         return client
 
     def _call(self, shard: str, call: Callable[[ShardClient], T]) -> T:
-        deadline = time.monotonic() + self._budget
+        parking = self._parking is not None
+        budget = self._parking.after_seconds if self._parking is not None else self._budget
+        deadline = time.monotonic() + budget
         delay = BACKOFF_START
         attempt = 0
         while True:
@@ -269,6 +308,8 @@ class Invalidator:
                 # deadline, where one more attempt is made, rather than given up on
                 # because the next backoff step would overrun it.
                 remaining = deadline - time.monotonic()
+                if remaining <= 0 and parking:
+                    raise ShardDown(f"shard {shard} unavailable for {budget:g}s") from exc
                 if remaining <= 0:
                     raise RetryBudgetExceeded(
                         f"shard {shard} still unavailable after {attempt} attempts over "

@@ -39,6 +39,7 @@ from reconciler.pipeline import faults
 from reconciler.pipeline.batch import BatchMetrics, BatchResult, Prepared, prepare_batch
 from reconciler.pipeline.hooks import Hooks, NoHooks
 from reconciler.pipeline.invalidator import Flight, Invalidator, Outcome
+from reconciler.pipeline.parking import Parking
 from reconciler.pipeline.planner import Planner
 
 log = logging.getLogger(__name__)
@@ -80,7 +81,8 @@ class Pipeline:
                  count_actions: bool = False,
                  consumer_error: Callable[[KafkaError], None] = lambda error: None,
                  on_stored: Callable[[Sequence[TopicPartition]], None] = lambda stored: None,
-                 offset_metadata: Callable[[], str] | None = None) -> None:
+                 offset_metadata: Callable[[], str] | None = None,
+                 parking: Parking | None = None) -> None:
         self.source = source
         self.decoder = decoder
         self.planner = planner  # replaced by the worker when the shard map is reloaded
@@ -97,6 +99,7 @@ class Pipeline:
         self._consumer_error = consumer_error
         self._on_stored = on_stored
         self._offset_metadata = offset_metadata
+        self.parking = parking
         self._publish = BatchMetrics(metrics)
         # Partitions processed again below where they had been (a failover replay): no
         # offset at or below the floor is stored, no dead letter below it sent twice.
@@ -203,6 +206,10 @@ class Pipeline:
                 self.metrics.truncated_keys.labels(shard).inc(removed)
             for shard, saved in outcome.coalesced.items():
                 self.metrics.coalesced.labels(shard).inc(saved)
+            if outcome.parked:
+                result.parked = outcome.parked
+                assert self.parking is not None
+                self.parking.confirm()  # parked calls acknowledged by Kafka
         if prepared.dead:
             self._dead_letter(prepared.dead, result)
         acknowledged = time.time()

@@ -102,7 +102,9 @@ class Worker:
             parts.dead_letters, self.metrics, max_event_bytes=settings.max_event_bytes,
             heartbeat_table=settings.freshness.heartbeat_table, gaps=self._gaps,
             hooks=hooks, consumer_error=consumer_error,
-            on_stored=self._stored, offset_metadata=self._failover.metadata)
+            on_stored=self._stored, offset_metadata=self._failover.metadata,
+            parking=parts.parking)
+        self._parking = parts.parking
         self.freshness = self.pipeline.freshness
         kafka = settings.kafka
         security = kafka_security(settings)
@@ -186,8 +188,11 @@ class Worker:
             self._http.start()
             log.info("metrics, /healthz, /readyz and /freshness on %s:%d",
                      self.settings.metrics.host, self._http.port)
-        ensure_topic(self._admin, self.settings.kafka.dead_letter_topic, self._topics(),
+        topics = self._topics()
+        ensure_topic(self._admin, self.settings.kafka.dead_letter_topic, topics,
                      purpose="dead-letter")
+        if self._parking is not None:
+            self._parking.prepare(self._admin, topics, list(self.shards.clients()))
         self.shards.probe()
         self._housekeeper.start()
         self.consumer.subscribe(self.subscription(), on_assign=self._on_assign,
@@ -219,6 +224,8 @@ class Worker:
             if self._pause_wanted != self._paused:
                 self._set_paused(self._pause_wanted)
             self._failover.replay_if_changed(self.consumer, pipeline)
+            if self._parking is not None and self._parking.shards():
+                self._parking.drain_answering(self.shards, pipeline.drain)
             messages = pipeline.poll(batch_size, timeout)
             if messages:
                 pipeline.push(messages)
@@ -330,6 +337,8 @@ class Worker:
             if refreshing:
                 next_refresh = now + refresh
                 tasks += [self.lag.refresh, self.shards.probe]
+                if self._parking is not None:
+                    tasks.append(self._parking.publish)
             for task in tasks:
                 try:
                     task()
@@ -383,12 +392,17 @@ class Worker:
 
     def _ready(self) -> Status:
         shards = self.shards.states()
-        ok = self._joined and all(shards.values()) and not self._stopping.is_set()
+        parked = set(self._parking.shards()) if self._parking is not None else set()
+        # A parked shard does not make the worker unready: it reconciles the others, and
+        # a restart would not help (the shard's own alert says it is parked).
+        ok = self._joined and all(up or name in parked for name, up in shards.items()) \
+            and not self._stopping.is_set()
         return Status(ok, {
             "joined_group": self._joined,
             "assigned_partitions": len(self._positions),
             "paused": self._paused,
-            "shards": {name: "up" if up else "unreachable" for name, up in shards.items()},
+            "shards": {name: "parked" if name in parked else "up" if up else "unreachable"
+                       for name, up in shards.items()},
             "lag": {f"{t}[{p}]": lag for (t, p), lag in sorted(self.lag.last.items())},
         })
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import valkey
 
 from tests.conftest import Stack
+from tests.e2e.support import PrivateValkey
 
 
 @pytest.fixture
@@ -21,3 +24,17 @@ def shards(stack: Stack, prefix: str) -> Iterator[dict[str, valkey.Valkey]]:
         for key in client.scan_iter(f"{prefix}*"):
             client.delete(key)
         client.close()
+
+
+@pytest.fixture
+def private(tmp_path: Path) -> Iterator[PrivateValkey]:
+    """A Valkey of the test's own (restartable, freezable), on a free loopback port."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    server = PrivateValkey(tmp_path / "valkey", port)
+    server.start()
+    yield server
+    server.thaw_if_frozen()
+    server.stop()
+

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import valkey
 import yaml
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -34,6 +35,7 @@ from prometheus_client import CollectorRegistry
 
 from reconciler.pipeline.worker import Worker
 from reconciler.settings import load_settings
+from stack.valkey import server_argv
 from tests.conftest import ROOT, Stack
 from tests.unit.connectors.debezium.recorded import MULTI_POST_INSERT, SCHEMAS_TRUE, record
 
@@ -354,3 +356,55 @@ def rows(stack: Stack) -> Iterator[Rows]:
         yield db
     finally:
         db.close()
+
+
+# --------------------------------------------------------------------------- valkey
+
+
+class PrivateValkey:
+    """A valkey-server of the test's own, without persistence, restartable."""
+
+    def __init__(self, folder: Path, port: int) -> None:
+        self.folder, self.port = folder, port
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"valkey://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(server_argv(self.port, self.folder),
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = valkey.Valkey(port=self.port)
+        wait_until(lambda: _pings(client), 10, f"valkey on {self.port}")
+        client.close()
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def freeze(self) -> None:
+        """SIGSTOP: connections open, nothing answered (a shard cut off)."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+
+    def thaw_if_frozen(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+
+
+def _pings(client: valkey.Valkey) -> bool:
+    try:
+        return bool(client.ping())
+    except valkey.ConnectionError:
+        return False

@@ -13,19 +13,17 @@ loss is real). The group's committed offset never goes back.
 
 from __future__ import annotations
 
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import valkey
 
 from connectors.valkey.writer import CacheWriter
-from stack.valkey import server_argv
 from tests.conftest import Stack
 from tests.e2e.support import (
     POSTS,
     InProcessWorker,
+    PrivateValkey,
     Rows,
     committed,
     start_group_at_end,
@@ -35,60 +33,6 @@ from tests.e2e.support import (
 
 pytestmark = pytest.mark.e2e
 NEIGHBOURHOOD = 7  # on shard a only
-
-
-class PrivateValkey:
-    """A valkey-server of the test's own, without persistence, restartable."""
-
-    def __init__(self, folder: Path, port: int) -> None:
-        self.folder, self.port = folder, port
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"valkey://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(server_argv(self.port, self.folder),
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = valkey.Valkey(port=self.port)
-        wait_until(lambda: _pings(client), 10, f"valkey on {self.port}")
-        client.close()
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(10)
-            self.proc = None
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
-
-def _pings(client: valkey.Valkey) -> bool:
-    try:
-        return bool(client.ping())
-    except valkey.ConnectionError:
-        return False
-
-
-@pytest.fixture
-def private(tmp_path: Path, unused_tcp_port: int) -> Iterator[PrivateValkey]:
-    server = PrivateValkey(tmp_path / "valkey", unused_tcp_port)
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def unused_tcp_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 def config(tmp_path: Path, stack: Stack, uid: str, private: PrivateValkey, *,

@@ -181,6 +181,8 @@ def closed_port() -> Iterator[int]:
 def test_a_shard_unavailable_past_the_retry_budget_exits_2_without_committing_the_batch(
         stack: Stack, tmp_path: Path, uid: str, prefix: str,
         shards: dict[str, valkey.Valkey], closed_port: int) -> None:
+    """With shard isolation off (valkey.parking.enabled: false): what a down shard does
+    then. With it on (the default) the shard is parked instead: tests/e2e/test_parking.py."""
     topic = create_topic(stack, f"fail-{uid}.public.posts", partitions=1)
     base = int(uid[:6], 16) * 100
     # Offsets 0 and 1 live on shard a, which answers; offset 2 on shard b, which never does.
@@ -190,7 +192,8 @@ def test_a_shard_unavailable_past_the_retry_budget_exits_2_without_committing_th
     group = f"fail-{uid}"
     good_map = {"a": {"url": stack.valkey["valkey-a"]}, "b": {"url": stack.valkey["valkey-b"]}}
     bad_map = {**good_map, "b": {"url": f"valkey://127.0.0.1:{closed_port}/0"}}
-    overrides = {"kafka.batch_size": 1, "valkey.retry_budget_seconds": 3}
+    overrides = {"kafka.batch_size": 1, "valkey.retry_budget_seconds": 3,
+                 "valkey.parking.enabled": False}
     config = write_config(tmp_path / "bad", stack, group=group, topics=[topic],
                           key_prefix=prefix, overrides=overrides,
                           shard_map={"shards": bad_map})
