@@ -180,11 +180,28 @@ class ParkingSettings(Strict):
     topic_prefix: str | None = None  # default: <kafka.group_id>.parked
 
 
+class ValkeySentinelAuth(Strict):
+    """The user and password sent to the Sentinels of sentinel shards whose URLs carry
+    none (a URL's user information wins); the primaries use valkey.username/password."""
+
+    username: str | None = None
+    password: SecretStr | None = None
+    password_file: Path | None = None
+
+    def password_value(self) -> str | None:
+        if self.password is not None:
+            return self.password.get_secret_value()
+        if self.password_file is not None:
+            return read_secret_file(self.password_file, "valkey.sentinel.password_file")
+        return None
+
+
 class ValkeySettings(Strict):
     username: str | None = None
     password: SecretStr | None = None
     password_file: Path | None = None
     tls: ValkeyTLS = Field(default_factory=ValkeyTLS)
+    sentinel: ValkeySentinelAuth = Field(default_factory=ValkeySentinelAuth)
     socket_timeout_seconds: float = Field(5.0, gt=0)
     retry_budget_seconds: float = Field(120.0, gt=0)
     truncate_max_keys_per_second: float = Field(50_000.0, gt=0)
@@ -400,6 +417,9 @@ def _resolve_paths(settings: Settings, base: Path) -> Settings:
         "tls": valkey_tls,
         **({"password_file": resolve(settings.valkey.password_file)}
            if settings.valkey.password_file else {}),
+        **({"sentinel": settings.valkey.sentinel.model_copy(update={
+            "password_file": resolve(settings.valkey.sentinel.password_file)})}
+           if settings.valkey.sentinel.password_file else {}),
     })
     dsn_file = settings.postgres.dsn_file
     postgres = settings.postgres.model_copy(

@@ -21,7 +21,8 @@ primary now. Following a failover:
 
 Credentials and TLS. The primary: `username`/`password` and the TLS files, exactly as
 for a standalone shard (the settings' ``valkey.*``). The Sentinels: the user
-information of their URLs (``valkey://user:password@host:26379``), nothing if there is
+information of their URLs (``valkey://user:password@host:26379``), else
+`sentinel_username`/`sentinel_password` (the settings' ``valkey.sentinel.*``), else
 none: Sentinels often have no password, or one of their own. A TLS scheme
 (``valkeys://``) on the Sentinel URLs means TLS to the Sentinels and to the primary,
 both verified against the same CA (and the same client certificate, if any).
@@ -154,7 +155,8 @@ class FollowingPool(SentinelConnectionPool):
 
 
 def sentinel_pool(sentinels: Sequence[str], service: str, *, username: str | None = None,
-                  password: str | None = None, tls_ca_file: str | None = None,
+                  password: str | None = None, sentinel_username: str | None = None,
+                  sentinel_password: str | None = None, tls_ca_file: str | None = None,
                   tls_cert_file: str | None = None, tls_key_file: str | None = None,
                   socket_timeout: float = 5.0) -> FollowingPool:
     """A bytes-in, bytes-out pool of connections to `service`'s primary, found through
@@ -168,8 +170,13 @@ def sentinel_pool(sentinels: Sequence[str], service: str, *, username: str | Non
     if len({urlsplit(url).scheme.lower() in ("valkeys", "rediss") for url in sentinels}) > 1:
         raise ValueError(f"sentinel service {service!r}: the Sentinel URLs mix TLS and plain "
                          "schemes; use valkeys:// for all of them, or for none")
-    clients = [valkey.Valkey(connection_pool=connection_pool(
-        url, socket_timeout=socket_timeout, **tls)) for url in sentinels]
+    clients = []
+    for url in sentinels:
+        own = "@" in urlsplit(url).netloc  # the URL's user information wins
+        clients.append(valkey.Valkey(connection_pool=connection_pool(
+            url, username=None if own else sentinel_username,
+            password=None if own else sentinel_password, socket_timeout=socket_timeout,
+            **tls)))
     # The primary's connections: the first Sentinel URL's scheme and options, without
     # its address and credentials, with the primary's credentials.
     first = urlsplit(sentinels[0])
@@ -220,13 +227,16 @@ class SentinelShard(Shard):
 
     def __init__(self, name: str, sentinels: Sequence[str], service: str, *,
                  username: str | None = None, password: str | None = None,
+                 sentinel_username: str | None = None, sentinel_password: str | None = None,
                  tls_ca_file: str | None = None, tls_cert_file: str | None = None,
                  tls_key_file: str | None = None, socket_timeout: float = 5.0,
                  fence_ttl_ms: int = DEFAULT_FENCE_TTL_MS, library: Library = PROTOCOL,
                  wait: WaitFor | None = None) -> None:
         pool = sentinel_pool(sentinels, service, username=username, password=password,
-                             tls_ca_file=tls_ca_file, tls_cert_file=tls_cert_file,
-                             tls_key_file=tls_key_file, socket_timeout=socket_timeout)
+                             sentinel_username=sentinel_username,
+                             sentinel_password=sentinel_password, tls_ca_file=tls_ca_file,
+                             tls_cert_file=tls_cert_file, tls_key_file=tls_key_file,
+                             socket_timeout=socket_timeout)
         super().__init__(name, sentinels[0], fence_ttl_ms=fence_ttl_ms, library=library,
                          wait=wait, pool=pool)
         self._pool = pool

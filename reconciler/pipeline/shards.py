@@ -94,7 +94,9 @@ class ShardPool:
                     continue
                 # A sentinel shard: the Sentinels' URLs; the primary's credentials and TLS
                 # are the settings', as for a standalone one (connectors/valkey/sentinel).
-                client = (partial(SentinelShard, name, endpoint.urls, endpoint.service or "")
+                client = (partial(SentinelShard, name, endpoint.urls, endpoint.service or "",
+                                  sentinel_username=valkey.sentinel.username,
+                                  sentinel_password=valkey.sentinel.password_value())
                           if endpoint.kind == SENTINEL else partial(Shard, name, endpoint.url))
                 shards[name] = client(
                     username=valkey.username, password=password,

@@ -17,7 +17,7 @@ import yaml
 from connectors.valkey.sentinel import close_sentinel_client, sentinel_client
 from connectors.valkey.writer import CacheWriter
 from reconciler.cli import main
-from stack import sentinel
+from stack import security, sentinel
 from tests.conftest import Stack
 from tests.e2e.sentinel import Sentinels, fields, sentinels
 from tests.e2e.support import COMMENTS, POSTS, PROFILES, Rows, write_config
@@ -29,9 +29,10 @@ SHARD_B = 700  # a neighbourhood of shard b
 
 
 def sentinel_config(stack: Stack, directory: Path, uid: str, urls: list[str],
-                    service: str, prefix: str = "") -> Path:
+                    service: str, prefix: str = "", **overrides: Any) -> Path:
     return write_config(directory, stack, group=f"sentinel-ops-{uid}",
                         topics=[POSTS, COMMENTS, PROFILES], key_prefix=prefix,
+                        overrides=overrides,
                         shard_map={"shards": {"a": {"url": stack.valkey["valkey-a"]},
                                               "b": {"sentinel": urls, "service": service}}})
 
@@ -75,6 +76,26 @@ def test_doctor_checks_the_sentinels_then_the_primary(
     config = sentinel_config(stack, tmp_path / "unknown", uid, sentinels.urls, "cache-x")
     code, lines = doctor(config, capsys)
     assert "shards.b.service" in line(lines, "FAIL", "shard b sentinels")
+    assert code == 1
+
+
+def test_the_sentinels_credentials_can_come_from_the_settings(
+        stack: Stack, sentinels: Sentinels, tmp_path: Path, uid: str,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    secret = security.secret_file(sentinel.SENTINEL_SECRET)
+    auth = {"username": sentinel.SENTINEL_USER, "password_file": str(secret)}
+    config = sentinel_config(stack, tmp_path / "ok", uid, sentinels.urls, sentinels.service,
+                             **{"valkey.sentinel": auth})
+    code, lines = doctor(config, capsys)
+    line(lines, "OK", "shard b sentinels")
+    assert code == 0, "\n".join(lines)
+    wrong = tmp_path / "wrong.password"
+    wrong.write_text("wrong\n")
+    config = sentinel_config(stack, tmp_path / "wrong", uid, sentinels.urls,
+                             sentinels.service, **{"valkey.sentinel": {
+                                 **auth, "password_file": str(wrong)}})
+    code, lines = doctor(config, capsys)
+    assert "refused us" in line(lines, "FAIL", "shard b sentinels")
     assert code == 1
 
 

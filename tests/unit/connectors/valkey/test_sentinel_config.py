@@ -43,6 +43,15 @@ def test_sentinels_get_their_urls_credentials_and_the_primary_the_shards() -> No
     assert pool.service_name == "cache-c"
 
 
+def test_the_sentinel_credentials_apply_where_a_url_carries_none() -> None:
+    pool = sentinel_pool(URLS, "cache-c", sentinel_username="sentinel-user",
+                         sentinel_password="sentinel-pw")
+    first, second = (kwargs_of(client) for client in pool.sentinels.sentinels)
+    assert (first["username"], first["password"]) == ("watcher", "s3cret")  # its URL's
+    assert (second["username"], second["password"]) == ("sentinel-user", "sentinel-pw")
+    assert "username" not in pool.connection_kwargs  # never the primary's
+
+
 def test_without_shard_credentials_the_primary_gets_none_of_the_sentinels() -> None:
     pool = sentinel_pool(URLS, "cache-c")
     assert "username" not in pool.connection_kwargs
