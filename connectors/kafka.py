@@ -19,6 +19,10 @@ from confluent_kafka import KafkaError
 
 ClientConfig = dict[str, str | int | float | bool | object]
 
+CLASSIC, CONSUMER = "classic", "consumer"  # group.protocol: the client's, or KIP-848's
+# Client properties the consumer group protocol (KIP-848) refuses: the broker owns them.
+BROKER_OWNED = ("session.timeout.ms", "heartbeat.interval.ms", "group.protocol.type",
+                "partition.assignment.strategy")
 ASSIGNMENT_STRATEGY = "cooperative-sticky"  # incremental rebalances: no stop-the-world
 AUTO_COMMIT_INTERVAL_MS = 1000  # how often stored offsets are committed
 SESSION_TIMEOUT_MS = 10_000  # a silent worker loses its partitions after this
@@ -72,18 +76,25 @@ def _base(bootstrap_servers: str, security: Security, client: Mapping[str, objec
 
 def consumer_config(bootstrap_servers: str, group_id: str, security: Security,
                     client: Mapping[str, object] | None = None, *,
-                    logger: logging.Logger | None = None) -> ClientConfig:
+                    logger: logging.Logger | None = None,
+                    group_protocol: str = CLASSIC) -> ClientConfig:
+    """With `group_protocol` CONSUMER (KIP-848), the broker runs the group: it assigns
+    partitions (incrementally, like cooperative-sticky) and sets the session timeout, so
+    neither may be set on the client."""
     config = _base(bootstrap_servers, security, client or {}, logger)
     config.update({
         "group.id": group_id,
         "enable.auto.offset.store": False,
         "auto.offset.reset": "earliest",
-        "partition.assignment.strategy": ASSIGNMENT_STRATEGY,
         "enable.partition.eof": False,
     })
+    if group_protocol == CONSUMER:
+        config["group.protocol"] = CONSUMER
+    else:
+        config["partition.assignment.strategy"] = ASSIGNMENT_STRATEGY
+        config.setdefault("session.timeout.ms", SESSION_TIMEOUT_MS)
     config.setdefault("enable.auto.commit", True)
     config.setdefault("auto.commit.interval.ms", AUTO_COMMIT_INTERVAL_MS)
-    config.setdefault("session.timeout.ms", SESSION_TIMEOUT_MS)
     config.setdefault("max.poll.interval.ms", MAX_POLL_INTERVAL_MS)
     config.setdefault("fetch.wait.max.ms", 100)
     # The prefetch queue bounds memory on a backlog (RSS stays flat whatever its size)…

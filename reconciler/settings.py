@@ -27,6 +27,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from connectors.kafka import BROKER_OWNED, CONSUMER
 from reconciler.errors import ConfigError
 from reconciler.templates import KeyTemplate, TemplateError
 
@@ -44,6 +45,7 @@ RESERVED_CLIENT_PROPERTIES = {
     "bootstrap.servers": "set kafka.bootstrap_servers instead",
     "enable.partition.eof": "used internally",
     "partition.assignment.strategy": "cooperative-sticky is required for safe rebalances",
+    "group.protocol": "set kafka.group_protocol instead",
 }
 
 
@@ -133,6 +135,9 @@ class KafkaSettings(Strict):
     batch_size: int = Field(2000, ge=1, le=100_000)
     poll_timeout_seconds: float = Field(0.5, gt=0)
     retry_budget_seconds: float = Field(120.0, gt=0)
+    # classic: the client-side protocol every broker speaks (cooperative-sticky);
+    # consumer: KIP-848, the broker-side protocol of Kafka 4.x (faster rebalances).
+    group_protocol: Literal["classic", "consumer"] = "classic"
 
     @model_validator(mode="after")
     def _check(self) -> KafkaSettings:
@@ -148,6 +153,14 @@ class KafkaSettings(Strict):
                 raise ValueError(f"client.{name} cannot be set: {why}")
         if self.dead_letter_topic in self.topics:
             raise ValueError("dead_letter_topic must not be one of the consumed topics")
+        if self.group_protocol == CONSUMER:
+            refused = [name for name in BROKER_OWNED if name in self.client]
+            if refused:
+                raise ValueError(
+                    f"client.{refused[0]} cannot be set with group_protocol: consumer "
+                    "(KIP-848): the broker owns it (group.consumer.session.timeout.ms, "
+                    "group.consumer.heartbeat.interval.ms, group.consumer.assignors on the "
+                    "broker)")
         return self
 
     def __repr_args__(self) -> Any:

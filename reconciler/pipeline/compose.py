@@ -103,7 +103,8 @@ def build_parts(settings: Settings, shard_map: ShardMap, metrics: Metrics, *, gr
     security = kafka_security(settings)
     refused = {"error_cb": kafka_error_callback(stopping)}
     consumer = Consumer(consumer_config(kafka.bootstrap_servers, group_id, security,
-                                        kafka.client, logger=RDKAFKA_LOG)
+                                        kafka.client, logger=RDKAFKA_LOG,
+                                        group_protocol=kafka.group_protocol)
                         | refused | (consumer_options or {}))
     producer = Producer(producer_config(kafka.bootstrap_servers, security, kafka.client,
                                         logger=RDKAFKA_LOG)
@@ -114,7 +115,8 @@ def build_parts(settings: Settings, shard_map: ShardMap, metrics: Metrics, *, gr
     if valkey.parking.enabled:
         def drain_consumer(group: str) -> Consumer:
             return Consumer(consumer_config(kafka.bootstrap_servers, group, security,
-                                            kafka.client, logger=RDKAFKA_LOG)
+                                            kafka.client, logger=RDKAFKA_LOG,
+                                            group_protocol=kafka.group_protocol)
                             | {"enable.auto.commit": False} | refused)
 
         parking = Parking(producer, drain_consumer,

@@ -115,8 +115,8 @@ class Worker:
         # admin client: see reconciler.observe.lag about librdkafka's admin API.
         self._lag_client = Consumer(consumer_config(
             kafka.bootstrap_servers, self.group_id, security, kafka.client,
-            logger=RDKAFKA_LOG) | {"enable.auto.commit": False,
-                                   "client.id": f"cache-reconciler-{self.group_id}-lag"})
+            logger=RDKAFKA_LOG, group_protocol=kafka.group_protocol)
+            | {"enable.auto.commit": False, "client.id": f"cache-reconciler-{self.group_id}-lag"})
         self.lag = LagMonitor(self._lag_client, self.group_id, self.metrics, self.freshness,
                               lambda: dict(self._positions))
         self._http: HealthServer | None = None

@@ -220,15 +220,19 @@ class Handover(threading.Thread):
             db.close()
 
 
+@pytest.mark.parametrize("protocol", ["classic", "consumer"])
 def test_two_workers_split_partitions_and_one_takes_over_without_loss(
-        stack: Stack, tmp_path: Path, uid: str, workload: Workload) -> None:
+        stack: Stack, tmp_path: Path, uid: str, workload: Workload, protocol: str) -> None:
+    """Under both consumer group protocols: the client's (classic, cooperative-sticky)
+    and the broker's (KIP-848, kafka.group_protocol: consumer)."""
     group = f"pair-{uid}"
     start_group_at_end(stack, group, TOPICS)
     busy = workload.create(20)  # changed all the time: load, not evidence
     once = workload.create(400)  # each changed exactly once, during the handover or after
     after = workload.create(30)  # each changed exactly once, right after the takeover
     config = write_config(tmp_path, stack, group=group, topics=TOPICS,
-                          overrides={"kafka.batch_size": 50, "fence_ttl_seconds": 600},
+                          overrides={"kafka.batch_size": 50, "fence_ttl_seconds": 600,
+                                     "kafka.group_protocol": protocol},
                           key_prefix=workload.prefix)
     first = WorkerProcess(config, tmp_path / "first.log")
     second = WorkerProcess(config, tmp_path / "second.log")

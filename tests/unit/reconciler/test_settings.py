@@ -162,11 +162,38 @@ def test_bad_topic_regex_is_named(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "name", ["auto.offset.reset", "enable.auto.offset.store", "group.id", "bootstrap.servers",
-             "enable.partition.eof", "partition.assignment.strategy"],
+             "enable.partition.eof", "partition.assignment.strategy", "group.protocol"],
 )
 def test_reserved_client_property_is_refused(tmp_path: Path, name: str) -> None:
     message = config_error(tmp_path, lambda d: d["kafka"].__setitem__("client", {name: "x"}))
     assert f"client.{name} cannot be set" in message
+
+
+@pytest.mark.parametrize("name", ["session.timeout.ms", "heartbeat.interval.ms"])
+def test_the_consumer_group_protocol_refuses_what_the_broker_owns(tmp_path: Path,
+                                                                   name: str) -> None:
+    def kip848(data: dict[str, Any]) -> None:
+        data["kafka"]["group_protocol"] = "consumer"
+        data["kafka"]["client"] = {name: 6000}
+
+    message = config_error(tmp_path, kip848)
+    assert f"client.{name} cannot be set with group_protocol: consumer (KIP-848)" in message
+    classic = write_config(tmp_path, lambda d: d["kafka"].__setitem__("client", {name: 6000}))
+    assert load_settings(classic).kafka.group_protocol == "classic"
+
+
+def test_the_consumer_group_protocol_builds_a_consumer_the_broker_runs() -> None:
+    from confluent_kafka import Consumer
+
+    from connectors.kafka import Security, consumer_config
+
+    kip848 = consumer_config("127.0.0.1:1", "g", Security(), group_protocol="consumer")
+    assert kip848["group.protocol"] == "consumer"
+    assert not {"session.timeout.ms", "partition.assignment.strategy"} & kip848.keys()
+    Consumer(kip848).close()  # librdkafka accepts it (the classic defaults it refuses)
+    classic = consumer_config("127.0.0.1:1", "g", Security())
+    assert classic["partition.assignment.strategy"] == "cooperative-sticky"
+    assert "group.protocol" not in classic
 
 
 def test_ordinary_client_property_passes_through(tmp_path: Path) -> None:
