@@ -113,6 +113,26 @@ def apply_commands(keys: Sequence[str], ops: Sequence[str], versions: Sequence[i
     return commands
 
 
+def check_apply(shard: str, keys: Sequence[str], ops: Sequence[str],
+                versions: Sequence[int]) -> None:
+    """ValueError unless `apply()`'s arguments are well formed (one op and one version
+    per key, known op codes, versions in [0, 2^63-1])."""
+    n = len(keys)
+    if n != len(ops) or n != len(versions):
+        raise ValueError(f"shard {shard!r}: apply() needs as many ops and versions "
+                         f"as keys, got {n} keys, {len(ops)} ops, {len(versions)} versions")
+    if not n:
+        return
+    if not OPS.issuperset(ops):
+        bad = next(i for i, op in enumerate(ops) if op not in OPS)
+        raise ValueError(f"shard {shard!r}: op #{bad} for key {keys[bad]!r} must be "
+                         f"one of {''.join(sorted(OPS))}, got {ops[bad]!r}")
+    if min(versions) < 0 or max(versions) > MAX_VERSION:
+        bad = next(i for i, v in enumerate(versions) if not 0 <= v <= MAX_VERSION)
+        raise ValueError(f"shard {shard!r}: version #{bad} for key {keys[bad]!r} "
+                         f"must be in [0, 2^63-1], got {versions[bad]}")
+
+
 class Shard:
     """A Valkey server holding part of the cache (implements `ShardClient`)."""
 
@@ -196,20 +216,7 @@ class Shard:
 
     def _check(self, keys: Sequence[str], ops: Sequence[str],
                versions: Sequence[int]) -> None:
-        n = len(keys)
-        if n != len(ops) or n != len(versions):
-            raise ValueError(f"shard {self._name!r}: apply() needs as many ops and versions "
-                             f"as keys, got {n} keys, {len(ops)} ops, {len(versions)} versions")
-        if not n:
-            return
-        if not OPS.issuperset(ops):
-            bad = next(i for i, op in enumerate(ops) if op not in OPS)
-            raise ValueError(f"shard {self._name!r}: op #{bad} for key {keys[bad]!r} must be "
-                             f"one of {''.join(sorted(OPS))}, got {ops[bad]!r}")
-        if min(versions) < 0 or max(versions) > MAX_VERSION:
-            bad = next(i for i, v in enumerate(versions) if not 0 <= v <= MAX_VERSION)
-            raise ValueError(f"shard {self._name!r}: version #{bad} for key {keys[bad]!r} "
-                             f"must be in [0, 2^63-1], got {versions[bad]}")
+        check_apply(self._name, keys, ops, versions)
 
     def _labels(self, replies: list[Any], n: int) -> list[str]:
         """The result labels of `commands()`' replies, for `n` keys."""
