@@ -7,18 +7,25 @@ fence the reconciler put up for a newer change: that is what closes the
 delete-then-stale-set race. Read the version together with the row, in the same
 transaction, and pass that version.
 
+Against a Valkey Cluster, pass a valkey-py `ValkeyCluster` (or use
+`CacheWriter.for_cluster(seed_urls, …)`): both calls name one key, so valkey-py routes
+each to the key's primary and follows MOVED and ASK; a missing library is loaded on
+every primary.
+
 Payload encoding: one codec-marker byte, then MessagePack bytes, zstd-compressed when
 the MessagePack form is longer than `compress_threshold` (and compression helps).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import msgpack
 import valkey
 import zstandard
 from valkey import exceptions as vx
+from valkey.cluster import ValkeyCluster
 
 from connectors.errors import PayloadError
 from connectors.valkey.functions import (
@@ -27,12 +34,15 @@ from connectors.valkey.functions import (
     translate,
 )
 from connectors.valkey.protocols import DATA_FIELD, MAX_VERSION, VERSION_FIELD, parse_version
+from connectors.valkey.routing import NON_LOCAL
 from connectors.valkey.shard import connection_pool
+from connectors.valkey.topology import cluster_client
 
 CODEC_MSGPACK = 0x01  # marker: the rest is MessagePack
 CODEC_MSGPACK_ZSTD = 0x02  # marker: the rest is a zstd frame of MessagePack
 DEFAULT_COMPRESS_THRESHOLD = 1024  # bytes of MessagePack above which zstd is tried
 ZSTD_LEVEL = 3  # zstd's default level: fast, and most of the gain
+NON_LOCAL_RETRIES = 3  # set_if_newer sent again after stopping halfway in a migration
 
 
 def encode_payload(payload: Any, *, compress_threshold: int = DEFAULT_COMPRESS_THRESHOLD,
@@ -68,14 +78,16 @@ def decode_payload(data: bytes, *, key: str = "?") -> Any:
 
 
 class CacheWriter:
-    """Read and version-safely write cache entries on one Valkey server."""
+    """Read and version-safely write cache entries on one Valkey server (or cluster)."""
 
-    def __init__(self, client_or_url: valkey.Valkey | str, *, name: str | None = None,
+    def __init__(self, client_or_url: valkey.Valkey | ValkeyCluster | str, *,
+                 name: str | None = None,
                  username: str | None = None, password: str | None = None,
                  tls_ca_file: str | None = None, tls_cert_file: str | None = None,
                  tls_key_file: str | None = None, socket_timeout: float = 5.0,
                  compress_threshold: int = DEFAULT_COMPRESS_THRESHOLD,
                  zstd_level: int = ZSTD_LEVEL) -> None:
+        client: valkey.Valkey | ValkeyCluster
         if isinstance(client_or_url, str):
             client = valkey.Valkey(connection_pool=connection_pool(
                 client_or_url, username=username, password=password,
@@ -85,16 +97,34 @@ class CacheWriter:
         else:
             client = client_or_url
             self._owned = False
-        kwargs = client.connection_pool.connection_kwargs
+        untyped: Any = client
+        kwargs = (untyped.get_connection_kwargs() if isinstance(client, ValkeyCluster)
+                  else client.connection_pool.connection_kwargs)
         if kwargs.get("decode_responses"):
             raise ValueError("CacheWriter needs a client with decode_responses=False: "
                              "payloads are binary")
-        self.name = name or f"{kwargs.get('host', 'valkey')}:{kwargs.get('port', '')}"
+        self.name = name or ("cluster" if isinstance(client, ValkeyCluster) else
+                             f"{kwargs.get('host', 'valkey')}:{kwargs.get('port', '')}")
         self.compress_threshold = compress_threshold
         self.zstd_level = zstd_level
         self._client = client
         # valkey-py annotates sync calls with its async return types; see shard.py.
         self._sync: Any = client
+
+    @classmethod
+    def for_cluster(cls, urls: Sequence[str], *, name: str | None = None,
+                    username: str | None = None, password: str | None = None,
+                    tls_ca_file: str | None = None, tls_cert_file: str | None = None,
+                    tls_key_file: str | None = None, socket_timeout: float = 5.0,
+                    compress_threshold: int = DEFAULT_COMPRESS_THRESHOLD,
+                    zstd_level: int = ZSTD_LEVEL) -> CacheWriter:
+        """A writer on the Valkey Cluster that `urls` (any of its nodes) lead to."""
+        writer = cls(cluster_client(urls, username=username, password=password,
+                                    tls_ca_file=tls_ca_file, tls_cert_file=tls_cert_file,
+                                    tls_key_file=tls_key_file, socket_timeout=socket_timeout),
+                     name=name, compress_threshold=compress_threshold, zstd_level=zstd_level)
+        writer._owned = True
+        return writer
 
     def get(self, key: str) -> Any | None:
         """The cached payload, or None for a miss (nothing, a fence, a foreign value)."""
@@ -134,10 +164,22 @@ class CacheWriter:
         ttl_ms = 0 if ttl_seconds is None else max(1, round(ttl_seconds * 1000))
         data = encode_payload(payload, compress_threshold=self.compress_threshold,
                               level=self.zstd_level)
-        written = call_with_reload(
-            self._client,
-            lambda: self._sync.fcall(SET_IF_NEWER_FUNCTION, 1, key, version, data, ttl_ms),
-            shard=self.name, command="FCALL " + SET_IF_NEWER_FUNCTION)
+        def call() -> Any:
+            for attempt in range(NON_LOCAL_RETRIES + 1):
+                try:
+                    return self._sync.fcall(SET_IF_NEWER_FUNCTION, 1, key, version, data,
+                                            ttl_ms)
+                except vx.ResponseError as error:
+                    # On the source of a slot being migrated, replacing an entry stops
+                    # halfway (the key deleted, not written yet: see routing): at once
+                    # again, where the key now is (ASK), so nothing older gets in.
+                    if NON_LOCAL not in str(error) or attempt == NON_LOCAL_RETRIES:
+                        raise
+            raise AssertionError("unreachable")  # pragma: no cover
+
+        written = call_with_reload(self._sync,  # a ValkeyCluster loads it on every primary
+                                   call, shard=self.name,
+                                   command="FCALL " + SET_IF_NEWER_FUNCTION)
         return bool(written)
 
     def close(self) -> None:
