@@ -290,6 +290,18 @@ class Shard:
                  pattern, removed, time.monotonic() - started)
         return removed
 
+    def truncate_step(self, pattern: str, cursor: int = 0, *,
+                      count: int = 1000) -> tuple[int | None, int]:
+        """One step of a truncate that is spread over time: one SCAN MATCH from `cursor`
+        (0 to begin) and an UNLINK of what it found. Returns the next cursor (None when
+        the scan is complete) and the keys removed."""
+        client = self._sync
+        next_cursor, found = self._call(
+            partial(client.scan, cursor, match=pattern, count=count), "SCAN")
+        removed = int(self._call(partial(client.unlink, *found), "UNLINK")) if found else 0
+        next_cursor = int(next_cursor)
+        return (None if next_cursor == 0 else next_cursor), removed
+
     def ping(self) -> bool:
         """True if the shard answers PING; False otherwise (for readiness probes).
 

@@ -258,15 +258,12 @@ class Invalidator:
             return client.truncate(action.key, max_keys_per_second=self._truncate_rate)
 
         parking = self._parking
-        if parking is not None and not parking.parked(action.shard):
-            try:
-                return self._call(action.shard, call)
-            except ShardDown as exc:
-                self._begin_parking(action.shard, exc)
-        if parking is not None:
-            parking.park(action.shard, truncate=action.key)
-            return 0
-        return self._call(action.shard, call)
+        if parking is None:  # inline, while everything else waits
+            return self._call(action.shard, call)
+        # Parked behind it and run in steps between batches (reconciler.pipeline.parking).
+        parking.begin(action.shard, f"truncate {action.key!r}", truncate=True)
+        parking.park(action.shard, truncate=action.key)
+        return 0
 
     def _apply(self, shard: str, batch: ShardBatch,
                sent: PendingApply | None = None) -> list[str]:

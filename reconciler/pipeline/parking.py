@@ -14,6 +14,14 @@ once the drain reaches the end, the shard is unparked and calls go to it directl
 again. A parked call applied late can only repair: versioned operations never lower a
 newer version, deletes and fences only remove. The topic is the state: a worker that
 restarts finds a shard with records left to drain parked, and drains it.
+
+A TRUNCATE goes the same way, so that it stays bounded: removing every key of a big
+table (SCAN + UNLINK, ~50k keys/s) inline would hold the loop past its liveness budget.
+The shard is parked behind the truncate, which the drain runs a step at a time
+(``TRUNCATE_TURN_SECONDS`` of SCAN/UNLINK per loop turn, from a cursor kept between
+turns; after a crash it starts again, idempotent) while the other shards go on; the
+calls that came after the truncate wait parked behind it, so they land after it and
+nothing it removes was written after it.
 """
 
 from __future__ import annotations
@@ -44,6 +52,8 @@ from reconciler.pipeline.shards import ShardPool
 log = logging.getLogger(__name__)
 
 DRAIN_RECORDS = 200  # parked records applied per loop turn (each up to a batch's calls)
+TRUNCATE_TURN_SECONDS = 0.05  # SCAN/UNLINK time a parked truncate gets per loop turn
+TRUNCATE_SCAN_COUNT = 1000  # SCAN COUNT hint of a truncate step
 REQUEST_TIMEOUT = 10.0  # seconds for watermark and committed-offset queries
 
 
@@ -67,6 +77,8 @@ class _State:
     reason: str
     oldest: float  # when the oldest call still to apply was parked (about)
     drainer: Consumer | None = None
+    truncating: tuple[int, int] | None = None  # (offset of the truncate, its SCAN cursor)
+    truncated_at: float = 0.0  # monotonic time of the last truncate step (rate limit)
 
 
 class Parking:
@@ -98,12 +110,21 @@ class Parking:
     def shards(self) -> list[str]:
         return sorted(self._states)
 
-    def begin(self, shard: str, reason: str) -> None:
-        """Park `shard` from now on (it stayed unavailable for `after_seconds`)."""
+    def truncating(self) -> bool:
+        """A parked truncate is under way: the loop should not block for records."""
+        return any(state.truncating is not None for state in self._states.values())
+
+    def begin(self, shard: str, reason: str, *, truncate: bool = False) -> None:
+        """Park `shard` from now on: it stayed unavailable for `after_seconds`, or a
+        truncate of it runs in steps (`truncate`)."""
         if shard in self._states:
             return
         now = time.time()
         self._states[shard] = _State(now, reason, now)
+        if truncate:
+            log.info("shard %s: %s runs in steps between batches; the shard's later calls "
+                     "wait behind it on %s", shard, reason, self.topic(shard))
+            return
         log.error("shard %s parked: no answer for %gs (valkey.parking.after_seconds): its "
                   "calls go to %s until it answers again, the other shards go on (%s)",
                   shard, self.after_seconds, self.topic(shard), reason)
@@ -201,17 +222,18 @@ class Parking:
             log.info("shard %s answers again: applying what was parked on %s", shard,
                      partition.topic)
         drainer = state.drainer
-        applied = 0
         for message in drainer.consume(DRAIN_RECORDS, 0.1):
             if message.error() is not None:
                 continue
             record = _DECODE.decode(message.value() or b"")
-            if record.truncate is not None:
-                client.truncate(record.truncate, max_keys_per_second=self._truncate_rate)
-            elif record.keys:
+            if record.truncate is not None and not self._truncate(shard, state, client,
+                                                                  record.truncate, message):
+                # Not finished this turn: read it again next turn, from its cursor.
+                drainer.seek(TopicPartition(self.topic(shard), 0, message.offset() or 0))
+                return False
+            if record.keys:
                 client.apply(record.keys, record.ops, record.versions)
             drainer.commit(message=message, asynchronous=False)
-            applied += 1
             state.oldest = record.at
         left = self._left(drainer, shard)
         self._metrics.parked.labels(shard).set(left)
@@ -224,6 +246,35 @@ class Parking:
                     "go to it directly again", shard,
                     time.strftime("%H:%M:%S", time.localtime(state.parked_at)))
         return True
+
+    def _truncate(self, shard: str, state: _State, client: ShardClient, pattern: str,
+                  message: Message) -> bool:
+        """Run a parked truncate for at most TRUNCATE_TURN_SECONDS (and the rate limit);
+        True once every key matching `pattern` is removed."""
+        offset = message.offset() or 0
+        step = getattr(client, "truncate_step", None)
+        if step is None:  # a client that can only truncate in one go
+            removed = client.truncate(pattern, max_keys_per_second=self._truncate_rate)
+            self._metrics.truncated_keys.labels(shard).inc(removed)
+            return True
+        cursor = state.truncating[1] if state.truncating and state.truncating[0] == offset else 0
+        started = time.monotonic()
+        # valkey.truncate_max_keys_per_second: the keys this turn may remove, from the time
+        # since the last step (at most a second's worth)
+        allowed = self._truncate_rate * min(1.0, started - state.truncated_at)
+        state.truncated_at = started
+        count = max(1, min(TRUNCATE_SCAN_COUNT, int(allowed)))
+        while time.monotonic() - started < TRUNCATE_TURN_SECONDS and allowed >= 1:
+            following, removed = step(pattern, cursor, count=count)
+            allowed -= max(removed, 1)
+            self._metrics.truncated_keys.labels(shard).inc(removed)
+            if following is None:
+                state.truncating = None
+                log.info("shard %s: truncate %r done", shard, pattern)
+                return True
+            cursor = following
+        state.truncating = (offset, cursor)
+        return False
 
     def _left(self, consumer: Consumer, shard: str) -> int:
         """Records of `shard`'s topic the drain group has not committed."""

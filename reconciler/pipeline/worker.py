@@ -224,9 +224,12 @@ class Worker:
             if self._pause_wanted != self._paused:
                 self._set_paused(self._pause_wanted)
             self._failover.replay_if_changed(self.consumer, pipeline)
+            wait = timeout
             if self._parking is not None and self._parking.shards():
                 self._parking.drain_answering(self.shards, pipeline.drain)
-            messages = pipeline.poll(batch_size, timeout)
+                if self._parking.truncating():
+                    wait = 0.0  # a truncate runs in steps between batches: keep turning
+            messages = pipeline.poll(batch_size, wait)
             if messages:
                 pipeline.push(messages)
         # Stopping: the batch in flight completes. (On an error it is abandoned with its
