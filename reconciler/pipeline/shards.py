@@ -19,6 +19,7 @@ from functools import partial
 from urllib.parse import urlsplit
 
 from connectors.errors import ConnectorError
+from connectors.valkey.cluster import ClusterShard
 from connectors.valkey.functions import PROTOCOL, Library
 from connectors.valkey.sentinel import SentinelShard
 from connectors.valkey.shard import TLS_SCHEMES, Shard, WaitFor, redact
@@ -51,7 +52,7 @@ class ShardPool:
         self._settings = settings
         self._library = library
         self._metrics = metrics
-        self._shards: dict[str, Shard] = {}
+        self._shards: dict[str, Shard | ClusterShard] = {}
         self._endpoints: dict[str, ShardEndpoint] = {}
         self._up: dict[str, bool] = {}
         self._identities: dict[str, str | None] = {}  # shard → its server's run id
@@ -65,10 +66,7 @@ class ShardPool:
         problems = []
         for name in shard_map.shard_names():
             endpoint = shard_map.endpoint(name)
-            if endpoint.kind == CLUSTER:
-                problems.append(f"shard {name}: {endpoint.kind} shards are not supported by "
-                                "this build yet")
-            elif self._settings.valkey.tls.enabled and (
+            if self._settings.valkey.tls.enabled and (
                     urlsplit(endpoint.url).scheme.lower() not in TLS_SCHEMES):
                 problems.append(f"shard {name}: valkey.tls.enabled is true but its URL "
                                 f"{redact(endpoint.url)} is not TLS (use valkeys:// or rediss://)")
@@ -97,7 +95,9 @@ class ShardPool:
                 client = (partial(SentinelShard, name, endpoint.urls, endpoint.service or "",
                                   sentinel_username=valkey.sentinel.username,
                                   sentinel_password=valkey.sentinel.password_value())
-                          if endpoint.kind == SENTINEL else partial(Shard, name, endpoint.url))
+                          if endpoint.kind == SENTINEL else
+                          partial(ClusterShard, name, endpoint.urls)  # seeds, same settings
+                          if endpoint.kind == CLUSTER else partial(Shard, name, endpoint.url))
                 shards[name] = client(
                     username=valkey.username, password=password,
                     tls_ca_file=str(tls.ca_file) if tls.ca_file else None,
@@ -114,7 +114,7 @@ class ShardPool:
             self._shards = shards
             self._endpoints = wanted
 
-    def clients(self) -> Mapping[str, Shard]:
+    def clients(self) -> Mapping[str, Shard | ClusterShard]:
         return self._shards
 
     def mark(self, shard: str, up: bool) -> None:

@@ -2,8 +2,9 @@
 against Postgres, re-checks the candidates after a grace period, and repairs.
 
 Keys come from ``SCAN MATCH`` (or a sample: RANDOMKEY while the template's keys are
-common enough, else reservoir sampling over a SCAN); their state is read in one
-pipelined round trip per chunk (TYPE, HGET v, HEXISTS d) and the rows' versions in
+common enough, else reservoir sampling over a SCAN) — on a cluster shard, on every
+primary; their state is read in one pipelined round trip per chunk (TYPE, HGET v,
+HEXISTS d; on a cluster, one per primary, routed by slot) and the rows' versions in
 one statement per chunk, rate-limited. Valkey and Postgres errors stop the audit
 (``FatalError``); an ACL refusal names the command, its categories and the grant
 (``AUDIT_GRANT``). ``run_audit`` builds the shard clients and the Postgres session.
@@ -16,7 +17,7 @@ import logging
 import random
 import re
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 import valkey
@@ -24,6 +25,7 @@ from prometheus_client import CollectorRegistry
 
 from connectors.errors import ConnectorError
 from connectors.postgres import Postgres, Table
+from connectors.valkey.cluster import ClusterShard
 from connectors.valkey.functions import translate
 from connectors.valkey.protocols import (
     DATA_FIELD,
@@ -78,12 +80,13 @@ AUDIT_GRANT = ("-@all +scan +type +hget +hexists, +dbsize +randomkey for --sampl
 _REFUSED_COMMAND = re.compile(r"run the '([^']+)' command")  # in a NOPERM message
 
 T = TypeVar("T")
+AnyShard = Shard | ClusterShard  # a standalone server, or a cluster (every primary)
 
 
 class Auditor:
     """Runs an audit over some shards, reading Postgres through one session."""
 
-    def __init__(self, shards: dict[str, Shard], postgres: Postgres, *,
+    def __init__(self, shards: Mapping[str, AnyShard], postgres: Postgres, *,
                  sample: int | None = None, rows_per_second: float = DEFAULT_ROWS_PER_SECOND,
                  grace_seconds: float = DEFAULT_GRACE_SECONDS, seed: int | None = None,
                  user: str = "default") -> None:
@@ -144,35 +147,48 @@ class Auditor:
             self._tables[name] = table
         return self._tables[name]
 
-    def _keys(self, target: Target, shard: Shard) -> Iterator[str]:
+    def _keys(self, target: Target, shard: AnyShard) -> Iterator[str]:
         pattern = target.template.pattern()
         if self.sample is None:
             yield from self._scan(shard, pattern)
             return
         yield from self._sample(target, shard, pattern, self.sample)
 
-    def _scan(self, shard: Shard, pattern: str) -> Iterator[str]:
-        client: Any = shard.client
-        cursor = 0
-        while True:
-            cursor, found = self._valkey(
-                shard, "SCAN", functools.partial(client.scan, cursor, match=pattern,
-                                                 count=SCAN_COUNT), pattern)
-            for raw in found:
-                yield raw.decode("utf-8", "surrogateescape")
-            if int(cursor) == 0:
-                return
+    def _scan(self, shard: AnyShard, pattern: str) -> Iterator[str]:
+        for client in self._servers(shard):
+            cursor = 0
+            while True:
+                cursor, found = self._valkey(
+                    shard, "SCAN", functools.partial(client.scan, cursor, match=pattern,
+                                                     count=SCAN_COUNT), pattern)
+                for raw in found:
+                    yield raw.decode("utf-8", "surrogateescape")
+                if int(cursor) == 0:
+                    break
 
-    def _sample(self, target: Target, shard: Shard, pattern: str, n: int) -> Iterator[str]:
-        """n random keys of the template: RANDOMKEY while the template's keys are common
-        enough in the keyspace, else reservoir sampling over a SCAN."""
-        client: Any = shard.client
-        size = int(self._valkey(shard, "DBSIZE", client.dbsize, pattern))
+    @staticmethod
+    def _servers(shard: AnyShard) -> list[Any]:
+        """The servers holding the shard's keys: the server, or every primary."""
+        if not isinstance(shard, ClusterShard):
+            return [shard.client]
+        try:
+            return [shard.node(name) for name in shard.primaries()]
+        except ConnectorError as exc:
+            raise FatalError(f"audit: {exc}; no entry was counted") from exc
+
+    def _sample(self, target: Target, shard: AnyShard, pattern: str, n: int) -> Iterator[str]:
+        """n random keys of the template: RANDOMKEY (on a random primary of a cluster)
+        while the template's keys are common enough in the keyspace, else reservoir
+        sampling over a SCAN."""
+        servers = self._servers(shard)
+        size = sum(int(self._valkey(shard, "DBSIZE", client.dbsize, pattern))
+                   for client in servers)
         matches = key_pattern(target.template).fullmatch
         found: set[str] = set()
         if size > RANDOMKEY_TRIES * n:
             for _ in range(RANDOMKEY_TRIES * n):
-                raw = self._valkey(shard, "RANDOMKEY", client.randomkey, pattern)
+                raw = self._valkey(shard, "RANDOMKEY",
+                                   self._random.choice(servers).randomkey, pattern)
                 if raw is None:
                     break
                 key = raw.decode("utf-8", "surrogateescape")
@@ -191,7 +207,7 @@ class Auditor:
                     reservoir[slot] = key
         yield from reservoir
 
-    def _classify(self, target: Target, table: Table, shard: Shard, keys: list[str],
+    def _classify(self, target: Target, table: Table, shard: AnyShard, keys: list[str],
                   finding: Finding) -> dict[str, str]:
         """The state of each key; findings (stale, orphan, ahead) are kept in
         `finding.problems` (with the row's version), the others removed from it."""
@@ -250,13 +266,16 @@ class Auditor:
                         if state != GONE:
                             finding.counts[state] += 1
 
-    def _read(self, shard: Shard, keys: list[str],
+    def _read(self, shard: AnyShard, keys: list[str],
               pattern: str) -> list[tuple[str, int | None]]:
         """Per key: (GONE | FENCE | "data", the cached version or None when unknown).
         A non-hash value, or a hash without a valid version, is data of unknown
         version: the protocol treats it as stale. An error reply stops the audit
         (but HGET/HEXISTS on a key that is not a hash: WRONGTYPE, as TYPE said)."""
         def call() -> list[Any]:
+            if isinstance(shard, ClusterShard):  # routed by slot; ConnectorError on failure
+                return shard.execute([(key, command) for key in keys for command in (
+                    ("TYPE", key), ("HGET", key, VERSION_FIELD), ("HEXISTS", key, DATA_FIELD))])
             pipe: Any = shard.client.pipeline(transaction=False)
             for key in keys:
                 pipe.type(key)
@@ -283,13 +302,17 @@ class Auditor:
                             version))
         return out
 
-    def _valkey(self, shard: Shard, command: str, call: Callable[[], T], pattern: str) -> T:
+    def _valkey(self, shard: AnyShard, command: str, call: Callable[[], T],
+                pattern: str) -> T:
         try:
             return call()
         except (valkey.ValkeyError, OSError) as exc:
             raise self._error(shard, command, exc, pattern) from exc
+        except ConnectorError as exc:
+            raise FatalError(f"audit: {exc}; no entry was counted") from exc
 
-    def _error(self, shard: Shard, command: str, error: Exception, pattern: str) -> FatalError:
+    def _error(self, shard: AnyShard, command: str, error: Exception,
+               pattern: str) -> FatalError:
         """An error reply or failure of `command`: what was refused and the grant, for an
         ACL refusal; otherwise the connectors' reading of it (timeout, unavailable…)."""
         text = str(error) or type(error).__name__

@@ -8,6 +8,9 @@ Each check yields one line, ``OK | WARN | FAIL <check>: <detail> — <what to do
 - shards: each answers, runs Valkey/Redis ≥ 7 (Functions), has (or accepts) the
   functions library, and lets the ACL user run every command the reconciler and the
   functions need (ACL DRYRUN, else a harmless probe); what only audit needs is a WARN.
+  A cluster shard: cluster_state ok with every slot served, then those checks on every
+  node (the library on each primary) and the cluster's own commands (CLUSTER SLOTS,
+  ASKING); a replica down is a WARN.
 - connect (optional ``connect.url``): the Debezium connector and its tasks RUNNING,
   and capturing every configured table.
 - postgres (optional ``postgres.dsn``): each table exists with its primary key, shard
@@ -19,7 +22,8 @@ Each check yields one line, ``OK | WARN | FAIL <check>: <detail> — <what to do
 
 Any FAIL makes the exit status non-zero. Checks never write, except loading the
 functions library on a shard where it is missing (what the worker does on first use).
-Modules, one per service: ``kafka``, ``valkey`` (the shards), ``connect``, ``postgres``;
+Modules, one per service: ``kafka``, ``valkey`` (the shards; ``cluster``, ``sentinel``
+for those kinds), ``connect``, ``postgres``;
 ``checklist`` holds a line of the checklist (``Check``) and its rendering.
 """
 

@@ -11,17 +11,20 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any
 
 from prometheus_client import CollectorRegistry
+from valkey import exceptions as vx
 
 from connectors.errors import ConnectorError, ValkeyRejected, ValkeyShardError
+from connectors.valkey.cluster import ClusterShard
 from connectors.valkey.functions import APPLY_FUNCTION, LIBRARY_NAME, LUA_SOURCE
 from connectors.valkey.sentinel import SentinelShard
-from connectors.valkey.shard import Shard
 from reconciler.observe.metrics import Metrics
 from reconciler.ops.doctor.checklist import FAIL, OK, WARN, Check
+from reconciler.ops.doctor.cluster import Server, cluster_checks
 from reconciler.ops.doctor.sentinel import sentinel_checks
 from reconciler.pipeline.shards import ShardPool
 from reconciler.settings import Settings
@@ -57,12 +60,17 @@ def shard_checks(settings: Settings) -> Iterator[Check]:
     pool.update(shard_map)
     try:
         for name, shard in sorted(pool.clients().items()):
-            yield from _shard(settings, name, shard)
+            if isinstance(shard, ClusterShard):
+                yield from cluster_checks(name, shard, user=settings.valkey.username or
+                                          "default", node_checks=partial(_shard, settings))
+            else:
+                yield from _shard(settings, name, shard)
     finally:
         pool.close()
 
 
-def _shard(settings: Settings, name: str, shard: Shard) -> Iterator[Check]:
+def _shard(settings: Settings, name: str, shard: Server, *,
+           library: bool = True) -> Iterator[Check]:
     check = f"shard {name}"
     if isinstance(shard, SentinelShard):  # the Sentinels first, then their primary
         yield from sentinel_checks(name, shard)
@@ -84,6 +92,9 @@ def _shard(settings: Settings, name: str, shard: Shard) -> Iterator[Check]:
         return
     yield Check(OK, check, f"{shard.url} reachable, version {version}")
     client: Any = shard.client
+    if not library:  # a cluster's replica: it copies its primary's library
+        yield _acl(settings, name, shard)
+        return
     try:
         libraries = client.function_list(library=LIBRARY_NAME, withcode=True)
         found = [_pairs(entry) for entry in libraries
@@ -112,7 +123,7 @@ def _shard(settings: Settings, name: str, shard: Shard) -> Iterator[Check]:
     yield _acl(settings, name, shard)
 
 
-def _acl(settings: Settings, name: str, shard: Shard) -> Check:
+def _acl(settings: Settings, name: str, shard: Server) -> Check:
     check = f"shard {name} acl"
     user = settings.valkey.username or "default"
     client: Any = shard.client
@@ -162,7 +173,7 @@ def _acl(settings: Settings, name: str, shard: Shard) -> Check:
                             f"on {shown})")
 
 
-def _probe(check: str, user: str, shard: Shard, key: str) -> Check:
+def _probe(check: str, user: str, shard: Server, key: str) -> Check:
     """Without ACL DRYRUN: harmless calls on a template's key (the FCALL removes a
     key of a row that cannot exist, `doctor-probe`)."""
     client: Any = shard.client
@@ -170,7 +181,7 @@ def _probe(check: str, user: str, shard: Shard, key: str) -> Check:
         client.ping()
         client.info("server")
         client.scan(0, count=1)
-        client.fcall(APPLY_FUNCTION, 1, key, 60000, "u", 0)
+        _on_key(lambda: client.fcall(APPLY_FUNCTION, 1, key, 60000, "u", 0))
     except Exception as exc:  # noqa: BLE001 - any refusal is the finding
         return Check(FAIL, check, f"user {user}: {exc}",
                      "grant +fcall +function|load +ping +info +scan +unlink +hget +hset "
@@ -179,13 +190,23 @@ def _probe(check: str, user: str, shard: Shard, key: str) -> Check:
     passed = (f"user {user}: probes passed on {key} (ACL DRYRUN not permitted, so "
               "only one key was checked)")
     try:
-        client.type(key)
+        _on_key(lambda: client.type(key))
     except Exception as exc:  # noqa: BLE001 - audit's command only: a warning
         return Check(WARN, check, f"{passed}, but `reconciler audit` as this user "
                                   f"would be refused: {exc}",
                      "run audit as a user of its own (its ACL: docs/operations.md), or "
                      f"ACL SETUSER {user} +type")
     return Check(OK, check, passed)
+
+
+def _on_key(call: Callable[[], object]) -> None:
+    """A probe on a key. On a cluster node that does not serve the key, MOVED (or ASK)
+    also says the ACL allowed it: the server checks the ACL first."""
+    try:
+        call()
+    except vx.ResponseError as exc:
+        if not str(exc).startswith(("MOVED ", "ASK ")):
+            raise
 
 
 def _pairs(entry: Any) -> dict[bytes, Any]:
