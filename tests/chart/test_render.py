@@ -411,6 +411,11 @@ def test_existing_secrets_env(rendered_ci: dict[str, Rendered]) -> None:
         "name": "valkey-acl",
         "key": "reconciler-password",
     }
+    assert ref("RECONCILER_VALKEY__SENTINEL__PASSWORD") == {
+        "name": "valkey-sentinel",
+        "key": "sentinel-password",
+    }
+    assert "RECONCILER_VALKEY__SENTINEL__USERNAME" not in env  # the Sentinels' default user
     assert ref("RECONCILER_POSTGRES__DSN") == {"name": "reconciler-postgres", "key": "DATABASE_URL"}
     volumes = {v["name"]: v for v in spec["volumes"]}
     valkey_sources = volumes["valkey-tls"]["projected"]["sources"]

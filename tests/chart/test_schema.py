@@ -93,6 +93,15 @@ REJECTED: list[tuple[str, list[str], list[str], dict[str, Any] | None, str]] = [
         "valkey.tls is set but shard a is valkey://valkey-a.cache.svc:6379/0",
     ),
     (
+        "Valkey TLS with plain Sentinel URLs",
+        ["valkey.tls.ca.existingSecret=valkey-ca"],
+        [],
+        {"shardMap": {"content": {"shards": {
+            "a": {"url": "valkeys://valkey-a:6380/0"}, "b": {"url": "valkeys://valkey-b:6380/0"},
+            "c": {"sentinel": ["valkey://sentinel-0:26379"], "service": "cache-c"}}}}},
+        "valkey.tls is set but shard c is valkey://sentinel-0:26379",
+    ),
+    (
         "bad replica identity",
         [],
         [],
@@ -159,6 +168,21 @@ REJECTED: list[tuple[str, list[str], list[str], dict[str, Any] | None, str]] = [
         [],
         {"shardMap": {"content": {"shards": {"a": {"url": "valkey://:hunter2@valkey-a:6379/0"}}}}},
         "/shardMap/content/shards/a/url",
+    ),
+    (
+        "credentials in a Sentinel URL",
+        [],
+        [],
+        {"shardMap": {"content": {"shards": {"c": {
+            "sentinel": ["valkey://:hunter2@sentinel-0:26379"], "service": "cache-c"}}}}},
+        "/shardMap/content/shards/c/sentinel/0",
+    ),
+    (
+        "a Sentinel shard without its service",
+        [],
+        [],
+        {"shardMap": {"content": {"shards": {"c": {"sentinel": ["valkey://sentinel-0:26379"]}}}}},
+        "/shardMap/content/shards/c",
     ),
     (
         "bad shard URL scheme",

@@ -216,8 +216,10 @@ checks the relations between values. Included by the Deployment and the replay J
 {{- $vtls := .Values.valkey.tls }}
 {{- if and (or $vtls.ca.existingSecret $vtls.clientCert.existingSecret) (not .Values.shardMap.existingConfigMap) }}
 {{- range $name, $shard := .Values.shardMap.content.shards }}
-{{- if not (regexMatch "^(valkeys|rediss)://" (toString $shard.url)) }}
-{{- fail (printf "valkey.tls is set but shard %s is %s: TLS shards use valkeys:// URLs." $name $shard.url) }}
+{{- /* a standalone URL, else the first Sentinel's (or seed's): the kinds forbid mixing */}}
+{{- $url := $shard.url | default (first ($shard.sentinel | default ($shard.cluster | default (list "")))) }}
+{{- if not (regexMatch "^(valkeys|rediss)://" (toString $url)) }}
+{{- fail (printf "valkey.tls is set but shard %s is %s: TLS shards use valkeys:// URLs." $name $url) }}
 {{- end }}
 {{- end }}
 {{- end }}
@@ -284,6 +286,22 @@ existing Secret by secretKeyRef (never a literal value).
       key: {{ .usernameKey | quote }}
 {{- end }}
 - name: RECONCILER_VALKEY__PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ .existingSecret | quote }}
+      key: {{ .passwordKey | quote }}
+{{- end }}
+{{- end }}
+{{- with .Values.valkey.sentinelAuth }}
+{{- if .existingSecret }}
+{{- if .usernameKey }}
+- name: RECONCILER_VALKEY__SENTINEL__USERNAME
+  valueFrom:
+    secretKeyRef:
+      name: {{ .existingSecret | quote }}
+      key: {{ .usernameKey | quote }}
+{{- end }}
+- name: RECONCILER_VALKEY__SENTINEL__PASSWORD
   valueFrom:
     secretKeyRef:
       name: {{ .existingSecret | quote }}
