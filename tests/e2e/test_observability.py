@@ -314,7 +314,8 @@ def test_every_alert_expression_is_evaluated_and_its_signal_has_series(
     assert {a.name for a in alerts} >= {
         "ReconcilerLagGrowing", "ReconcilerEndToEndP99High", "ReconcilerDeadLetters",
         "ReconcilerAuditFoundStale", "ReconcilerDown", "ReconcilerShardUnreachable",
-        "ReconcilerShardMapReloadFailed", "ReconcilerNotReady"}
+        "ReconcilerShardMapReloadFailed", "ReconcilerNotReady", "ReconcilerFreshnessStalled",
+        "ReconcilerUnknownTableSkips", "ReconcilerAuditStale"}
     failures = []
     for alert in alerts:
         prometheus.query(alert.expr)  # valid PromQL, evaluated (an error fails here)
@@ -343,8 +344,30 @@ def test_alert_conditions_the_workload_created_are_true(observed: Observed) -> N
     assert [(s["metric"]["table"], s["metric"]["state"]) for s in stale] == [
         ("public.posts", "stale")]
     for quiet in ("ReconcilerDown", "ReconcilerNotReady", "ReconcilerShardUnreachable",
-                  "ReconcilerShardMapReloadFailed", "ReconcilerLagGrowing"):
+                  "ReconcilerShardMapReloadFailed", "ReconcilerLagGrowing",
+                  "ReconcilerFreshnessStalled", "ReconcilerUnknownTableSkips",
+                  "ReconcilerAuditStale"):
         assert prometheus.query(by_name[quiet].expr) == [], quiet
+
+
+def test_heartbeats_keep_the_freshness_stalled_alert_quiet(observed: Observed) -> None:
+    """ReconcilerFreshnessStalled fires on a watermark that stops moving: in this
+    pipeline, idle between the workload's bursts, Debezium's heartbeats move the
+    watermark of every partition the worker owns, so its `changes()` side is never 0."""
+    prometheus = observed.prometheus
+    owned = {(s["metric"]["topic"], s["metric"]["partition"]) for s in prometheus.query(
+        f'reconciler_freshness_watermark_seconds{{job="{JOB}"}}')}
+    assert owned, "no freshness watermark series"
+
+    def all_moved() -> bool:
+        moved = prometheus.query(
+            f'max by (topic, partition) (changes(reconciler_freshness_watermark_seconds'
+            f'{{job="{JOB}"}}[10m])) > 0')
+        return {(s["metric"]["topic"], s["metric"]["partition"]) for s in moved} >= owned
+
+    wait_until(all_moved, 90, f"heartbeats to move the watermark of every partition {owned}")
+    expr = {a.name: a for a in monitoring.alerts()}["ReconcilerFreshnessStalled"].expr
+    assert prometheus.query(expr) == []
 
 
 # --------------------------------------------------------------------------- logs

@@ -23,6 +23,8 @@ REQUIRED_ALERTS = {
     "ReconcilerLagGrowing", "ReconcilerEndToEndP99High", "ReconcilerDeadLetters",
     "ReconcilerAuditFoundStale", "ReconcilerDown", "ReconcilerShardUnreachable",
     "ReconcilerShardMapReloadFailed", "ReconcilerNotReady",
+    # Silent trouble: nothing fails, the cache just stops being reconciled.
+    "ReconcilerFreshnessStalled", "ReconcilerUnknownTableSkips", "ReconcilerAuditStale",
 }
 REQUIRED_ROWS = ["Throughput", "Invalidations", "Consumer lag", "End-to-end delay",
                  "Freshness", "Dead letters", "Batches", "Shard map", "shards"]
@@ -76,7 +78,8 @@ def test_promtool_unit_tests_of_the_alerts_pass() -> None:
                          cwd=monitoring.RULES_TESTS.parent)
     assert out.returncode == 0, out.stdout + out.stderr
     tested = set(re.findall(r"alertname: (\w+)", monitoring.RULES_TESTS.read_text()))
-    assert {"ReconcilerShardUnreachable", "ReconcilerDeadLetters"} <= tested
+    assert {"ReconcilerShardUnreachable", "ReconcilerDeadLetters", "ReconcilerFreshnessStalled",
+            "ReconcilerUnknownTableSkips", "ReconcilerAuditStale"} <= tested
 
 
 def test_every_alert_says_what_happened_and_where_its_runbook_is() -> None:
