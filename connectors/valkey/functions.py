@@ -102,8 +102,11 @@ def translate(error: Exception, *, shard: str, command: str) -> ValkeyShardError
             shard=shard, command=command)
     if isinstance(error, vx.OutOfMemoryError):
         return ValkeyRejected(
-            f"{where} refused: out of memory (OOM {text}); raise maxmemory or use an "
-            "evicting maxmemory-policy such as allkeys-lru", shard=shard, command=command)
+            f"{where} refused: out of memory (OOM {text}); raise maxmemory (or give the "
+            "cached data a TTL) and keep maxmemory-policy noeviction: allkeys-* and "
+            "volatile-* (every fence has a TTL) can evict a fence before its TTL and let "
+            "a slow writer put back stale data; `reconciler doctor` checks the policy",
+            shard=shard, command=command)
     if isinstance(error, vx.ConnectionError | vx.TimeoutError | vx.ReadOnlyError
                   | vx.TryAgainError | vx.ClusterDownError | OSError):
         return ValkeyUnavailable(f"{where} failed, shard unavailable: {text}",

@@ -22,6 +22,7 @@ from tests.e2e.support import (
     COMMENTS,
     POSTS,
     PROFILES,
+    PrivateValkey,
     admin,
     create_topic,
     wait_until,
@@ -418,3 +419,34 @@ def test_a_sequence_default_and_an_update_trigger_from_the_sequence_pass(
     assert check["status"] == "OK", check
     assert f"INSERT: DEFAULT nextval('{name}_system_version_seq'::regclass)" in check["detail"]
     assert "UPDATE: trigger bump" in check["detail"]
+
+
+# --------------------------------------------------------------------------- eviction
+
+
+@pytest.mark.parametrize(("policy", "status"), [
+    ("allkeys-lru", "WARN"), ("volatile-ttl", "WARN"), ("noeviction", "OK")])
+def test_an_eviction_policy_that_can_evict_fences_warns_naming_the_shard_and_the_fix(
+        stack: Stack, tmp_path: Path, uid: str, private: PrivateValkey, policy: str,
+        status: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """A fence evicted before its TTL reopens the delete-then-stale-set race (SPEC §2).
+    allkeys-* evicts any key; volatile-* evicts keys with a TTL, and every fence has
+    one (volatile-ttl the fences first: theirs are the shortest): only noeviction keeps
+    them. The policy is set on a Valkey of the test's own, shard c."""
+    import valkey
+
+    client = valkey.Valkey(port=private.port)
+    client.config_set("maxmemory", "64mb")
+    client.config_set("maxmemory-policy", policy)
+    client.close()
+    config = write_config(tmp_path, stack, group=f"doctor-{uid}", topics=TOPICS, shard_map={
+        "shards": {"a": {"url": stack.valkey["valkey-a"]},
+                   "b": {"url": stack.valkey["valkey-b"]}, "c": {"url": private.url}}})
+    code, lines = doctor(config, capsys)
+    text = line(lines, status, "shard c eviction")
+    assert policy in text
+    if status == "WARN":
+        assert "fence" in text and "CONFIG SET maxmemory-policy noeviction" in text
+        assert private.url in text
+    line(lines, "OK", "shard a eviction")  # the stack's shards keep the default
+    assert code == 0, "\n".join(lines)

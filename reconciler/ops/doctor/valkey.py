@@ -1,6 +1,7 @@
 """Doctor's shard checks: each Valkey shard of the shard map.
 
-Each shard answers, runs Valkey/Redis ≥ 7 (Functions), has (or accepts) the functions
+Each shard answers, runs Valkey/Redis ≥ 7 (Functions), has an eviction policy that
+keeps fences (`eviction`), has (or accepts) the functions
 library, and lets the ACL user run every command the reconciler and the functions need
 (ACL DRYRUN, else a harmless probe); what only audit needs is a WARN. Loading the
 library where it is missing is the one write doctor makes (what the worker does on
@@ -25,6 +26,7 @@ from connectors.valkey.sentinel import SentinelShard
 from reconciler.observe.metrics import Metrics
 from reconciler.ops.doctor.checklist import FAIL, OK, WARN, Check
 from reconciler.ops.doctor.cluster import Server, cluster_checks
+from reconciler.ops.doctor.eviction import eviction_check
 from reconciler.ops.doctor.sentinel import sentinel_checks
 from reconciler.pipeline.shards import ShardPool
 from reconciler.settings import Settings
@@ -91,6 +93,7 @@ def _shard(settings: Settings, name: str, shard: Server, *,
                                  "later", "upgrade to Valkey 7.2+ (or Redis 7+)")
         return
     yield Check(OK, check, f"{shard.url} reachable, version {version}")
+    yield eviction_check(name, shard.url, shard.client)
     client: Any = shard.client
     if not library:  # a cluster's replica: it copies its primary's library
         yield _acl(settings, name, shard)
