@@ -3,15 +3,16 @@
 One `apply()` groups its keys by hash slot (a FCALL's keys must share one, or the
 server answers CROSSSLOT), keeps all the ops of one key in one call (so that a call
 sent again after a redirection can never reorder a key's ops), cuts each slot's keys
-into calls of about `APPLY_CHUNK`, and sends each primary its calls as ONE pipelined
-write — every primary written before any answer is read; the answers are put back in
+into calls of about `APPLY_CHUNK` (`calls`), and sends each primary its calls as ONE
+pipelined write — every primary written before any answer is read; the answers are put back in
 the caller's key order. Redirections (MOVED, ASK, TRYAGAIN) and a library missing on
 one node are followed per call (`routing`); a connection failure, CLUSTERDOWN or a
 node still loading is `ValkeyUnavailable`, and the invalidator retries the whole call.
 
 The library is loaded on every primary (`ensure_functions`), and again on any node
-that answers "Function not found". `truncate()` scans every primary. `identity()`
-changes whenever any primary changes incarnation (a failover, a restart).
+that answers "Function not found". `truncate()` scans every primary (`truncate_step`
+one primary's SCAN step at a time). `identity()` changes whenever any primary changes
+incarnation (a failover, a restart).
 
 The writer helper (`CacheWriter`) uses valkey-py's `ValkeyCluster` instead
 (`topology.cluster_client`): its calls are single-key, routed and redirected by valkey-py.
@@ -29,11 +30,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from valkey import exceptions as vx
 
 from connectors.errors import ValkeyRejected, ValkeyUnavailable
+from connectors.valkey.calls import apply_calls
 from connectors.valkey.functions import PROTOCOL, Library, load_functions, translate
-from connectors.valkey.protocols import OP_DELETE, OP_VERSIONED, PendingApply, ShardClient
+from connectors.valkey.protocols import PendingApply, ShardClient
 from connectors.valkey.routing import Call, Lost, Round, answered, run
 from connectors.valkey.shard import (
-    APPLY_CHUNK,
     DEFAULT_FENCE_TTL_MS,
     WaitFor,
     check_apply,
@@ -43,7 +44,7 @@ from connectors.valkey.topology import NodeInfo, Topology, slot_of
 
 log = logging.getLogger(__name__)
 
-_FCALL = b"FCALL"  # the command, pre-encoded
+_CURSOR_MASK = 2**64 - 1  # a SCAN cursor's bits in a truncate_step cursor
 _UNLINK = b"UNLINK"
 
 T = TypeVar("T")
@@ -108,36 +109,10 @@ class ClusterShard:
 
     def calls(self, keys: Sequence[str], ops: Sequence[str],
               versions: Sequence[int]) -> list[Call]:
-        """The FCALLs of one `apply()`: per slot, each key's ops together, about
-        `APPLY_CHUNK` keys a call (a key with more ops than that gets a call alone); in
-        a slot seen being migrated lately, one op a call."""
-        slots: dict[int, dict[str, list[int]]] = {}
-        for index, key in enumerate(keys):
-            slot = slot_of(key)
-            by_key = slots.get(slot)
-            if by_key is None:
-                by_key = slots[slot] = {}
-            positions = by_key.get(key)
-            if positions is None:
-                by_key[key] = [index]
-            else:
-                positions.append(index)
-        batch = _Batch(self, keys, ops, versions)
-        migrating = self.topology.migrating()
-        out: list[Call] = []
-        for slot, by_key in slots.items():
-            if slot in migrating:
-                out += [batch.call(slot, [index]) for positions in by_key.values()
-                        for index in positions]
-                continue
-            chunk: list[int] = []
-            for positions in by_key.values():
-                if chunk and len(chunk) + len(positions) > APPLY_CHUNK:
-                    out.append(batch.call(slot, chunk))
-                    chunk = []
-                chunk += positions
-            out.append(batch.call(slot, chunk))
-        return out
+        """The FCALLs of one `apply()` (see `calls.apply_calls`)."""
+        return apply_calls(keys, ops, versions, shard=self._name,
+                           function=self.apply_function, fence_ttl_ms=self.fence_ttl_ms,
+                           migrating=self.topology.migrating(), stats=self.stats)
 
     def _run(self, calls: Sequence[Call], first: Round | None = None, *,
              wait: bool = True) -> None:
@@ -237,6 +212,25 @@ class ClusterShard:
                  pattern, removed, self.url, time.monotonic() - started)
         return removed
 
+    def truncate_step(self, pattern: str, cursor: int = 0, *,
+                      count: int = 1000) -> tuple[int | None, int]:
+        """One step of a truncate spread over time (as `Shard.truncate_step`): one SCAN
+        MATCH on one primary and an UNLINK of what it found. The cursor walks the
+        primaries in order — (their index << 64) | that primary's SCAN cursor — and is
+        None once the last one is scanned. Returns it and the keys removed."""
+        primaries = self.primaries()
+        index, position = cursor >> 64, cursor & _CURSOR_MASK
+        if index >= len(primaries):
+            return None, 0
+        client: Any = self.node(primaries[index])
+        following, found = self._node_call(
+            primaries[index], partial(client.scan, position, match=pattern, count=count),
+            "SCAN")
+        removed = self._unlink(found) if found else 0
+        if int(following) != 0:
+            return (index << 64) | int(following), removed
+        return (None if index + 1 >= len(primaries) else (index + 1) << 64), removed
+
     def _unlink(self, keys: list[bytes]) -> int:
         by_slot: dict[int, list[bytes]] = {}
         for key in keys:
@@ -322,50 +316,6 @@ class ClusterShard:
 # Reply bytes -> the result label (one shared str object per label, no decoding).
 _LABEL = {b"repaired": "repaired", b"fresh": "fresh", b"absent": "absent",
           b"fenced": "fenced"}
-
-
-class _Batch:
-    """The FCALLs of one `apply()`, and what replaces one after a redirection."""
-
-    __slots__ = ("keys", "ops", "shard", "versions")
-
-    def __init__(self, shard: ClusterShard, keys: Sequence[str], ops: Sequence[str],
-                 versions: Sequence[int]) -> None:
-        self.shard, self.keys, self.ops, self.versions = shard, keys, ops, versions
-
-    def call(self, slot: int, positions: list[int], op: str | None = None) -> Call:
-        """The ops at `positions` (all of one slot), in order; `op` instead of theirs."""
-        keys, ops, versions = self.keys, self.ops, self.versions
-        pairs: list[Any] = []
-        for index in positions:
-            pairs += (op or ops[index], versions[index])
-        args = (_FCALL, self.shard.apply_function, len(positions),
-                *[keys[index] for index in positions], self.shard.fence_ttl_ms, *pairs)
-        return Call(slot, args, positions, self._split if len(positions) > 1 else None,
-                    recover=self._recover)
-
-    def _split(self, call: Call) -> list[Call]:
-        """After TRYAGAIN: one call per op, in order (each runs or is redirected)."""
-        return [self.call(call.slot, [index]) for index in call.tag]
-
-    def _recover(self, call: Call) -> list[Call]:
-        """After a script stopped halfway on the source of a migrating slot. A lone op
-        stops there only after deleting the key's value to write its fence: it is
-        `repaired`, and what is left — the fence (a delete's, or `v` for a change or a
-        snapshot) — is written where the key now lives (ASK). Several ops: what ran
-        before the stop stays; every op is sent again, one a call (idempotent; one
-        that had removed a value may now answer `absent`)."""
-        if len(call.tag) == 1:
-            index = call.tag[0]
-            rest = self.call(call.slot, [index], OP_DELETE if self.ops[index] == OP_DELETE
-                             else OP_VERSIONED)
-            rest.known = [b"repaired"]
-            return [rest]
-        log.warning("valkey shard %s: a call of %d ops stopped halfway on the source of "
-                    "slot %d, being migrated; sending its ops again one by one",
-                    self.shard.name, len(call.tag), call.slot)
-        self.shard.stats["partial"] += 1
-        return self._split(call)
 
 
 class _Pending:

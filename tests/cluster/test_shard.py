@@ -157,6 +157,15 @@ def test_truncate_removes_matching_keys_on_every_primary(shard: ClusterShard,
     assert not any(raw.exists(key) for key in gone)
     assert all(raw.exists(key) for key in kept)
     assert shard.truncate("t:*") == 0
+    # In steps (what a parked shard's drain runs between batches): every primary in turn.
+    shard.apply(gone, ["v"] * 600, [2] * 600)
+    cursor: int | None = 0
+    removed = steps = 0
+    while cursor is not None:
+        cursor, n = shard.truncate_step("t:*", cursor, count=100)
+        removed, steps = removed + n, steps + 1
+    assert removed == 600 and steps >= 3
+    assert not any(raw.exists(key) for key in gone) and all(raw.exists(key) for key in kept)
 
 
 def test_execute_routes_each_command_by_its_key(shard: ClusterShard) -> None:
