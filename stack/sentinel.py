@@ -1,31 +1,24 @@
 """``valkey-sentinel``: a Valkey primary, one replica and three Sentinels monitoring
-them as service ``cache-s`` (quorum 2), for the ``sentinel`` shard kind and the
-failover scenarios. Started only when named (``python -m stack up valkey-sentinel``).
+them as service ``cache-s`` (quorum 2), for the ``sentinel`` shard kind and failover
+scenarios. Started only when named (``python -m stack up valkey-sentinel``).
 
-Ports: ``CR_STACK_VALKEY_SENTINEL_PORT`` (default 26470) and the next one are the two
-data nodes, the three after them the Sentinels. Which node is the primary moves with
-failovers: ask `primary()`. ``CR_STACK_VALKEY_SENTINEL_APPENDONLY=yes`` when a node
-starts turns persistence on for it (``appendonly yes``); without it a restarted node
-comes back empty and resyncs from the primary.
+Ports: ``CR_STACK_VALKEY_SENTINEL_PORT`` (default 26470) and the next are the data
+nodes, the three after them the Sentinels; the primary moves with failovers (ask
+`primary()`). ``CR_STACK_VALKEY_SENTINEL_APPENDONLY=yes`` when a node starts turns
+persistence on for it. ``up`` is idempotent and repairs: it starts what is not running
+(a node as a replica of the primary the Sentinels name) and waits until they agree on
+it and see the replica and each other; with nothing running it starts afresh.
 
-``up`` is idempotent and repairs: it starts whichever of the five processes is not
-running — a node as a replica of the primary the Sentinels name, a Sentinel with the
-configuration it had — and waits until the Sentinels agree on the primary and see the
-replica and each other. With nothing running it starts afresh: node 0 the primary.
+Credentials: default users without a password, plus on the nodes the stack's
+``admin`` and least-privileged ``reconciler`` users, on the Sentinels a ``reconciler``
+user with a password of its own (secret ``valkey-sentinel-reconciler``) and only the
+commands a client needs (`SENTINEL_COMMANDS`): tests prove each credential reaches
+the server it is meant for.
 
-Credentials: every server's default user is on without a password (what the tests
-and the demo use), and each also has password users — on the nodes ``admin`` (all)
-and the least-privileged ``reconciler`` of `stack.security`; on the Sentinels
-``reconciler`` with a password of its own (secret ``valkey-sentinel-reconciler``)
-and only the commands a client of Sentinel needs (`SENTINEL_COMMANDS`), so that
-the tests prove each credential reaches the server it is meant for.
-
-Failovers for the tests (each returns once the Sentinels agree on the new primary):
-`failover()` (``SENTINEL FAILOVER``: clean), `kill_primary()` (SIGKILL: the
-Sentinels promote the replica after ``down-after-milliseconds``), `restart_node()`
-(a stopped node rejoins as a replica), `hold_back_replica()` then `kill_primary()`
-(a lossy failover: writes the primary acknowledged after the hold are not on the
-replica it promotes). Only the standard library.
+Failovers for the tests: `failover()` (``SENTINEL FAILOVER``), `kill_primary()`
+(SIGKILL: the replica promoted after ``down-after-milliseconds``), `restart_node()`,
+`settle()`, and `hold_back_replica()` then `kill_primary()`: a lossy failover, the
+promoted replica lacking writes the primary acknowledged. Only the standard library.
 """
 
 from __future__ import annotations
@@ -370,8 +363,9 @@ def wait_primary(other_than: int, timeout: float = TIMEOUT) -> int:
 
 
 def failover(timeout: float = TIMEOUT) -> Failover:
-    """``SENTINEL FAILOVER cache-s``: a clean failover (the old primary is demoted to a
-    replica of the new one). Needs a healthy service."""
+    """``SENTINEL FAILOVER cache-s``, once the service is healthy: a clean failover (the
+    old primary, demoted, goes on answering as one until the Sentinels convert it)."""
+    wait_healthy(timeout)
     old = primary()
     started = time.monotonic()
     command(SENTINEL_PORTS[0], "SENTINEL", "FAILOVER", SERVICE_NAME)

@@ -10,7 +10,9 @@ Each check yields one line, ``OK | WARN | FAIL <check>: <detail> — <what to do
   functions need (ACL DRYRUN, else a harmless probe); what only audit needs is a WARN.
   A cluster shard: cluster_state ok with every slot served, then those checks on every
   node (the library on each primary) and the cluster's own commands (CLUSTER SLOTS,
-  ASKING); a replica down is a WARN.
+  ASKING); a replica down is a WARN. A sentinel shard: its Sentinels answer (a refusal
+  or an unknown service FAILs), agree on a primary none sees down, and have a replica
+  to promote; then those checks on the primary.
 - connect (optional ``connect.url``): the Debezium connector and its tasks RUNNING,
   and capturing every configured table.
 - postgres (optional ``postgres.dsn``): each table exists with its primary key, shard
