@@ -106,6 +106,7 @@ class KafkaSecurity(Strict):
     protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] | None = None
     sasl_username: str | None = None
+    sasl_username_file: Path | None = None  # read at load: for a user name kept in a Secret
     sasl_password: SecretStr | None = None
     sasl_password_file: Path | None = None
     ssl_ca_file: Path | None = None
@@ -120,6 +121,8 @@ class KafkaSecurity(Strict):
             raise ValueError(f"protocol {self.protocol} needs sasl_mechanism")
         if self.sasl_password is not None and self.sasl_password_file is not None:
             raise ValueError("set sasl_password or sasl_password_file, not both")
+        if self.sasl_username is not None and self.sasl_username_file is not None:
+            raise ValueError("set sasl_username or sasl_username_file, not both")
         return self
 
 
@@ -198,8 +201,14 @@ class ValkeySentinelAuth(Strict):
     none (a URL's user information wins); the primaries use valkey.username/password."""
 
     username: str | None = None
+    username_file: Path | None = None  # read at load: for a user name kept in a Secret
     password: SecretStr | None = None
     password_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> ValkeySentinelAuth:
+        _one_of(self.username, self.username_file, "username")
+        return self
 
     def password_value(self) -> str | None:
         if self.password is not None:
@@ -211,6 +220,7 @@ class ValkeySentinelAuth(Strict):
 
 class ValkeySettings(Strict):
     username: str | None = None
+    username_file: Path | None = None  # read at load: for a user name kept in a Secret
     password: SecretStr | None = None
     password_file: Path | None = None
     tls: ValkeyTLS = Field(default_factory=ValkeyTLS)
@@ -224,12 +234,22 @@ class ValkeySettings(Strict):
     identity_check_seconds: float = Field(1.0, gt=0)  # how often each shard's server is asked
     parking: ParkingSettings = Field(default_factory=ParkingSettings)
 
+    @model_validator(mode="after")
+    def _check(self) -> ValkeySettings:
+        _one_of(self.username, self.username_file, "username")
+        return self
+
     def password_value(self) -> str | None:
         if self.password is not None:
             return self.password.get_secret_value()
         if self.password_file is not None:
             return read_secret_file(self.password_file, "valkey.password_file")
         return None
+
+
+def _one_of(value: object, file: Path | None, name: str) -> None:
+    if value is not None and file is not None:
+        raise ValueError(f"set {name} or {name}_file, not both")
 
 
 class MetricsSettings(Strict):
@@ -415,24 +435,35 @@ def _resolve_paths(settings: Settings, base: Path) -> Settings:
     def resolve(path: Path | None) -> Path | None:
         return path if path is None or path.is_absolute() else base / path
 
+    def user(file: Path | None, name: str, field: str) -> dict[str, Any]:
+        # A user name from a file (a Secret's key mounted by the chart) is read once, here.
+        path = resolve(file)
+        return {} if path is None else {name: read_secret_file(path, field), f"{name}_file": path}
+
     security = settings.kafka.security
     kafka_security = security.model_copy(update={
-        name: resolve(getattr(security, name))
-        for name in ("sasl_password_file", "ssl_ca_file", "ssl_cert_file", "ssl_key_file")
-        if getattr(security, name) is not None
+        **{name: resolve(getattr(security, name))
+           for name in ("sasl_password_file", "ssl_ca_file", "ssl_cert_file", "ssl_key_file")
+           if getattr(security, name) is not None},
+        **user(security.sasl_username_file, "sasl_username",
+               "kafka.security.sasl_username_file"),
     })
     tls = settings.valkey.tls
     valkey_tls = tls.model_copy(update={
         name: resolve(getattr(tls, name))
         for name in ("ca_file", "cert_file", "key_file") if getattr(tls, name) is not None
     })
+    sentinel = settings.valkey.sentinel
     valkey = settings.valkey.model_copy(update={
         "tls": valkey_tls,
         **({"password_file": resolve(settings.valkey.password_file)}
            if settings.valkey.password_file else {}),
-        **({"sentinel": settings.valkey.sentinel.model_copy(update={
-            "password_file": resolve(settings.valkey.sentinel.password_file)})}
-           if settings.valkey.sentinel.password_file else {}),
+        **user(settings.valkey.username_file, "username", "valkey.username_file"),
+        "sentinel": sentinel.model_copy(update={
+            **({"password_file": resolve(sentinel.password_file)}
+               if sentinel.password_file else {}),
+            **user(sentinel.username_file, "username", "valkey.sentinel.username_file"),
+        }),
     })
     dsn_file = settings.postgres.dsn_file
     postgres = settings.postgres.model_copy(

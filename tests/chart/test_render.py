@@ -68,6 +68,7 @@ def test_defaults_render_the_core_and_nothing_optional(render: Render) -> None:
         ("Service", f"{FULLNAME}-metrics"),
         ("Deployment", FULLNAME),
         ("PodDisruptionBudget", FULLNAME),
+        ("NetworkPolicy", f"{FULLNAME}-worker"),
         ("Pod", f"{FULLNAME}-test"),
     }
     assert not rendered.of_kind("Secret"), "the chart never creates Secrets"
@@ -79,7 +80,7 @@ TOGGLES: list[tuple[str, str, str]] = [
     ("metrics.prometheusRule.enabled", "PrometheusRule", FULLNAME),
     ("metrics.grafanaDashboard.enabled", "ConfigMap", "-dashboards"),
     ("autoscaling.enabled", "HorizontalPodAutoscaler", FULLNAME),
-    ("networkPolicy.enabled", "NetworkPolicy", FULLNAME),
+    ("networkPolicy.enabled", "NetworkPolicy", "-worker"),
     ("replay.enabled", "Job", ""),
     ("audit.enabled", "CronJob", "-audit"),
     ("podDisruptionBudget.enabled", "PodDisruptionBudget", FULLNAME),
@@ -378,46 +379,45 @@ SECRET_WORDS = ("PASSWORD", "DSN", "SECRET", "TOKEN", "KEY")
 
 
 @pytest.mark.parametrize("values_file", VALUES_FILES, ids=values_id)
-def test_secrets_only_through_secret_key_refs(
+def test_no_secret_in_a_literal_value(
     rendered_ci: dict[str, Rendered], values_file: Path | None
 ) -> None:
+    """A secret-looking variable is a `*_FILE` path under the secrets mount, or the
+    user's own `extraEnv` from a secretKeyRef (tests/chart/test_least_privilege.py: the
+    chart's own credentials are files)."""
     rendered = rendered_ci[values_id(values_file)]
     assert not rendered.of_kind("Secret")
     for spec in rendered.pod_specs():
         for env in container(spec).get("env", []):
             if any(word in env["name"] for word in SECRET_WORDS):
-                assert "value" not in env, f"{env['name']} has a literal value"
-                assert set(env["valueFrom"]) == {"secretKeyRef"}, env
+                if env["name"].endswith("_FILE"):
+                    assert env["value"].startswith("/etc/cache-reconciler/secrets/"), env
+                else:
+                    assert "value" not in env, f"{env['name']} has a literal value"
+                    assert set(env["valueFrom"]) == {"secretKeyRef"}, env
 
 
 def test_existing_secrets_env(rendered_ci: dict[str, Rendered]) -> None:
     spec = rendered_ci["existing-secrets-values.yaml"].deployment["spec"]["template"]["spec"]
-    env = {e["name"]: e for e in container(spec)["env"]}
-
-    def ref(name: str) -> dict[str, str]:
-        return dict(env[name]["valueFrom"]["secretKeyRef"])
-
-    assert ref("RECONCILER_KAFKA__SECURITY__SASL_PASSWORD") == {
-        "name": "cache-reconciler",
-        "key": "password",
-    }
-    # Strimzi: the user name is the KafkaUser's name, not in the Secret; it is not secret.
-    assert env["RECONCILER_KAFKA__SECURITY__SASL_USERNAME"] == {
-        "name": "RECONCILER_KAFKA__SECURITY__SASL_USERNAME",
-        "value": "cache-reconciler",
-    }
-    assert ref("RECONCILER_VALKEY__USERNAME") == {"name": "valkey-acl", "key": "reconciler-user"}
-    assert ref("RECONCILER_VALKEY__PASSWORD") == {
-        "name": "valkey-acl",
-        "key": "reconciler-password",
-    }
-    assert ref("RECONCILER_VALKEY__SENTINEL__PASSWORD") == {
-        "name": "valkey-sentinel",
-        "key": "sentinel-password",
-    }
-    assert "RECONCILER_VALKEY__SENTINEL__USERNAME" not in env  # the Sentinels' default user
-    assert ref("RECONCILER_POSTGRES__DSN") == {"name": "reconciler-postgres", "key": "DATABASE_URL"}
+    env = {e["name"]: e.get("value") for e in container(spec)["env"]}
     volumes = {v["name"]: v for v in spec["volumes"]}
+    items = {f"/etc/cache-reconciler/secrets/{i['path']}": (s["secret"]["name"], i["key"])
+             for s in volumes["secrets"]["projected"]["sources"] for i in s["secret"]["items"]}
+
+    def ref(name: str) -> tuple[str, str]:
+        return items[str(env[name])]
+
+    assert ref("RECONCILER_KAFKA__SECURITY__SASL_PASSWORD_FILE") == ("cache-reconciler",
+                                                                    "password")
+    # Strimzi: the user name is the KafkaUser's name, not in the Secret; it is not secret.
+    assert env["RECONCILER_KAFKA__SECURITY__SASL_USERNAME"] == "cache-reconciler"
+    assert ref("RECONCILER_VALKEY__USERNAME_FILE") == ("valkey-acl", "reconciler-user")
+    assert ref("RECONCILER_VALKEY__PASSWORD_FILE") == ("valkey-acl", "reconciler-password")
+    assert ref("RECONCILER_VALKEY__SENTINEL__PASSWORD_FILE") == ("valkey-sentinel",
+                                                                "sentinel-password")
+    assert "RECONCILER_VALKEY__SENTINEL__USERNAME_FILE" not in env  # the Sentinels' default
+    assert not [n for n in env if n.startswith("RECONCILER_POSTGRES")], "the worker: no DSN"
+    assert volumes["secrets"]["projected"]["defaultMode"] == 0o440
     valkey_sources = volumes["valkey-tls"]["projected"]["sources"]
     assert [s["secret"]["name"] for s in valkey_sources] == ["valkey-tls", "valkey-tls"]
     assert volumes["kafka-tls"]["projected"]["defaultMode"] == 0o440
@@ -588,12 +588,10 @@ def test_hpa_scales_on_consumer_lag(rendered_ci: dict[str, Rendered], render: Re
 
 
 def test_network_policy(rendered_ci: dict[str, Rendered]) -> None:
-    policy = rendered_ci["all-features-values.yaml"].one("NetworkPolicy")["spec"]
+    """The worker's policy in detail (one per component: test_least_privilege.py)."""
+    policy = rendered_ci["all-features-values.yaml"].one("NetworkPolicy", "-worker")["spec"]
     assert policy["policyTypes"] == ["Ingress", "Egress"]
-    assert policy["podSelector"]["matchExpressions"] == [
-        {"key": "app.kubernetes.io/component", "operator": "In",
-         "values": ["worker", "replay", "audit"]}
-    ]
+    assert policy["podSelector"] == {"matchLabels": WORKER_SELECTOR}
     (ingress,) = policy["ingress"]
     assert ingress["ports"] == [{"port": "metrics", "protocol": "TCP"}]
     assert ingress["from"][0]["podSelector"] == {
@@ -602,14 +600,16 @@ def test_network_policy(rendered_ci: dict[str, Rendered]) -> None:
     assert (
         ingress["from"][-1]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "test"
     )
-    dns, kafka, valkey, postgres, pushgateway = policy["egress"]
+    dns, kafka, valkey = policy["egress"]
     assert dns["ports"] == [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]
     assert kafka["to"][0]["podSelector"] == {"matchLabels": {"strimzi.io/cluster": "my-cluster"}}
     assert kafka["ports"] == [{"port": 9093, "protocol": "TCP"}]
     assert valkey == {
         "to": [{"ipBlock": {"cidr": "10.20.0.0/16"}}],
-        "ports": [{"port": 6380, "protocol": "TCP"}],
+        "ports": [{"port": 6380, "protocol": "TCP"}, {"port": 26380, "protocol": "TCP"}],
     }
+    audit = rendered_ci["all-features-values.yaml"].one("NetworkPolicy", "-audit")["spec"]
+    postgres, pushgateway = audit["egress"][2:]
     assert postgres == {
         "to": [{"ipBlock": {"cidr": "10.30.1.0/24"}}],
         "ports": [{"port": 5432, "protocol": "TCP"}],
@@ -619,21 +619,20 @@ def test_network_policy(rendered_ci: dict[str, Rendered]) -> None:
     assert pushgateway["ports"] == [{"port": 9091, "protocol": "TCP"}]
 
 
-def test_network_policy_without_postgres_has_no_postgres_rule(render: Render) -> None:
-    policy = render(MINIMAL, sets=["networkPolicy.enabled=true", *NETWORK_TARGETS]).one(
-        "NetworkPolicy"
-    )["spec"]
+def test_network_policy_without_destinations_is_bounded_by_ports(render: Render) -> None:
+    policy = render(MINIMAL).one("NetworkPolicy", "-worker")["spec"]
     assert [r["ports"][0]["port"] for r in policy["egress"]] == [53, 9092, 6379]
-    for rule in policy["egress"]:
-        assert rule.get("to"), "an egress rule without `to` would allow every destination"
+    dns, kafka, valkey = policy["egress"]
+    assert dns["to"], "DNS only to the cluster DNS"
+    assert "to" not in kafka and "to" not in valkey, "no destination given: any, on the port"
 
 
 def test_network_policy_open_metrics_ingress(render: Render) -> None:
     policy = render(
         MINIMAL,
         values={"networkPolicy": {"metricsIngress": {"from": []}}},
-        sets=["networkPolicy.enabled=true", *NETWORK_TARGETS],
-    ).one("NetworkPolicy")["spec"]
+        sets=[*NETWORK_TARGETS],
+    ).one("NetworkPolicy", "-worker")["spec"]
     assert policy["ingress"] == [{"ports": [{"port": "metrics", "protocol": "TCP"}]}]
 
 
@@ -698,14 +697,15 @@ def test_audit_cronjob(rendered_ci: dict[str, Rendered]) -> None:
         "--pushgateway", "http://prometheus-pushgateway.monitoring:9091",
     ]
     assert audit["resources"]["requests"] == {"cpu": "100m", "memory": "128Mi"}
-    # The worker's config, secrets and restricted security context; the DSN from its Secret.
+    # The worker's config and restricted security context; its own credentials, the DSN
+    # as a file (which secrets each pod gets: test_least_privilege.py).
     worker = rendered.deployment["spec"]["template"]
-    assert audit["env"] == container(worker["spec"])["env"]
-    assert {"name": "RECONCILER_POSTGRES__DSN", "valueFrom": {"secretKeyRef": {
-        "name": "postgres-reconciler", "key": "dsn"}}} in audit["env"]
+    assert {"name": "RECONCILER_POSTGRES__DSN_FILE",
+            "value": "/etc/cache-reconciler/secrets/postgres/dsn"} in audit["env"]
     assert audit["securityContext"] == container(worker["spec"])["securityContext"]
     assert audit["securityContext"]["readOnlyRootFilesystem"] is True
-    assert pod["spec"]["volumes"] == worker["spec"]["volumes"]
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    assert volumes["config"] == {v["name"]: v for v in worker["spec"]["volumes"]}["config"]
     assert pod["metadata"]["annotations"]["checksum/config"] == checksum(rendered)
 
 

@@ -278,13 +278,6 @@ REJECTED: list[tuple[str, list[str], list[str], dict[str, Any] | None, str]] = [
         None,
         "protocol is PLAINTEXT",
     ),
-    (
-        "network policy without Kafka",
-        ["networkPolicy.enabled=true", "networkPolicy.egress.valkey.cidrs={10.0.0.0/8}"],
-        [],
-        None,
-        "networkPolicy.egress.kafka",
-    ),
 ]
 
 

@@ -240,109 +240,108 @@ checks the relations between values. Included by the Deployment and the replay J
 {{- if and (not (include "cache-reconciler.kafkaUsesTls" .)) (or .Values.kafka.tls.ca.existingSecret .Values.kafka.tls.clientCert.existingSecret) }}
 {{- fail (printf "kafka.tls secrets are set but config.kafka.security.protocol is %s: use SSL or SASL_SSL, or drop them." $protocol) }}
 {{- end }}
-{{- if .Values.networkPolicy.enabled }}
-{{- range $target := list "kafka" "valkey" }}
-{{- $egress := index $.Values.networkPolicy.egress $target }}
-{{- if and (not $egress.cidrs) (not $egress.peers) }}
-{{- fail (printf "networkPolicy.enabled: set networkPolicy.egress.%s.cidrs or .peers, or the workers cannot reach %s." $target $target) }}
 {{- end }}
-{{- end }}
-{{- end }}
+
+{{- define "cache-reconciler.secretsDir" -}}/etc/cache-reconciler/secrets{{- end }}
+
+{{/*
+What each component talks to. worker and replay: Kafka and Valkey; audit: Valkey and
+PostgreSQL (and the Pushgateway). Argument: the component's name. Prints YAML.
+*/}}
+{{- define "cache-reconciler.uses" -}}
+kafka: {{ ne . "audit" }}
+valkey: true
+postgres: {{ eq . "audit" }}
 {{- end }}
 
 {{/*
-Environment of the reconciler container: the config path, and every credential from an
-existing Secret by secretKeyRef (never a literal value).
+The credentials a component gets, as files of its `secrets` volume, each named to the
+reconciler by a `*_FILE` setting: [{env, path, secret, key}], under `files:`. Only what
+the component uses: the worker and replay pods never get the PostgreSQL DSN, the audit
+pods never get Kafka's credentials. Argument: (dict "root" $ "component" NAME).
+*/}}
+{{- define "cache-reconciler.secretFiles" -}}
+{{- $root := .root }}
+{{- $uses := include "cache-reconciler.uses" .component | fromYaml }}
+{{- $files := list }}
+{{- with $root.Values.kafka.sasl }}
+{{- if and $uses.kafka .existingSecret (include "cache-reconciler.kafkaUsesSasl" $root) }}
+{{- if .usernameKey }}
+{{- $files = append $files (dict "env" "RECONCILER_KAFKA__SECURITY__SASL_USERNAME_FILE" "path" "kafka/sasl-username" "secret" .existingSecret "key" .usernameKey) }}
+{{- end }}
+{{- $files = append $files (dict "env" "RECONCILER_KAFKA__SECURITY__SASL_PASSWORD_FILE" "path" "kafka/sasl-password" "secret" .existingSecret "key" .passwordKey) }}
+{{- end }}
+{{- end }}
+{{- range $auth := list (list .root.Values.valkey.auth "VALKEY" "valkey/") (list .root.Values.valkey.sentinelAuth "VALKEY__SENTINEL" "valkey/sentinel-") }}
+{{- $values := index $auth 0 }}
+{{- if and $uses.valkey $values.existingSecret }}
+{{- if $values.usernameKey }}
+{{- $files = append $files (dict "env" (printf "RECONCILER_%s__USERNAME_FILE" (index $auth 1)) "path" (printf "%susername" (index $auth 2)) "secret" $values.existingSecret "key" $values.usernameKey) }}
+{{- end }}
+{{- $files = append $files (dict "env" (printf "RECONCILER_%s__PASSWORD_FILE" (index $auth 1)) "path" (printf "%spassword" (index $auth 2)) "secret" $values.existingSecret "key" $values.passwordKey) }}
+{{- end }}
+{{- end }}
+{{- with $root.Values.postgres }}
+{{- if and $uses.postgres .existingSecret }}
+{{- $files = append $files (dict "env" "RECONCILER_POSTGRES__DSN_FILE" "path" "postgres/dsn" "secret" .existingSecret "key" .dsnKey) }}
+{{- end }}
+{{- end }}
+{{- toYaml (dict "files" $files) }}
+{{- end }}
+
+{{/*
+Environment of the reconciler container: the config path and where each credential's
+file is; never a credential (a Kafka SASL user name given as plain text in
+`kafka.sasl.username` aside: it is not secret). Argument: (dict "root" $ "component" NAME).
 */}}
 {{- define "cache-reconciler.env" -}}
+{{- $root := .root }}
+{{- $uses := include "cache-reconciler.uses" .component | fromYaml }}
 - name: RECONCILER_CONFIG
-  value: {{ include "cache-reconciler.configPath" . | quote }}
-{{- with .Values.kafka.sasl }}
-{{- if and .existingSecret (include "cache-reconciler.kafkaUsesSasl" $) }}
-{{- if .usernameKey }}
-- name: RECONCILER_KAFKA__SECURITY__SASL_USERNAME
-  valueFrom:
-    secretKeyRef:
-      name: {{ .existingSecret | quote }}
-      key: {{ .usernameKey | quote }}
-{{- else }}
+  value: {{ include "cache-reconciler.configPath" $root | quote }}
+{{- with $root.Values.kafka.sasl }}
+{{- if and $uses.kafka .existingSecret (not .usernameKey) (include "cache-reconciler.kafkaUsesSasl" $root) }}
 - name: RECONCILER_KAFKA__SECURITY__SASL_USERNAME
   value: {{ .username | quote }}
 {{- end }}
-- name: RECONCILER_KAFKA__SECURITY__SASL_PASSWORD
-  valueFrom:
-    secretKeyRef:
-      name: {{ .existingSecret | quote }}
-      key: {{ .passwordKey | quote }}
 {{- end }}
+{{- range (include "cache-reconciler.secretFiles" . | fromYaml).files }}
+- name: {{ .env }}
+  value: {{ printf "%s/%s" (include "cache-reconciler.secretsDir" $root) .path | quote }}
 {{- end }}
-{{- with .Values.valkey.auth }}
-{{- if .existingSecret }}
-{{- if .usernameKey }}
-- name: RECONCILER_VALKEY__USERNAME
-  valueFrom:
-    secretKeyRef:
-      name: {{ .existingSecret | quote }}
-      key: {{ .usernameKey | quote }}
-{{- end }}
-- name: RECONCILER_VALKEY__PASSWORD
-  valueFrom:
-    secretKeyRef:
-      name: {{ .existingSecret | quote }}
-      key: {{ .passwordKey | quote }}
-{{- end }}
-{{- end }}
-{{- with .Values.valkey.sentinelAuth }}
-{{- if .existingSecret }}
-{{- if .usernameKey }}
-- name: RECONCILER_VALKEY__SENTINEL__USERNAME
-  valueFrom:
-    secretKeyRef:
-      name: {{ .existingSecret | quote }}
-      key: {{ .usernameKey | quote }}
-{{- end }}
-- name: RECONCILER_VALKEY__SENTINEL__PASSWORD
-  valueFrom:
-    secretKeyRef:
-      name: {{ .existingSecret | quote }}
-      key: {{ .passwordKey | quote }}
-{{- end }}
-{{- end }}
-{{- with .Values.postgres }}
-{{- if .existingSecret }}
-- name: RECONCILER_POSTGRES__DSN
-  valueFrom:
-    secretKeyRef:
-      name: {{ .existingSecret | quote }}
-      key: {{ .dsnKey | quote }}
-{{- end }}
-{{- end }}
-{{- with .Values.extraEnv }}
+{{- with $root.Values.extraEnv }}
 {{ toYaml . }}
 {{- end }}
 {{- end }}
 
-{{/* Volume mounts of the reconciler container. */}}
+{{/* Volume mounts of the reconciler container. Argument: (dict "root" $ "component" NAME). */}}
 {{- define "cache-reconciler.volumeMounts" -}}
+{{- $root := .root }}
+{{- $uses := include "cache-reconciler.uses" .component | fromYaml }}
 - name: config
-  mountPath: {{ include "cache-reconciler.configDir" . }}
+  mountPath: {{ include "cache-reconciler.configDir" $root }}
   readOnly: true
 - name: shard-map
-  mountPath: {{ include "cache-reconciler.shardMapDir" . }}
+  mountPath: {{ include "cache-reconciler.shardMapDir" $root }}
   readOnly: true
 - name: tmp
   mountPath: /tmp
-{{- if or .Values.kafka.tls.ca.existingSecret .Values.kafka.tls.clientCert.existingSecret }}
+{{- if (include "cache-reconciler.secretFiles" . | fromYaml).files }}
+- name: secrets
+  mountPath: {{ include "cache-reconciler.secretsDir" $root }}
+  readOnly: true
+{{- end }}
+{{- if and $uses.kafka (or $root.Values.kafka.tls.ca.existingSecret $root.Values.kafka.tls.clientCert.existingSecret) }}
 - name: kafka-tls
-  mountPath: {{ include "cache-reconciler.kafkaTlsDir" . }}
+  mountPath: {{ include "cache-reconciler.kafkaTlsDir" $root }}
   readOnly: true
 {{- end }}
-{{- if or .Values.valkey.tls.ca.existingSecret .Values.valkey.tls.clientCert.existingSecret }}
+{{- if or $root.Values.valkey.tls.ca.existingSecret $root.Values.valkey.tls.clientCert.existingSecret }}
 - name: valkey-tls
-  mountPath: {{ include "cache-reconciler.valkeyTlsDir" . }}
+  mountPath: {{ include "cache-reconciler.valkeyTlsDir" $root }}
   readOnly: true
 {{- end }}
-{{- with .Values.extraVolumeMounts }}
+{{- with $root.Values.extraVolumeMounts }}
 {{ toYaml . }}
 {{- end }}
 {{- end }}
@@ -376,30 +375,46 @@ names: ca.crt, tls.crt, tls.key.
       {{- end }}
 {{- end }}
 
-{{/* Volumes of the worker and replay pods. */}}
+{{/* Volumes of the reconciler pods. Argument: (dict "root" $ "component" NAME). */}}
 {{- define "cache-reconciler.volumes" -}}
+{{- $root := .root }}
+{{- $uses := include "cache-reconciler.uses" .component | fromYaml }}
 - name: config
   configMap:
-    name: {{ include "cache-reconciler.configMapName" . }}
+    name: {{ include "cache-reconciler.configMapName" $root }}
 # The shard map is mounted as a whole directory, never with subPath: the kubelet
 # updates a directory mount in place (atomically, through the ..data symlink), so the
 # workers reload a new shard map without a restart. A subPath mount never updates.
 - name: shard-map
   configMap:
-    name: {{ include "cache-reconciler.shardMapConfigMapName" . }}
+    name: {{ include "cache-reconciler.shardMapConfigMapName" $root }}
     items:
-      - key: {{ .Values.shardMap.fileName | quote }}
-        path: {{ .Values.shardMap.fileName | quote }}
+      - key: {{ $root.Values.shardMap.fileName | quote }}
+        path: {{ $root.Values.shardMap.fileName | quote }}
 - name: tmp
   emptyDir:
-    sizeLimit: {{ .Values.tmpSizeLimit }}
-{{- if or .Values.kafka.tls.ca.existingSecret .Values.kafka.tls.clientCert.existingSecret }}
-{{ include "cache-reconciler.tlsVolume" (list "kafka-tls" .Values.kafka.tls) }}
+    sizeLimit: {{ $root.Values.tmpSizeLimit }}
+{{- with (include "cache-reconciler.secretFiles" . | fromYaml).files }}
+# The credentials this component uses, one file each, readable by the pod's group only.
+- name: secrets
+  projected:
+    defaultMode: 0440
+    sources:
+      {{- range . }}
+      - secret:
+          name: {{ .secret | quote }}
+          items:
+            - key: {{ .key | quote }}
+              path: {{ .path | quote }}
+      {{- end }}
 {{- end }}
-{{- if or .Values.valkey.tls.ca.existingSecret .Values.valkey.tls.clientCert.existingSecret }}
-{{ include "cache-reconciler.tlsVolume" (list "valkey-tls" .Values.valkey.tls) }}
+{{- if and $uses.kafka (or $root.Values.kafka.tls.ca.existingSecret $root.Values.kafka.tls.clientCert.existingSecret) }}
+{{ include "cache-reconciler.tlsVolume" (list "kafka-tls" $root.Values.kafka.tls) }}
 {{- end }}
-{{- with .Values.extraVolumes }}
+{{- if or $root.Values.valkey.tls.ca.existingSecret $root.Values.valkey.tls.clientCert.existingSecret }}
+{{ include "cache-reconciler.tlsVolume" (list "valkey-tls" $root.Values.valkey.tls) }}
+{{- end }}
+{{- with $root.Values.extraVolumes }}
 {{ toYaml . }}
 {{- end }}
 {{- end }}
