@@ -10,18 +10,20 @@ being migrated lately, every op gets a call of its own: see `routing` for why.
 from __future__ import annotations
 
 import logging
+from binascii import crc_hqx
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from connectors.valkey.protocols import OP_DELETE, OP_VERSIONED
+from connectors.valkey.protocols import OP_DELETE, OP_SNAPSHOT, OP_VERSIONED
 from connectors.valkey.routing import Call
 from connectors.valkey.shard import APPLY_CHUNK
-from connectors.valkey.topology import slot_of
+from connectors.valkey.topology import SLOTS, slot_of
 
 log = logging.getLogger(__name__)
 
 _FCALL = b"FCALL"  # the command, pre-encoded
+_SLOT_MASK = SLOTS - 1  # the hash slot of a key without a {tag}: CRC16 & 16383
 _REPAIRED = [b"repaired"]  # the answer of a lone op stopped after removing a value
 
 
@@ -31,7 +33,8 @@ def apply_calls(keys: Sequence[str], ops: Sequence[str], versions: Sequence[int]
     """The calls applying `ops[i]` at `versions[i]` to `keys[i]` (see the module)."""
     slots: dict[int, dict[str, list[int]]] = {}
     for index, key in enumerate(keys):
-        slot = slot_of(key)
+        raw = key.encode()
+        slot = slot_of(key) if b"{" in raw else crc_hqx(raw, 0) & _SLOT_MASK  # CRC16 in C
         by_key = slots.get(slot)
         if by_key is None:
             by_key = slots[slot] = {}
@@ -73,6 +76,11 @@ class Batch:
     def call(self, slot: int, positions: list[int], op: str | None = None) -> Call:
         """The ops at `positions` (all of one slot), in order; `op` instead of theirs."""
         keys, ops, versions = self.keys, self.ops, self.versions
+        if len(positions) == 1:  # most calls: a key alone in its slot
+            index = positions[0]
+            return Call(slot, (_FCALL, self.function, 1, keys[index], self.fence_ttl_ms,
+                               op or ops[index], versions[index]), positions,
+                        recover=self._recover)
         pairs: list[Any] = []
         for index in positions:
             pairs += (op or ops[index], versions[index])
@@ -90,8 +98,10 @@ class Batch:
         stops there only after deleting the key's value to write its fence: it is
         `repaired`, and what is left — the fence (a delete's, or `v` for a change or a
         snapshot) — is written where the key now lives (ASK). Several ops: what ran
-        before the stop stays; every op is sent again, one a call (idempotent; one
-        that had removed a value may now answer `absent`)."""
+        before the stop stays; every op is sent again, one a call, a snapshot read as a
+        change (every key was there when the call started, so the two differ only for
+        the one whose value the stopped op removed: it gets its fence). Idempotent; an
+        op that had removed a value now answers `absent` rather than `repaired`."""
         if len(call.tag) == 1:
             index = call.tag[0]
             rest = self.call(call.slot, [index], OP_DELETE if self.ops[index] == OP_DELETE
@@ -102,4 +112,5 @@ class Batch:
                     "slot %d, being migrated; sending its ops again one by one",
                     self.shard, len(call.tag), call.slot)
         self.stats["partial"] += 1
-        return self._split(call)
+        return [self.call(call.slot, [index], OP_VERSIONED if self.ops[index] == OP_SNAPSHOT
+                          else None) for index in call.tag]
