@@ -340,6 +340,17 @@ def test_shard_map_content_is_the_document(render: Render) -> None:
     assert shard_map["ranges"][1] == {"from": 501, "to": 1000, "shard": "b"}
 
 
+def test_a_cluster_shard_reaches_the_shard_map(render: Render) -> None:
+    seeds = ["valkeys://cache-c-0.cache.svc:6379", "valkeys://cache-c-1.cache.svc:6379"]
+    rendered = render(MINIMAL, values={
+        "valkey": {"tls": {"ca": {"existingSecret": "valkey-ca"}}},
+        "shardMap": {"content": {"shards": {"a": {"url": "valkeys://valkey-a:6380/0"},
+                                            "b": {"url": "valkeys://valkey-b:6380/0"},
+                                            "c": {"cluster": seeds}}}}})
+    shard_map = yaml.safe_load(rendered.one("ConfigMap", "-shard-map")["data"]["shard_map.yaml"])
+    assert shard_map["shards"]["c"] == {"cluster": seeds}
+
+
 @pytest.mark.parametrize("values_file", VALUES_FILES, ids=values_id)
 def test_shard_map_is_a_directory_mount(
     rendered_ci: dict[str, Rendered], values_file: Path | None

@@ -178,6 +178,38 @@ REJECTED: list[tuple[str, list[str], list[str], dict[str, Any] | None, str]] = [
         "/shardMap/content/shards/c/sentinel/0",
     ),
     (
+        "credentials in a cluster seed URL",
+        [],
+        [],
+        {"shardMap": {"content": {"shards": {"b": {
+            "cluster": ["valkey://cache-b-0:6379", "valkey://:hunter2@cache-b-1:6379"]}}}}},
+        "/shardMap/content/shards/b/cluster/1",
+    ),
+    (
+        "a cluster seed naming a database",
+        [],
+        [],
+        {"shardMap": {"content": {"shards": {"b": {"cluster": ["valkey://cache-b-0:6379/3"]}}}}},
+        "/shardMap/content/shards/b/cluster/0",
+    ),
+    (
+        "a shard both standalone and a cluster",
+        [],
+        [],
+        {"shardMap": {"content": {"shards": {"b": {
+            "url": "valkey://cache-b-0:6379/0", "cluster": ["valkey://cache-b-0:6379"]}}}}},
+        "/shardMap/content/shards/b",
+    ),
+    (
+        "Valkey TLS with plain cluster seeds",
+        ["valkey.tls.ca.existingSecret=valkey-ca"],
+        [],
+        {"shardMap": {"content": {"shards": {
+            "a": {"url": "valkeys://valkey-a:6380/0"}, "b": {"url": "valkeys://valkey-b:6380/0"},
+            "c": {"cluster": ["valkey://cache-c-0:6379"]}}}}},
+        "valkey.tls is set but shard c is valkey://cache-c-0:6379",
+    ),
+    (
         "a Sentinel shard without its service",
         [],
         [],
