@@ -28,6 +28,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from valkey import exceptions as vx
+from valkey.crc import key_slot
 
 from connectors.errors import ValkeyRejected, ValkeyUnavailable
 from connectors.valkey.calls import apply_calls
@@ -234,7 +235,7 @@ class ClusterShard:
     def _unlink(self, keys: list[bytes]) -> int:
         by_slot: dict[int, list[bytes]] = {}
         for key in keys:
-            by_slot.setdefault(slot_of(key.decode("utf-8", "surrogateescape")), []).append(key)
+            by_slot.setdefault(key_slot(key), []).append(key)  # bytes, as SCAN gave them
 
         def split(call: Call) -> list[Call]:
             return [Call(call.slot, (_UNLINK, key)) for key in call.args[1:]]
