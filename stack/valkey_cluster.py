@@ -9,16 +9,14 @@ i``, all below the ephemeral range. Each node keeps its ``nodes.conf`` (and, whe
 started with ``appendonly``, its AOF) in ``.stack/valkey-cluster/<port>/``.
 
 ``up`` while every node runs is a no-op; with none running it makes a fresh cluster
-(the folders wiped: a cache, and a cluster that cannot half-remember an old layout);
-with some running it restarts the others, which rejoin from their ``nodes.conf``.
+(the folders wiped: a cache, and no half-remembered layout); with some running it
+restarts the others, which rejoin from their ``nodes.conf``. The default user is open
+(as on valkey-a/b); ``stack.security``'s ACL users exist on every node too (the
+reconciler's with the cluster's extra commands), for the credential tests.
 
-The default user is open (as on valkey-a/b); the ACL users of ``stack.security``
-(``reconciler`` with the cluster's extra commands, ``audit``, ``admin``) exist on every
-node too, for the credential tests.
-
-The helpers below (`kill_node`, `start_node`, `failover`, `SlotMigration`, `reshard`)
-are what the cluster tests use to fail and move things; `command` is a minimal RESP
-client, so this module needs only the standard library.
+The helpers below (`kill_node`, `start_node`, `failover`, `wait_primary`, `reshard`,
+`SlotMigration`) are what the cluster tests fail and move things with; `command` is a
+minimal RESP client: this module needs only the standard library.
 """
 
 from __future__ import annotations
@@ -45,6 +43,7 @@ from stack.process import (
     ensure_port_free,
     log,
     pid_alive,
+    port_open,
     read_pid,
     spawn,
     terminate,
@@ -279,6 +278,7 @@ def start_node(port: int, *, appendonly: bool = False) -> None:
 
 def stop_node(port: int) -> None:
     terminate(node_name(port), timeout=STOP_TIMEOUT)
+    _released(port)
 
 
 def kill_node(port: int) -> None:
@@ -288,24 +288,30 @@ def kill_node(port: int) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
         terminate(node_name(port), timeout=STOP_TIMEOUT)
+    _released(port)
+
+
+def _released(port: int) -> None:
+    """Wait until nothing listens on `port`: a killed server's main thread is a zombie
+    (dead, for `pid_alive`) a moment before its other threads let the socket go."""
+    deadline = time.monotonic() + STOP_TIMEOUT
+    while port_open(port) and time.monotonic() < deadline:
+        time.sleep(0.02)
 
 
 def failover(replica_port: int, *, timeout: float = FORM_TIMEOUT) -> None:
-    """CLUSTER FAILOVER on a replica (its primary must be up; use `kill_node` for the
-    other kind): it becomes the primary of its slots, the old primary its replica."""
+    """CLUSTER FAILOVER on a replica (its primary must be up; `kill_node` is the other
+    kind): it becomes the primary of its slots, the old primary its replica."""
     command(replica_port, "CLUSTER", "FAILOVER")
-    wait_for(f"{NAME} failover to {replica_port}",
-             lambda: info(replica_port, "replication").get("role") == "master",
-             LOG_DIR / f"{node_name(replica_port)}.log", timeout=timeout)
-    healthy(timeout)
+    wait_primary(replica_port, timeout)
 
 
-def wait_promoted(replica_port: int, timeout: float = FORM_TIMEOUT) -> None:
-    """Wait until the replica on `replica_port` serves as a primary (after its primary
-    was killed) and the cluster is whole again."""
-    wait_for(f"{NAME} promotion of {replica_port}",
-             lambda: info(replica_port, "replication").get("role") == "master",
-             LOG_DIR / f"{node_name(replica_port)}.log", timeout=timeout)
+def wait_primary(port: int, timeout: float = FORM_TIMEOUT) -> None:
+    """Wait until the node on `port` is a primary (a failover, or its primary killed and
+    cluster-node-timeout over) and the cluster is whole again."""
+    wait_for(f"{NAME} node {port} as a primary",
+             lambda: info(port, "replication").get("role") == "master",
+             LOG_DIR / f"{node_name(port)}.log", timeout=timeout)
     healthy(timeout)
 
 
