@@ -3,9 +3,10 @@
 #
 # Runs the same pip commands as the Dockerfile's builder and runtime stages, in fresh
 # virtualenvs under a temporary directory: build the dependency wheels from
-# requirements/constraints.txt (binary only) and the project's wheel with the pinned
-# backend from requirements/build.txt; install them offline with --no-deps into a clean
-# "runtime" virtualenv; pip check; remove the installers as the image does; then run the
+# requirements/constraints.txt (binary only, each checked against the lock's sha256) and
+# the project's wheel with the pinned backend from requirements/build.txt (hash-checked
+# too); install them offline with --no-deps into a clean "runtime" virtualenv, the
+# locked set by hash; pip check; remove the installers as the image does; then run the
 # image's entrypoint (`reconciler --help`, `reconciler run --help`) and
 # `python -m reconciler --help` from outside the source tree. A wrong package name, a
 # missing pin or a broken entry point fails here as it would fail the image.
@@ -13,9 +14,9 @@
 #   scripts/check-image.sh            # PYTHON=python3.11 to choose the interpreter
 #   KEEP=1 scripts/check-image.sh     # keep the work directory for inspection
 #
-# What it cannot check: the base image itself (Debian packages, the image's Python
-# patch release), the USER/ENTRYPOINT/EXPOSE metadata and the layer cache; those need
-# `docker build` (see the Dockerfile's header).
+# What it cannot check: the base image itself (its digest, Debian packages, the image's
+# Python patch release), the USER/ENTRYPOINT/EXPOSE metadata and the layer cache; those
+# need `docker build` (see the Dockerfile's header).
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -51,18 +52,20 @@ step "builder: $("$python" --version)"
 builder_pip="$work/builder/bin/pip"
 (
   cd "$work/src"
-  "$builder_pip" install --no-cache-dir --requirement requirements/build.txt
-  "$builder_pip" wheel --no-cache-dir --no-deps --only-binary=:all: \
+  "$builder_pip" install --no-cache-dir --require-hashes --requirement requirements/build.txt
+  "$builder_pip" wheel --no-cache-dir --no-deps --only-binary=:all: --require-hashes \
     --wheel-dir "$work/wheels" --requirement requirements/constraints.txt
   "$builder_pip" wheel --no-cache-dir --no-deps --no-build-isolation --wheel-dir "$work/wheels" .
 )
 ls "$work/wheels"
 
 # ---- runtime stage (Dockerfile: FROM ... AS runtime)
-step "runtime: offline install of exactly the built wheels"
+step "runtime: offline install of exactly the built wheels, the locked ones by hash"
 "$python" -m venv "$work/runtime"
 runtime="$work/runtime/bin"
-"$runtime/pip" install --no-cache-dir --no-index --no-deps "$work/wheels"/*.whl
+"$runtime/pip" install --no-cache-dir --no-index --no-deps --require-hashes \
+  --find-links "$work/wheels" --requirement "$work/src/requirements/constraints.txt"
+"$runtime/pip" install --no-cache-dir --no-index --no-deps "$work/wheels"/cache_reconciler-*.whl
 "$runtime/pip" check
 "$runtime/pip" uninstall --yes pip setuptools wheel
 
@@ -77,10 +80,10 @@ def canon(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 wanted = {}
-for line in open(sys.argv[1]):
+for line in re.sub(r"\\\n", " ", open(sys.argv[1]).read()).splitlines():
     line = line.split("#", 1)[0].strip()
     if line:
-        name, _, version = line.partition("==")
+        name, _, version = line.split()[0].partition("==")
         wanted[canon(name)] = version
 installed = {canon(d.metadata["Name"]): d.version for d in metadata.distributions()}
 installed.pop("cache-reconciler", None) or sys.exit("check-image: cache-reconciler not installed")

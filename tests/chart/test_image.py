@@ -51,15 +51,61 @@ def test_hadolint_is_clean() -> None:
     assert out.returncode == 0, out.stdout + out.stderr
 
 
-def test_multi_stage_on_a_pinned_python() -> None:
+def test_multi_stage_on_a_python_pinned_by_digest() -> None:
+    """A tag moves (every rebuild of the Debian base); a digest does not: both stages
+    start from the same multi-arch image index, named by its sha256."""
     found = instructions()
     args = dict(a.split("=", 1) for w, a in found if w == "ARG" and "=" in a)
     assert re.fullmatch(r"3\.11\.\d+", args["PYTHON_VERSION"]), "pin the Python patch release"
+    assert re.fullmatch(r"sha256:[0-9a-f]{64}", args["PYTHON_DIGEST"]), "pin the base by digest"
     froms = [a for w, a in found if w == "FROM"]
     assert froms == [
-        "python:${PYTHON_VERSION}-slim-bookworm AS builder",
-        "python:${PYTHON_VERSION}-slim-bookworm AS runtime",
+        "python:${PYTHON_VERSION}-slim-bookworm@${PYTHON_DIGEST} AS builder",
+        "python:${PYTHON_VERSION}-slim-bookworm@${PYTHON_DIGEST} AS runtime",
     ]
+    labels = " ".join(a for w, a in runtime_stage() if w == "LABEL")
+    assert 'org.opencontainers.image.base.digest="${PYTHON_DIGEST}"' in labels
+
+
+def lock_entries(path: Path) -> dict[str, tuple[str, list[str]]]:
+    """{canonical name: (version, [sha256 hashes])} of a pip-compile'd requirements file."""
+    text = re.sub(r"\\\n", " ", path.read_text())
+    entries: dict[str, tuple[str, list[str]]] = {}
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        requirement, *options = line.split()
+        name, _, version = requirement.partition("==")
+        assert version, f"{path.name}: not an exact pin: {requirement}"
+        hashes = [o.removeprefix("--hash=sha256:") for o in options if o.startswith("--hash=")]
+        entries[canonicalize_name(name)] = (version, hashes)
+    return entries
+
+
+@pytest.mark.parametrize("name", ["constraints.txt", "build.txt"])
+def test_the_lock_carries_a_hash_for_every_pin(name: str) -> None:
+    entries = lock_entries(ROOT / "requirements" / name)
+    assert entries
+    for package, (version, hashes) in entries.items():
+        assert hashes, f"{name}: {package}=={version} has no --hash: run scripts/lock.sh"
+        assert all(re.fullmatch(r"[0-9a-f]{64}", h) for h in hashes), (package, hashes)
+
+
+def test_every_pip_install_of_the_image_checks_hashes() -> None:
+    """The builder downloads only files whose sha256 the lock names; the runtime installs
+    the lock's wheels by hash too, and only the project's own wheel (built from this
+    source tree) without."""
+    runs = [a for w, a in instructions() if w == "RUN"]
+    for command in runs:
+        for part in re.split(r"&&", command):
+            if re.search(r"\bpip (install|wheel)\b", part) and "--requirement" in part:
+                assert "--require-hashes" in part, part
+    runtime = " ".join(a for w, a in runtime_stage() if w == "RUN")
+    assert re.search(r"pip install [^&]*--require-hashes[^&]*requirements/constraints\.txt",
+                     runtime), runtime
+    script = (ROOT / "scripts" / "check-image.sh").read_text()
+    assert script.count("--require-hashes") >= 3, "check-image.sh runs the same installs"
 
 
 def test_runtime_installs_the_builders_wheels_offline() -> None:
@@ -123,13 +169,8 @@ def test_build_context_holds_what_the_dockerfile_copies() -> None:
 
 def test_constraints_pin_every_runtime_dependency() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    pins: dict[str, str] = {}
-    for line in (ROOT / "requirements" / "constraints.txt").read_text().splitlines():
-        line = line.split("#", 1)[0].strip()
-        if line:
-            name, _, version = line.partition("==")
-            assert version, f"not an exact pin: {line}"
-            pins[canonicalize_name(name)] = version
+    pins = {name: version for name, (version, _) in
+            lock_entries(ROOT / "requirements" / "constraints.txt").items()}
     for dependency in project["dependencies"]:
         requirement = Requirement(dependency)
         name = canonicalize_name(requirement.name)
@@ -143,8 +184,8 @@ def test_constraints_pin_every_runtime_dependency() -> None:
             assert any(p.startswith(name) and p != name for p in pins), (
                 f"{requirement}: what its extras pull in is not pinned"
             )
-    build = (ROOT / "requirements" / "build.txt").read_text()
-    assert re.search(r"^setuptools==\d", build, re.M) and re.search(r"^wheel==\d", build, re.M)
+    assert {"setuptools", "wheel"} <= set(lock_entries(ROOT / "requirements" / "build.txt"))
+
 
 
 @pytest.mark.parametrize("script", ["check-image.sh", "lock.sh", "install-helm.sh"])
