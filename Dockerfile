@@ -16,7 +16,8 @@
 # rebuilt and moves; a digest does not), and every pip install of a requirements file
 # runs with --require-hashes, so only files whose sha256 the lock names are installed:
 # the build backend (requirements/build.txt), the dependencies downloaded by the builder,
-# and the same wheels again in the runtime.
+# and the same wheels again in the runtime. scripts/test scans the lock for known
+# vulnerabilities (scripts/audit-deps).
 #
 # The digest is that of the multi-arch image index of python:3.11.16-slim-bookworm built
 # on 2026-09-01. To move to a newer base, take the index digest from the registry

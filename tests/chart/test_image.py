@@ -187,12 +187,27 @@ def test_constraints_pin_every_runtime_dependency() -> None:
     assert {"setuptools", "wheel"} <= set(lock_entries(ROOT / "requirements" / "build.txt"))
 
 
+def test_scripts_test_scans_the_lock_for_known_vulnerabilities() -> None:
+    """scripts/test runs the scan before the tests, so a vulnerable pin (or an advisory
+    source it cannot reach) stops the run."""
+    script = (ROOT / "scripts" / "test").read_text()
+    commands = [line.strip() for line in script.splitlines()
+                if line.strip() and not line.lstrip().startswith("#")]
+    scan = next((i for i, c in enumerate(commands) if "scripts/audit-deps" in c), None)
+    tests = next(i for i, c in enumerate(commands) if "-m pytest" in c)
+    assert scan is not None and scan < tests, "scripts/test must run scripts/audit-deps"
+    assert "||" not in commands[scan] and "set -euo pipefail" in script, "a failed scan fails"
 
-@pytest.mark.parametrize("script", ["check-image.sh", "lock.sh", "install-helm.sh"])
+
+@pytest.mark.parametrize("script", ["check-image.sh", "lock.sh", "install-helm.sh",
+                                    "audit-deps"])
 def test_scripts_parse(script: str) -> None:
     path = ROOT / "scripts" / script
     assert path.stat().st_mode & 0o111, f"{script} is not executable"
-    out = subprocess.run(["bash", "-n", str(path)], capture_output=True, text=True, check=False)
+    check = (["bash", "-n"] if path.read_text().startswith("#!/usr/bin/env bash")
+             else [sys.executable, "-c", "import sys; compile(open(sys.argv[1]).read(), "
+                   "sys.argv[1], 'exec')"])
+    out = subprocess.run([*check, str(path)], capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stderr
 
 
