@@ -1,4 +1,4 @@
-"""`python -m bench throughput|latency|backlog [options]` (see docs/benchmarks.md)."""
+"""`python -m bench throughput|latency|backlog|planning [options]` (see docs/benchmarks.md)."""
 
 from __future__ import annotations
 
@@ -46,16 +46,30 @@ def main(argv: list[str] | None = None) -> int:
     bl.add_argument("--compression", default="lz4")
     bl.add_argument("--seed", type=int, default=1)
 
+    plan = sub.add_parser("planning", help="the worst-case time to plan one record: "
+                          "recorded, largest accepted, hostile (no stack needed)")
+    plan.add_argument("--repeat", type=int, default=5, help="runs per record (min is shown)")
+    plan.add_argument("--limit", type=float, default=20.0,
+                      help="seconds after which a record is stopped and larger ones skipped")
+    plan.add_argument("--case", action="append", default=None,
+                      help="only this case (repeatable; default: all)")
+
     for command in (tp, bl):
         command.add_argument("--worker-client", metavar="PROPERTY=VALUE", action="append",
                              default=[], help="an extra librdkafka property in the worker's "
                              "kafka.client (and the ceiling with the worker's settings); "
                              "repeatable")
-    for command in (tp, lat, bl):
+    for command in (tp, lat, bl, plan):
         command.add_argument("--worker-ref", metavar="GIT_REF",
                              help="measure the worker code of this commit (extracted with "
                                   "git archive) instead of the working tree")
     args = parser.parse_args(argv)
+    if args.kind == "planning":
+        from bench.planning import run_planning
+
+        run_planning(worker_ref=args.worker_ref, repeat=args.repeat, limit=args.limit,
+                     out_dir=args.out_dir, cases=args.case)
+        return 0
     endpoints = Endpoints.load()
     if args.kind == "throughput":
         from bench.throughput import Options, run_throughput
