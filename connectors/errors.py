@@ -4,6 +4,8 @@ The tree::
 
     ConnectorError                  root: everything raised on purpose by `connectors`
     ├── DecodeError                 a record that cannot be decoded: poison, dead-letter it
+    │   └── ValueTooLarge           a column value past a cap (debezium.values): it names
+    │                               no key and is not converted
     ├── PayloadError                a cached payload the writer helper cannot decode
     │                               (unknown codec marker, corrupt bytes): treat as a miss
     └── ValkeyShardError            a Valkey shard failed a command (.shard, .command)

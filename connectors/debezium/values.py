@@ -7,7 +7,10 @@ Keys are built by applications from the values they read (``post:42``, not
 ``post:42.0``), so each value is formatted back to that canonical text here.
 
 ``format_value`` returns ``None`` for a value that cannot name a key: the TOAST
-placeholder (unknown, never a value), SQL NULL, nested structures.
+placeholder (unknown, never a value), SQL NULL, nested structures. It raises
+``ValueTooLarge`` for one past the caps below, before any work on it: converting a
+decimal's bytes to digits (``Decimal(int)``) takes time quadratic in their number —
+400 KB of them took 19 s — and no cache key is that long anyway.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import binascii
 import datetime as dt
 from decimal import Decimal
 from typing import Any
+
+from connectors.errors import DecodeError
 
 UNAVAILABLE = "__debezium_unavailable_value"  # Debezium's stand-in for an unchanged TOASTed column
 
@@ -37,8 +42,19 @@ HINTS = {  # column_types hints in the config (topics without embedded schemas)
 EPOCH_DATE = dt.date(1970, 1, 1)
 EPOCH = dt.datetime(1970, 1, 1)
 MAX_EXPONENT = 16383  # Postgres numeric's largest scale: a larger exponent is not a Postgres value
+MAX_VALUE_CHARS = 1024  # a key column's text (as sent, and as formatted) past this names no key
+MAX_DECIMAL_BYTES = 512  # a decimal's unscaled bytes (~1,233 digits) past this are never converted
 
 LogicalType = tuple[str, int]  # (schema name, decimal scale or 0)
+
+
+class ValueTooLarge(DecodeError):
+    """A column value past a cap: it names no key, and is not converted."""
+
+    def __init__(self, what: str, size: int, unit: str, cap: int, cap_name: str) -> None:
+        super().__init__(f"{what} of {size:,} {unit}, more than {cap_name} ({cap:,})")
+        self.size = size
+        self.cap = cap
 
 
 def hint_type(hint: str) -> LogicalType:
@@ -54,6 +70,11 @@ def format_value(value: Any, logical: LogicalType | None) -> str | None:
     if kind is int and logical is None:  # the hot path: bigint ids and neighbourhoods
         return str(value)
     if kind is str:
+        if len(value) > MAX_VALUE_CHARS:
+            what = "a decimal (base64)" if logical is not None and logical[0] == DECIMAL else (
+                "a string")
+            raise ValueTooLarge(what, len(value), "characters", MAX_VALUE_CHARS,
+                                "MAX_VALUE_CHARS")
         if value == UNAVAILABLE:
             return None
         if logical is None:
@@ -69,11 +90,16 @@ def format_value(value: Any, logical: LogicalType | None) -> str | None:
     if kind is float:
         return str(int(value)) if value.is_integer() else repr(value)
     if kind is dict and logical is not None and logical[0] == VARIABLE_DECIMAL:
+        digits = value.get("value")
+        if type(digits) is str and len(digits) > MAX_VALUE_CHARS:
+            raise ValueTooLarge("a decimal (base64)", len(digits), "characters",
+                                MAX_VALUE_CHARS, "MAX_VALUE_CHARS")
         try:
-            return _decimal_text(base64.b64decode(value["value"], validate=True),
-                                 int(value["scale"]))
+            raw = base64.b64decode(digits, validate=True)
+            scale = int(value["scale"])
         except (KeyError, ValueError, TypeError, binascii.Error):
             return None
+        return _decimal_text(raw, scale)
     return None
 
 
@@ -109,6 +135,9 @@ def _format_int(value: int, logical: LogicalType) -> str | None:
 def _decimal_text(raw: bytes, scale: int) -> str | None:
     if abs(scale) > MAX_EXPONENT:
         return None
+    if len(raw) > MAX_DECIMAL_BYTES:  # checked before Decimal(int), which is quadratic
+        raise ValueTooLarge("a decimal", len(raw), "bytes", MAX_DECIMAL_BYTES,
+                            "MAX_DECIMAL_BYTES")
     return _canonical(_exact_decimal(raw, scale))
 
 
@@ -134,6 +163,9 @@ def _canonical(number: Decimal) -> str | None:
     text = format(number, "f")  # exact: no precision given, so no context rounding
     if "." in text:
         text = text.rstrip("0").rstrip(".")
+    if len(text) > MAX_VALUE_CHARS:  # 1e16000: a few digits, but 16,001 characters
+        raise ValueTooLarge("a decimal", len(text), "characters once formatted",
+                            MAX_VALUE_CHARS, "MAX_VALUE_CHARS")
     return "0" if text == "-0" else text
 
 

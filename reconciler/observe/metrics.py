@@ -34,7 +34,7 @@ SKIP_REASONS = ("tombstone", "heartbeat", "transaction", "message", "unknown_tab
                 "dead_letter_topic")
 DEAD_LETTER_REASONS = ("empty_record", "invalid_json", "invalid_key", "invalid_envelope",
                        "unknown_op", "oversized", "unknown_table", "invalid_version",
-                       "invalid_shard_key", "unroutable")
+                       "invalid_shard_key", "unroutable", "key_too_large", "schema_too_large")
 RELOAD_RESULTS = ("ok", "error")  # reconciler_shard_map_reloads_total{result}
 RETRY_TARGETS = ("valkey",)  # reconciler_retries_total{target} that the worker counts
 

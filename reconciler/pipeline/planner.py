@@ -26,21 +26,26 @@ The rules (SPEC §2, §3):
 - An unchanged TOASTed column (``__debezium_unavailable_value``) or a NULL is never a
   value: a template that needs it is unresolved; a shard key that is unknown means
   every shard.
+- A key is built only from values under the caps (``values.MAX_VALUE_CHARS``,
+  ``MAX_DECIMAL_BYTES``), and is at most ``MAX_KEY_BYTES``: a record past them is
+  dead-lettered (``key_too_large``, naming the column, the size and the cap); the
+  key-only delete of a dead letter leaves such templates unresolved.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
 
 from connectors.debezium import model
 from connectors.debezium.model import Event
-from connectors.debezium.values import LogicalType, format_value, hint_type
+from connectors.debezium.values import ValueTooLarge, format_value
 from connectors.valkey.protocols import MAX_VERSION
 from reconciler.errors import PoisonRecordError
+from reconciler.pipeline.rules import TableRules
 from reconciler.settings import Settings, TableSpec
 from reconciler.templates import KeyTemplate
 from shard_map import ShardMap, ShardResolutionError
@@ -64,6 +69,9 @@ TOMBSTONE_OP = "tombstone"  # the op a tombstone is counted and printed under
 MISSING = "missing"  # the event lacks a column the template needs (NULL, TOAST, absent)
 KEY_ONLY = "key_only"  # only the key is known (DEFAULT-identity delete, tombstone): expected
 HEARTBEAT = "heartbeat"  # a heartbeat record, or a change to the heartbeat table
+KEY_TOO_LARGE = "key_too_large"  # dead-letter reason: a key, or a value it is built from, too large
+MAX_KEY_BYTES = 1024  # a cache key longer than this (UTF-8) is never built
+_SHORT_KEY = MAX_KEY_BYTES // 4  # a key of at most this many characters fits: 4 bytes a character
 
 
 class Action(msgspec.Struct, frozen=True, gc=False):
@@ -115,35 +123,6 @@ class Plan(msgspec.Struct, frozen=True, gc=False):
         return out
 
 
-@dataclass(frozen=True, slots=True)
-class TableRules:
-    """A table's config, compiled for the hot path."""
-
-    name: str
-    primary_key: frozenset[str]
-    shard_key: str
-    version_column: str
-    full_identity: bool
-    templates: tuple[KeyTemplate, ...]
-    key_templates: tuple[KeyTemplate, ...]  # those built from the primary key alone
-    hints: Mapping[str, LogicalType] = field(default_factory=dict)
-
-    @classmethod
-    def compile(cls, name: str, spec: TableSpec) -> TableRules:
-        templates = spec.templates()
-        primary_key = frozenset(spec.primary_key)
-        return cls(
-            name=name,
-            primary_key=primary_key,
-            shard_key=spec.shard_key,
-            version_column=spec.version_column,
-            full_identity=spec.replica_identity == "full",
-            templates=templates,
-            key_templates=tuple(t for t in templates if set(t.columns) <= primary_key),
-            hints={column: hint_type(kind) for column, kind in spec.column_types.items()},
-        )
-
-
 class Planner:
     """Turns events into plans, for a fixed set of tables and a shard map."""
 
@@ -171,13 +150,8 @@ class Planner:
                    tombstones=tombstones)
 
     def with_shard_map(self, shard_map: ShardMap) -> Planner:
-        planner = Planner.__new__(Planner)
-        planner._tables = self._tables
-        planner._topic_tables = self._topic_tables
+        planner = copy.copy(self)  # the same compiled tables and topic memo
         planner.shard_map = shard_map
-        planner.unknown_tables_error = self.unknown_tables_error
-        planner.heartbeat_tables = self.heartbeat_tables
-        planner.tombstones = self.tombstones
         return planner
 
     @property
@@ -198,7 +172,8 @@ class Planner:
         kind = event.kind
         if kind != model.CHANGE and kind != model.TRUNCATE:
             if kind == model.TOMBSTONE and self.tombstones:
-                return self.key_only(event) or Plan(event, skip=SKIP_REASONS[kind])
+                return (self.key_only(event, lenient=False)
+                        or Plan(event, skip=SKIP_REASONS[kind]))
             return Plan(event, skip=SKIP_REASONS[kind])
         assert event.table is not None
         rules = self._tables.get(event.table)
@@ -267,11 +242,13 @@ class Planner:
             known.update((c, v) for c, v in event.key.items() if c in rules.primary_key)
         return self._delete_known(event, rules, known)
 
-    def key_only(self, event: Event) -> Plan | None:
+    def key_only(self, event: Event, *, lenient: bool = True) -> Plan | None:
         """The key-only delete of a record known by its key alone (`Decoder.key_event`):
         every key buildable from the record key deleted and fenced on its shard(s) — on
         every shard unless the shard key is part of the key — the other templates
-        reported unresolved. None when the record's table is not configured."""
+        reported unresolved. None when the record's table is not configured. A value
+        past a cap raises PoisonRecordError, or (`lenient`: a dead letter's) leaves its
+        templates unresolved."""
         # The table the record names (its envelope, its key schema) wins; the topic's
         # name is the fallback for a key without a schema.
         rules = (self._tables.get(event.table) if event.table
@@ -282,12 +259,14 @@ class Planner:
         assert event.key is not None
         known = {c: v for c, v in event.key.items() if c in rules.primary_key}
         try:
-            return self._delete_known(event, rules, known)
-        except PoisonRecordError:  # a shard key in the key that routes nowhere
-            return self._delete_known(event, rules, known, broadcast=True)
+            return self._delete_known(event, rules, known, lenient=lenient)
+        except PoisonRecordError as exc:  # a shard key in the key that routes nowhere
+            if exc.reason == KEY_TOO_LARGE and not lenient:
+                raise
+            return self._delete_known(event, rules, known, broadcast=True, lenient=lenient)
 
     def _delete_known(self, event: Event, rules: TableRules, known: Mapping[str, Any], *,
-                      broadcast: bool = False) -> Plan:
+                      broadcast: bool = False, lenient: bool = False) -> Plan:
         actions: list[Action] = []
         unresolved: list[str] = []
         if rules.shard_key in rules.primary_key and not broadcast:
@@ -295,7 +274,7 @@ class Planner:
         else:
             shards = self.shard_map.shard_names()
         self._emit(event, rules, known, shards, rules.key_templates, None, True, DELETE,
-                   actions, unresolved)
+                   actions, unresolved, lenient)
         expected = tuple(t.source for t in rules.templates if t not in rules.key_templates)
         return Plan(event, tuple(actions), _sources([*unresolved, *expected]),
                     key_only=expected)
@@ -320,39 +299,52 @@ class Planner:
     def _emit(self, event: Event, rules: TableRules, row: Mapping[str, Any],
               shards: tuple[str, ...], templates: Iterable[KeyTemplate], version: int | None,
               fence: bool, versioned_kind: str, actions: list[Action],
-              unresolved: list[str]) -> None:
+              unresolved: list[str], lenient: bool = False) -> None:
+        """Keys from `row` (those past a cap: PoisonRecordError, or `lenient`, unresolved)."""
         types = event.column_types
         hints = rules.hints
         for template in templates:
             columns = template.columns
-            if len(columns) == 1:  # the common case, without the intermediate mapping
-                column = columns[0]
-                text = format_value(row.get(column),
-                                    types.get(column) if types is not None else hints.get(column))
-                if text is None:
-                    unresolved.append(template.source)
-                    continue
-                literals = template.literals
-                key = literals[0] + text + literals[1]
-            else:
-                values: dict[str, str] = {}
-                for column in columns:
-                    logical = types.get(column) if types is not None else hints.get(column)
-                    text = format_value(row.get(column), logical)
+            column = columns[0] if columns else ""
+            try:  # free unless raised (3.11): format_value checks the caps
+                if len(columns) == 1:  # the common case, without the intermediate mapping
+                    text = format_value(row.get(column), types.get(column) if types is not None
+                                        else hints.get(column))
                     if text is None:
-                        break
-                    values[column] = text
+                        unresolved.append(template.source)
+                        continue
+                    literals = template.literals
+                    key = literals[0] + text + literals[1]
                 else:
-                    key = template.render(values)
-                if len(values) < len(columns):
-                    unresolved.append(template.source)
-                    continue
-            if template.versioned:
-                for shard in shards:
-                    actions.append(Action(shard, key, versioned_kind, version, fence))
+                    values: dict[str, str] = {}
+                    for column in columns:
+                        logical = types.get(column) if types is not None else hints.get(column)
+                        text = format_value(row.get(column), logical)
+                        if text is None:
+                            break
+                        values[column] = text
+                    else:
+                        key = template.render(values)
+                    if len(values) < len(columns):
+                        unresolved.append(template.source)
+                        continue
+            except ValueTooLarge as exc:
+                problem = f"column {column!r} is {exc.message}"
             else:
-                for shard in shards:
-                    actions.append(Action(shard, key, UNVERSIONED))
+                if len(key) <= _SHORT_KEY or _utf8_len(key) <= MAX_KEY_BYTES:
+                    if template.versioned:
+                        for shard in shards:
+                            actions.append(Action(shard, key, versioned_kind, version, fence))
+                    else:
+                        for shard in shards:
+                            actions.append(Action(shard, key, UNVERSIONED))
+                    continue
+                problem = (f"its key would be {_utf8_len(key):,} bytes, more than "
+                           f"MAX_KEY_BYTES ({MAX_KEY_BYTES:,})")
+            if not lenient:
+                raise PoisonRecordError("key_too_large", f"{rules.name}: key template "
+                                        f"{template.source!r}: {problem}; no key is built")
+            unresolved.append(template.source)
 
     def _shards(self, rules: TableRules, value: Any, event: Event) -> tuple[str, ...]:
         if type(value) is not int:
@@ -368,7 +360,12 @@ class Planner:
 def _neighbourhood(rules: TableRules, value: Any, event: Event) -> int | None:
     types = event.column_types
     logical = types.get(rules.shard_key) if types is not None else rules.hints.get(rules.shard_key)
-    text = format_value(value, logical)
+    try:
+        text = format_value(value, logical)
+    except ValueTooLarge as exc:  # no integer is that long
+        raise PoisonRecordError(
+            "invalid_shard_key", f"{rules.name}: shard key {rules.shard_key!r} is "
+            f"{exc.message}; expected an integer neighbourhood id") from None
     if text is None:
         return None
     try:
@@ -379,6 +376,10 @@ def _neighbourhood(rules: TableRules, value: Any, event: Event) -> int | None:
             f"{rules.name}: shard key {rules.shard_key!r} is {_show(value)}; expected an "
             "integer neighbourhood id (check tables.<table>.shard_key)",
         ) from None
+
+
+def _utf8_len(key: str) -> int:
+    return len(key.encode("utf-8", "surrogatepass"))
 
 
 def _sources(unresolved: list[str]) -> tuple[str, ...]:

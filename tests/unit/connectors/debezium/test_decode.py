@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
 import pytest
 
 from connectors.debezium import Decoder, InvalidEvent
+from connectors.debezium import decode as decode_module
 from connectors.debezium import model as m
 from connectors.debezium.values import DECIMAL
 from connectors.errors import ConnectorError, DecodeError
@@ -497,3 +499,14 @@ def test_invalid_event_is_a_decode_error_for_the_dead_letter_path() -> None:
     assert isinstance(caught.value, ConnectorError)
     assert isinstance(caught.value, InvalidEvent)
     assert str(caught.value) == caught.value.message
+
+
+def _schema_of(rec_value: Json) -> msgspec.Raw:
+    return msgspec.Raw(msgspec.json.encode(rec_value["schema"]))
+
+
+@pytest.mark.parametrize("line", CHANGES)
+def test_the_typed_schema_reader_agrees_with_the_generic_one(line: int) -> None:
+    schema = _schema_of(record(SCHEMAS_TRUE, line).value_json())
+    typed = decode_module._row_types(schema)
+    assert typed and typed == decode_module._generic_row_types(schema)

@@ -12,12 +12,15 @@ from connectors.debezium.values import (
     CONNECT_TIMESTAMP,
     DATE,
     DECIMAL,
+    MAX_DECIMAL_BYTES,
+    MAX_VALUE_CHARS,
     TIMESTAMP_MS,
     TIMESTAMP_NS,
     TIMESTAMP_US,
     UNAVAILABLE,
     UUID,
     VARIABLE_DECIMAL,
+    ValueTooLarge,
     decimal_from_base64,
     format_value,
     hint_type,
@@ -325,3 +328,37 @@ def test_unknown_hint_is_a_key_error() -> None:
 def test_hinted_value_formats_like_the_embedded_schema(hint: str, value: object,
                                                        text: str) -> None:
     assert format_value(value, hint_type(hint)) == text
+
+
+# --------------------------------------------------------------------------- caps
+
+
+def test_a_decimal_past_the_byte_cap_is_too_large_before_it_is_converted() -> None:
+    assert format_value(b64(10 ** 1000), (DECIMAL, 0)) == "1" + "0" * 1000  # 416 bytes
+    with pytest.raises(ValueTooLarge) as caught:
+        format_value(base64.b64encode(b"\x01" * (MAX_DECIMAL_BYTES + 1)).decode(), (DECIMAL, 0))
+    assert caught.value.size == MAX_DECIMAL_BYTES + 1 and caught.value.cap == MAX_DECIMAL_BYTES
+
+
+@pytest.mark.parametrize("logical", [None, UUID_T, (DECIMAL, 2), JSON])
+def test_a_string_past_the_text_cap_is_too_large(logical: tuple[str, int] | None) -> None:
+    assert format_value("7" * MAX_VALUE_CHARS, logical if logical != (DECIMAL, 2) else None)
+    with pytest.raises(ValueTooLarge) as caught:
+        format_value("7" * (MAX_VALUE_CHARS + 1), logical)
+    assert "MAX_VALUE_CHARS" in caught.value.message
+
+
+def test_a_variable_scale_decimal_past_the_caps_is_too_large() -> None:
+    with pytest.raises(ValueTooLarge):
+        format_value({"scale": 0, "value": "A" * (MAX_VALUE_CHARS + 4)}, (VARIABLE_DECIMAL, 0))
+    with pytest.raises(ValueTooLarge):
+        format_value({"scale": 0, "value": base64.b64encode(b"\x01" * 600).decode()},
+                     (VARIABLE_DECIMAL, 0))
+
+
+def test_a_formatted_decimal_past_the_text_cap_is_too_large() -> None:
+    with pytest.raises(ValueTooLarge):
+        format_value("1e2000", (DECIMAL, 2))  # string mode: 2,001 characters once formatted
+    with pytest.raises(ValueTooLarge):
+        format_value(b64(1), (DECIMAL, -2000))
+    assert format_value("1e1000", (DECIMAL, 2)) == "1" + "0" * 1000
