@@ -5,6 +5,7 @@ Modules, each importing only those below it (import-linter pins it):
 
 - ``__main__``, ``capture/``: the command line; recording the Debezium fixtures.
 - ``services``: the services in start order; up, down, restart, status, endpoints.
+- ``apicurio``: the schema registry (on demand) and the Avro connector writing through it.
 - ``connect``: Kafka Connect and the Debezium connector; ``valkey_cluster``: a Valkey
   Cluster of six nodes, and the helpers that fail and move them.
 - ``postgres``, ``kafka``, ``valkey``: one server each (valkey: the shards, valkey-acl

@@ -33,6 +33,8 @@ CONNECT_DIR = STACK_DIR / "connect"  # connect-distributed.properties
 CONNECTOR_NAME = "nd-postgres"
 CONNECTOR_CONFIG = ROOT / "stack" / "connect" / "nd-postgres.json"  # ${…} filled in below
 TOPIC_PREFIX = "nd"  # the connector's topic.prefix
+# Connect's plugins: folder under .stack/lib/plugins -> stack/maven/<name>/pom.xml
+PLUGINS = {"debezium-connector-postgres": "debezium", "apicurio-converter": "apicurio-converter"}
 
 
 def properties() -> Path:
@@ -74,14 +76,16 @@ def ready() -> bool:
 
 
 def command() -> list[str]:
-    """The worker's command line, with Debezium linked into its plugin folder."""
+    """The worker's command line, with its plugins linked into its plugin folder:
+    Debezium, and Apicurio's Avro converter (for the connector of `stack.apicurio`,
+    which needs it on the plugin path from Connect's start)."""
     lib = kafka.maven_jars("kafka")
-    debezium = kafka.maven_jars("debezium")
-    plugin_dir = LIB_DIR / "plugins" / "debezium-connector-postgres"
-    if plugin_dir.is_symlink() or plugin_dir.exists():
-        plugin_dir.unlink() if plugin_dir.is_symlink() else shutil.rmtree(plugin_dir)
-    plugin_dir.parent.mkdir(parents=True, exist_ok=True)
-    plugin_dir.symlink_to(debezium, target_is_directory=True)
+    for plugin, jars in PLUGINS.items():
+        plugin_dir = LIB_DIR / "plugins" / plugin
+        if plugin_dir.is_symlink() or plugin_dir.exists():
+            plugin_dir.unlink() if plugin_dir.is_symlink() else shutil.rmtree(plugin_dir)
+        plugin_dir.parent.mkdir(parents=True, exist_ok=True)
+        plugin_dir.symlink_to(kafka.maven_jars(jars), target_is_directory=True)
     return kafka.java_argv(lib, "org.apache.kafka.connect.cli.ConnectDistributed",
                            CONNECT_HEAP, str(properties()))
 

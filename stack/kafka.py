@@ -42,6 +42,12 @@ KAFKA_CONTROLLER_PORT = int(os.environ.get("CR_STACK_KAFKA_CONTROLLER_PORT", "29
 KAFKA_HEAP = os.environ.get("CR_STACK_KAFKA_HEAP", "-Xms256m -Xmx768m")
 KAFKA_DIR = STACK_DIR / "kafka"  # server.properties and the log folder (data/)
 SCRAM_ITERATIONS = 8192  # of the SCRAM credential of security.KAFKA_USER
+MAVEN_OPTIONS = {  # copy-dependencies options per stack/maven/<name>
+    # Connect's own slf4j is shared with plugins; a second copy only warns.
+    "debezium": ("-DexcludeArtifactIds=slf4j-api",),
+    # A plugin must not bring Kafka's own classes: Connect's would clash with them.
+    "apicurio-converter": ("-DexcludeGroupIds=org.apache.kafka",),
+}
 
 LOG4J2 = """\
 Configuration:
@@ -83,10 +89,7 @@ def maven_jars(name: str) -> Path:
     shutil.rmtree(target, ignore_errors=True)
     target.mkdir(parents=True)
     argv = ["mvn", "-B", "-q", "-f", str(pom), "dependency:copy-dependencies",
-            "-DincludeScope=runtime", f"-DoutputDirectory={target}"]
-    if name == "debezium":
-        # Connect's own slf4j is shared with plugins; a second copy only warns.
-        argv.append("-DexcludeArtifactIds=slf4j-api")
+            "-DincludeScope=runtime", f"-DoutputDirectory={target}", *MAVEN_OPTIONS.get(name, ())]
     proc = subprocess.run(
         argv,
         capture_output=True, text=True, check=False,

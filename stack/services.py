@@ -19,7 +19,17 @@ import json
 import time
 from collections.abc import Iterator
 
-from stack import connect, kafka, postgres, process, security, sentinel, valkey, valkey_cluster
+from stack import (
+    apicurio,
+    connect,
+    kafka,
+    postgres,
+    process,
+    security,
+    sentinel,
+    valkey,
+    valkey_cluster,
+)
 from stack.process import HOST, STACK_DIR, Service, log, read_pid
 
 ENDPOINTS_FILE = STACK_DIR / "endpoints.json"  # written by `up`: the tests and bench read it
@@ -34,12 +44,14 @@ SERVICES: dict[str, Service] = {service.name: service for service in (
     kafka.SERVICE,
     connect.SERVICE,
     valkey_cluster.SERVICE,  # 3 primaries + 3 replicas (stack/valkey_cluster.py)
+    apicurio.SERVICE,  # the schema registry and the Avro connector (stack/apicurio.py)
 )}
 START_ORDER = list(SERVICES)
-# Started only when named: stunnel, installed by the test set-up, for the security tests;
+# Started only when named (apicurio: the schema registry and the Avro connector,
+# for the Avro tests): stunnel, installed by the test set-up, for the security tests;
 # the Sentinel-managed Valkey, for the sentinel shard kind's tests; the six nodes of
 # the Valkey Cluster, for the cluster shard kind's tests.
-ON_DEMAND = ("valkey-tls", "valkey-sentinel", "valkey-cluster")
+ON_DEMAND = ("valkey-tls", "valkey-sentinel", "valkey-cluster", "apicurio")
 DEFAULT = [name for name in START_ORDER if name not in ON_DEMAND]  # what `up` starts
 
 ENV_NAMES = {  # `python -m stack env`: endpoints() key -> variable the tests read
@@ -66,6 +78,7 @@ def endpoints() -> dict[str, object]:
         "security": security.endpoints(),
         "sentinel": sentinel.endpoints(),
         **valkey_cluster.endpoints(),
+        **apicurio.endpoints(),
     }
 
 
@@ -80,6 +93,7 @@ def env_lines() -> Iterator[str]:
     yield from valkey_cluster.iter_env()
     yield f"export CR_VALKEY_SENTINEL_URLS='{','.join(sentinel.sentinel_urls())}'"
     yield f"export CR_VALKEY_SENTINEL_SERVICE='{sentinel.SERVICE_NAME}'"
+    yield f"export CR_SCHEMA_REGISTRY_URL='{apicurio.CCOMPAT_URL}'"
 
 
 def up(names: list[str] | None = None) -> float:

@@ -14,10 +14,12 @@ from tests.conftest import ROOT
 
 DEFAULTS = """
 import json
-from stack import connect, kafka, postgres, security, sentinel, toxiproxy, valkey, valkey_cluster
+from stack import (apicurio, connect, kafka, postgres, security, sentinel, toxiproxy, valkey,
+                   valkey_cluster)
 print(json.dumps({"postgres": postgres.PG_PORT, "kafka": kafka.KAFKA_PORT,
                   "kafka controller": kafka.KAFKA_CONTROLLER_PORT,
                   "kafka sasl": security.KAFKA_SASL_PORT, "connect": connect.CONNECT_PORT,
+                  "apicurio": apicurio.APICURIO_PORT,
                   **valkey.VALKEY_PORTS, "valkey-acl": security.VALKEY_ACL_PORT,
                   "valkey-tls": security.VALKEY_TLS_PORT, "toxiproxy": toxiproxy.API_PORT,
                   **{f"valkey-cluster {port}": port for port in valkey_cluster.ports()},
