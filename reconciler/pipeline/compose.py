@@ -21,7 +21,7 @@ from reconciler.errors import ConfigError, FatalError
 from reconciler.observe.metrics import Metrics
 from reconciler.pipeline import faults
 from reconciler.pipeline.clients import kafka_security
-from reconciler.pipeline.deadletter import DeadLetters
+from reconciler.pipeline.deadletter import DeadLetters, producer_limit
 from reconciler.pipeline.hooks import Hooks
 from reconciler.pipeline.invalidator import Invalidator
 from reconciler.pipeline.parking import Parking
@@ -86,7 +86,15 @@ def build_parts(settings: Settings, shard_map: ShardMap, metrics: Metrics, *, gr
                 hooks: Hooks, stopping: Callable[[], bool],
                 consumer_options: dict[str, Any] | None = None) -> Parts:
     """Every client of a pipeline for `group_id`; raises ConfigError for a shard map
-    these settings cannot use."""
+    these settings cannot use, or a max_event_bytes the dead-letter producer cannot."""
+    kafka = settings.kafka
+    security = kafka_security(settings)
+    refused = {"error_cb": kafka_error_callback(stopping)}
+    producer_options = (producer_config(kafka.bootstrap_servers, security, kafka.client,
+                                        logger=RDKAFKA_LOG)
+                        | {"message.timeout.ms": int(kafka.retry_budget_seconds * 1000)}
+                        | refused)
+    dead_letter_bytes = producer_limit(settings.max_event_bytes, producer_options, kafka.client)
     planner = Planner.for_settings(settings, shard_map,
                                    tombstones=not faults.broken("ignore_tombstones"))
     for name, rules in planner.tables.items():  # series at zero, for the alerts
@@ -99,17 +107,11 @@ def build_parts(settings: Settings, shard_map: ShardMap, metrics: Metrics, *, gr
     if problems:
         raise ConfigError(f"shard_map {settings.shard_map}: " + "; ".join(problems))
     shards.update(shard_map)
-    kafka = settings.kafka
-    security = kafka_security(settings)
-    refused = {"error_cb": kafka_error_callback(stopping)}
     consumer = Consumer(consumer_config(kafka.bootstrap_servers, group_id, security,
                                         kafka.client, logger=RDKAFKA_LOG,
                                         group_protocol=kafka.group_protocol)
                         | refused | (consumer_options or {}))
-    producer = Producer(producer_config(kafka.bootstrap_servers, security, kafka.client,
-                                        logger=RDKAFKA_LOG)
-                        | {"message.timeout.ms": int(kafka.retry_budget_seconds * 1000)}
-                        | refused)
+    producer = Producer(producer_options)
     valkey = settings.valkey
     parking = None
     if valkey.parking.enabled:
@@ -134,7 +136,9 @@ def build_parts(settings: Settings, shard_map: ShardMap, metrics: Metrics, *, gr
     return Parts(
         consumer=consumer, producer=producer,
         dead_letters=DeadLetters(producer, kafka.dead_letter_topic, group_id,
-                                 retry_budget_seconds=kafka.retry_budget_seconds),
+                                 retry_budget_seconds=kafka.retry_budget_seconds,
+                                 max_bytes=dead_letter_bytes,
+                                 max_event_bytes=settings.max_event_bytes),
         shards=shards, invalidator=invalidator,
         decoder=Decoder(heartbeat_prefix=kafka.heartbeat_topic_prefix, columns=planner.columns),
         planner=planner, parking=parking)

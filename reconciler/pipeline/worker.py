@@ -191,6 +191,7 @@ class Worker:
         topics = self._topics()
         ensure_topic(self._admin, self.settings.kafka.dead_letter_topic, topics,
                      purpose="dead-letter")
+        self._parts.dead_letters.fit_topic(self._admin)
         if self._parking is not None:
             self._parking.prepare(self._admin, topics, list(self.shards.clients()))
         self.shards.probe()
