@@ -6,6 +6,10 @@ The tree::
     ├── DecodeError                 a record that cannot be decoded: poison, dead-letter it
     │   └── ValueTooLarge           a column value past a cap (debezium.values): it names
     │                               no key and is not converted
+    ├── RegistryUnavailable         the schema registry did not answer (connection refused,
+    │                               timeout, 5xx): transient, the caller retries
+    ├── RegistryRejected            the schema registry refused us (401, 403, another 4xx):
+    │                               no retry helps; the message says what to check
     ├── PayloadError                a cached payload the writer helper cannot decode
     │                               (unknown codec marker, corrupt bytes): treat as a miss
     └── ValkeyShardError            a Valkey shard failed a command (.shard, .command)
@@ -36,6 +40,14 @@ class DecodeError(ConnectorError):
         super().__init__(message)
         self.message = message
         self.path = path
+
+
+class RegistryUnavailable(ConnectorError):
+    """Transient: the schema registry is unreachable, slow or failing (5xx). Retry."""
+
+
+class RegistryRejected(ConnectorError):
+    """The schema registry refused the request (credentials, permissions). Do not retry."""
 
 
 class PayloadError(ConnectorError):

@@ -7,6 +7,8 @@ Exit codes: 0 done, 1 bad input or a failed check, 2 a dependency failed at run 
 from __future__ import annotations
 
 import argparse
+import base64
+import binascii
 import json
 import logging
 import os
@@ -68,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     config_arg(plan)
     plan.add_argument("--input", type=Path, default=None,
                       help="JSONL file of records (default: stdin); each line {\"topic\", "
-                           "\"key\", \"value\", \"headers\"}")
+                           "\"key\", \"value\", \"headers\"}, binary records (Avro) with "
+                           "\"key_b64\"/\"value_b64\" (base64) instead")
     plan.set_defaults(handler=cmd_plan)
 
     add_operations_commands(commands, config_arg)
@@ -104,8 +107,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from connectors.debezium.decode import Decoder
     from reconciler.pipeline.batch import DeadLetter, plan_record
+    from reconciler.pipeline.decoders import build_decoder
     from reconciler.pipeline.planner import Planner
     from shard_map import ShardMapError, load_shard_map
 
@@ -116,8 +119,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     except ShardMapError as exc:
         raise ConfigError(f"shard_map: {exc}") from exc
     planner = Planner.for_settings(settings, shard_map)
-    decoder = Decoder(heartbeat_prefix=settings.kafka.heartbeat_topic_prefix,
-                      columns=planner.columns)  # as the worker decodes
+    decoder = build_decoder(settings, planner.columns)  # as the worker decodes
     try:
         source: IO[str] = args.input.open(encoding="utf-8") if args.input else sys.stdin
     except OSError as exc:
@@ -161,6 +163,17 @@ def _records(lines: IO[str]) -> Iterator[tuple[int, Record | str]]:
             continue
         fields = []
         for name in ("key", "value"):
+            if f"{name}_b64" in item:  # a binary record (Avro): its bytes in base64
+                if item.get(name) is not None:
+                    yield number, (f"input line {number}: give `{name}` or `{name}_b64`, "
+                                   "not both")
+                    break
+                data = _base64(item[f"{name}_b64"])
+                if isinstance(data, str):
+                    yield number, f"input line {number}: `{name}_b64` {data}"
+                    break
+                fields.append(data)
+                continue
             text = item.get(name)
             if text is not None and not isinstance(text, str):
                 yield number, (f"input line {number}: `{name}` must be a string (the raw "
@@ -177,6 +190,18 @@ def _records(lines: IO[str]) -> Iterator[tuple[int, Record | str]]:
             yield number, (item["topic"], fields[0], fields[1],
                            partition if isinstance(partition, int) else 0,
                            offset if isinstance(offset, int) else number - 1)
+
+
+def _base64(text: Any) -> bytes | str | None:
+    """`text` decoded from base64 (None stays None), or what is wrong with it."""
+    if text is None:
+        return None
+    if not isinstance(text, str):
+        return "must be a base64 string or null"
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        return f"is not base64: {exc}"
 
 
 # --------------------------------------------------------------------------- shard-map

@@ -29,6 +29,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from connectors.kafka import BROKER_OWNED, CONSUMER
 from reconciler.errors import ConfigError
+from reconciler.formats import Format, SchemaRegistrySettings, check_formats
 from reconciler.templates import KeyTemplate, TemplateError
 
 CONFIG_ENV = "RECONCILER_CONFIG"  # environment variable naming the config file
@@ -141,6 +142,12 @@ class KafkaSettings(Strict):
     # classic: the client-side protocol every broker speaks (cooperative-sticky);
     # consumer: KIP-848, the broker-side protocol of Kafka 4.x (faster rebalances).
     group_protocol: Literal["classic", "consumer"] = "classic"
+    # How the topics are encoded (reconciler/formats.py): json (Connect's JsonConverter)
+    # or avro (the Confluent wire format, schemas from schema_registry); per topic in
+    # `formats`.
+    format: Format = "json"
+    formats: dict[str, Format] = Field(default_factory=dict)
+    schema_registry: SchemaRegistrySettings | None = None
 
     @model_validator(mode="after")
     def _check(self) -> KafkaSettings:
@@ -156,6 +163,7 @@ class KafkaSettings(Strict):
                 raise ValueError(f"client.{name} cannot be set: {why}")
         if self.dead_letter_topic in self.topics:
             raise ValueError("dead_letter_topic must not be one of the consumed topics")
+        check_formats(self.format, self.formats, self.schema_registry)
         if self.group_protocol == CONSUMER:
             refused = [name for name in BROKER_OWNED if name in self.client]
             if refused:
@@ -354,6 +362,9 @@ class Settings(BaseSettings):
         data["kafka"]["client"] = masked_client(data["kafka"]["client"])
         if self.postgres.dsn is not None:
             data["postgres"]["dsn"] = "**********"
+        if data["kafka"].get("schema_registry"):
+            registry = data["kafka"]["schema_registry"]
+            registry["url"] = _without_userinfo(registry["url"])
         if data.get("connect") and data["connect"].get("url"):
             data["connect"]["url"] = _without_userinfo(data["connect"]["url"])
         return data
@@ -448,6 +459,8 @@ def _resolve_paths(settings: Settings, base: Path) -> Settings:
         **user(security.sasl_username_file, "sasl_username",
                "kafka.security.sasl_username_file"),
     })
+    registry = settings.kafka.schema_registry
+    registry = registry.resolved(resolve) if registry is not None else None
     tls = settings.valkey.tls
     valkey_tls = tls.model_copy(update={
         name: resolve(getattr(tls, name))
@@ -470,7 +483,8 @@ def _resolve_paths(settings: Settings, base: Path) -> Settings:
         update={"dsn_file": resolve(dsn_file)} if dsn_file else {})
     return settings.model_copy(update={
         "shard_map": resolve(settings.shard_map) or settings.shard_map,
-        "kafka": settings.kafka.model_copy(update={"security": kafka_security}),
+        "kafka": settings.kafka.model_copy(update={
+            "security": kafka_security, "schema_registry": registry}),
         "valkey": valkey,
         "postgres": postgres,
     })

@@ -34,9 +34,11 @@ SKIP_REASONS = ("tombstone", "heartbeat", "transaction", "message", "unknown_tab
                 "dead_letter_topic")
 DEAD_LETTER_REASONS = ("empty_record", "invalid_json", "invalid_key", "invalid_envelope",
                        "unknown_op", "oversized", "unknown_table", "invalid_version",
-                       "invalid_shard_key", "unroutable", "key_too_large", "schema_too_large")
+                       "invalid_shard_key", "unroutable", "key_too_large", "schema_too_large",
+                       # Avro topics (connectors/debezium/avro.py)
+                       "not_avro", "unknown_schema", "invalid_schema", "avro_mismatch")
 RELOAD_RESULTS = ("ok", "error")  # reconciler_shard_map_reloads_total{result}
-RETRY_TARGETS = ("valkey",)  # reconciler_retries_total{target} that the worker counts
+RETRY_TARGETS = ("valkey", "registry")  # reconciler_retries_total{target} that the worker counts
 
 
 class BatchHistogram:

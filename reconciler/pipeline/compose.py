@@ -22,6 +22,7 @@ from reconciler.observe.metrics import Metrics
 from reconciler.pipeline import faults
 from reconciler.pipeline.clients import kafka_security
 from reconciler.pipeline.deadletter import DeadLetters, producer_limit
+from reconciler.pipeline.decoders import build_decoder
 from reconciler.pipeline.hooks import Hooks
 from reconciler.pipeline.invalidator import Invalidator
 from reconciler.pipeline.parking import Parking
@@ -140,5 +141,6 @@ def build_parts(settings: Settings, shard_map: ShardMap, metrics: Metrics, *, gr
                                  max_bytes=dead_letter_bytes,
                                  max_event_bytes=settings.max_event_bytes),
         shards=shards, invalidator=invalidator,
-        decoder=Decoder(heartbeat_prefix=kafka.heartbeat_topic_prefix, columns=planner.columns),
+        decoder=build_decoder(settings, planner.columns, should_stop=stopping,
+                              on_retry=metrics.retries.labels("registry").inc),
         planner=planner, parking=parking)

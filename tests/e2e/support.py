@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 import valkey
 import yaml
 from confluent_kafka import Consumer, TopicPartition
@@ -36,7 +37,7 @@ from prometheus_client import CollectorRegistry
 from reconciler.pipeline.worker import Worker
 from reconciler.settings import load_settings
 from stack.valkey import server_argv
-from tests.conftest import ROOT, Stack
+from tests.conftest import ENDPOINTS_FILE, ROOT, Stack
 from tests.unit.connectors.debezium.recorded import MULTI_POST_INSERT, SCHEMAS_TRUE, record
 
 LOCAL_CONFIG = ROOT / "config" / "local" / "reconciler.yaml"
@@ -90,6 +91,42 @@ def write_config(directory: Path, stack: Stack, *, group: str, topics: list[str]
     path = directory / "reconciler.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
+
+
+AVRO_PREFIX = "ndavro"  # the Avro connector's topic prefix (stack/apicurio.py)
+
+
+def schema_registry_url(stack: Stack) -> str:
+    """The stack's schema registry (`python -m stack up apicurio`), checked to answer and
+    to have the Avro connector running; the test fails saying how to start them."""
+    url = os.environ.get("CR_SCHEMA_REGISTRY_URL")
+    if url is None and ENDPOINTS_FILE.exists():
+        url = json.loads(ENDPOINTS_FILE.read_text()).get("schema_registry_url")
+    how = "start them with `python -m stack up apicurio` (scripts/test does)"
+    if not url:
+        pytest.fail(f"no schema registry in the stack's endpoints: {how}", pytrace=False)
+    try:
+        with urllib.request.urlopen(f"{url}/subjects", timeout=5):
+            pass
+        connect = stack.connect_url.rstrip("/")
+        with urllib.request.urlopen(f"{connect}/connectors/nd-avro/status",
+                                    timeout=5) as answer:
+            state = json.loads(answer.read())
+    except OSError as exc:
+        pytest.fail(f"the schema registry ({url}) or the Avro connector does not answer "
+                    f"({exc}): {how}", pytrace=False)
+    tasks = state.get("tasks") or []
+    if state["connector"]["state"] != "RUNNING" or not tasks or any(
+            task["state"] != "RUNNING" for task in tasks):
+        pytest.fail(f"the Avro connector nd-avro is not running ({state}): {how}",
+                    pytrace=False)
+    return str(url)
+
+
+def avro_overrides(stack: Stack) -> dict[str, Any]:
+    """`write_config` overrides for the Avro topics."""
+    return {"kafka.format": "avro",
+            "kafka.schema_registry": {"url": schema_registry_url(stack)}}
 
 
 def _merge(config: dict[str, Any], path: list[str], value: Any) -> None:

@@ -4,6 +4,10 @@ Each test writes rows through psycopg as an application would, caches them throu
 the writer helper as a reader would, and checks what the running worker leaves in
 both Valkey shards. Its worker's key templates carry a prefix of the test's own: other
 tests' workers consume the same Debezium topics, and never write these keys.
+
+Every test runs twice, on the same rows: once on the JSON topics (``nd.*``), once on
+the Avro topics the second connector writes through the schema registry (``ndavro.*``,
+`python -m stack up apicurio`).
 """
 
 from __future__ import annotations
@@ -18,11 +22,13 @@ import valkey
 from connectors.valkey.writer import CacheWriter
 from tests.conftest import Stack
 from tests.e2e.support import (
+    AVRO_PREFIX,
     COMMENTS,
     POSTS,
     PROFILES,
     InProcessWorker,
     Rows,
+    avro_overrides,
     start_group_at_end,
     wait_until,
     write_config,
@@ -30,6 +36,7 @@ from tests.e2e.support import (
 
 pytestmark = pytest.mark.e2e
 TOPICS = [POSTS, COMMENTS, PROFILES]
+AVRO_TOPICS = [topic.replace("nd.", f"{AVRO_PREFIX}.", 1) for topic in TOPICS]
 MAX_VERSION = str(2**63 - 1).encode()  # the delete fence's version
 
 
@@ -43,6 +50,7 @@ class Live:
     writer_a: CacheWriter
     writer_b: CacheWriter
     prefix: str
+    topics: list[str]
 
     def key(self, name: str) -> str:
         """`name` (e.g. "post:7") as this test's worker writes it."""
@@ -59,7 +67,7 @@ class Live:
         topics' current ends."""
         marker, _ = self.db.insert_post(1, "marker")
         wait_until(lambda: self.a.exists(self.key(f"post:{marker}")), 30, "the marker row's fence")
-        self.worker.wait_caught_up(self.stack, TOPICS)
+        self.worker.wait_caught_up(self.stack, self.topics)
 
 
 @pytest.fixture
@@ -67,16 +75,21 @@ def prefix(uid: str) -> str:
     return f"rec-{uid}:"
 
 
-@pytest.fixture
-def live(stack: Stack, tmp_path: Path, uid: str, prefix: str,
+@pytest.fixture(params=["json", "avro"])
+def live(request: pytest.FixtureRequest, stack: Stack, tmp_path: Path, uid: str, prefix: str,
          shards: dict[str, valkey.Valkey]) -> Iterator[Live]:
+    """A worker on the JSON topics, or on the Avro ones (the same changes, read through
+    the schema registry)."""
     group = f"test-{uid}"
-    config = write_config(tmp_path, stack, group=group, topics=TOPICS, key_prefix=prefix)
-    start_group_at_end(stack, group, TOPICS)
+    avro = request.param == "avro"
+    topics = AVRO_TOPICS if avro else TOPICS
+    config = write_config(tmp_path, stack, group=group, topics=topics, key_prefix=prefix,
+                          overrides=avro_overrides(stack) if avro else None)
+    start_group_at_end(stack, group, topics)
     db = Rows(stack.postgres_dsn)
     a, b = shards["a"], shards["b"]
     with InProcessWorker(config) as worker:
-        yield Live(stack, worker, db, a, b, CacheWriter(a), CacheWriter(b), prefix)
+        yield Live(stack, worker, db, a, b, CacheWriter(a), CacheWriter(b), prefix, topics)
     db.close()
 
 
