@@ -1,6 +1,10 @@
 """PostgreSQL 15 (Debian's): one cluster under ``.stack/postgres`` with logical
 decoding on, the ``nd`` database with ``stack/postgres/schema.sql``, and the roles of
-`PG_ROLES` (the application, Debezium, the reconciler).
+`PG_ROLES` (the application, Debezium, the reconciler). ``provision(PG_DB2,
+via_root=True, ids_from=PG_DB2_IDS)`` adds a second database with the same schema, whose
+publication publishes partitioned tables via their root and whose ids start far above
+the first's, as sharded databases keep their keys apart (``connect-nd2`` does, on
+demand).
 
 initdb and postgres refuse to run as root: as root, they run as the ``postgres`` user,
 and the cluster moves to that user's home when it cannot reach ``.stack/``.
@@ -34,6 +38,10 @@ from stack.process import (
 PG_PORT = int(os.environ.get("CR_STACK_PG_PORT", "25432"))
 PG_BIN_CANDIDATES = [Path("/usr/lib/postgresql/15/bin")]  # Debian's postgresql-15
 PG_DB = "nd"  # the application's database
+PG_DB2 = "nd2"  # a second one, the same schema (a second source: `python -m stack up connect-nd2`)
+PG_DB2_IDS = 10**12  # where nd2's id sequences start: its rows' keys never meet nd's
+PUBLICATION = "nd_publication"  # in each database, created by schema.sql
+ID_SEQUENCES = ("posts_id_seq", "comments_id_seq", "events_id_seq")  # bigserial ids
 # Local, throw-away credentials of the test stack (never used outside it).
 PG_ROLES = {"app": "app-local", "debezium": "debezium-local", "reconciler": "reconciler-local"}
 SCHEMA = ROOT / "stack" / "postgres" / "schema.sql"  # tables, grants, publication, triggers
@@ -181,8 +189,11 @@ def start() -> None:
     provision()
 
 
-def provision() -> None:
-    """The roles, the database and the schema (idempotent: run on every start)."""
+def provision(db: str = PG_DB, *, via_root: bool = False, ids_from: int | None = None) -> None:
+    """The roles, the database `db` and the schema (idempotent: run on every start);
+    with `via_root`, the publication publishes partitioned tables as their root
+    (publish_via_partition_root) rather than per leaf partition; with `ids_from`, the
+    id sequences give no id below it."""
     roles = ";".join(
         f"""DO $$ BEGIN
               IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{role}') THEN
@@ -194,11 +205,19 @@ def provision() -> None:
     psql(roles)
     # Debezium: REPLICATION + LOGIN (+ SELECT, granted in schema.sql); never superuser.
     psql("ALTER ROLE debezium WITH REPLICATION NOSUPERUSER NOCREATEDB NOCREATEROLE")
-    if not psql(f"SELECT 1 FROM pg_database WHERE datname = '{PG_DB}'"):
-        psql(f"CREATE DATABASE {PG_DB} OWNER app")
+    if not psql(f"SELECT 1 FROM pg_database WHERE datname = '{db}'"):
+        psql(f"CREATE DATABASE {db} OWNER app")
     schema = SCHEMA.read_text()
     # The schema is owned by the application role, as in production.
-    psql("SET ROLE app;\n" + schema, db=PG_DB)
+    psql("SET ROLE app;\n" + schema, db=db)
+    if via_root and psql(f"SELECT 1 FROM pg_publication WHERE pubname = '{PUBLICATION}' "
+                         "AND NOT pubviaroot", db=db):
+        psql(f"SET ROLE app; ALTER PUBLICATION {PUBLICATION} "
+             "SET (publish_via_partition_root = true)", db=db)
+    if ids_from is not None:
+        psql("SET ROLE app; " + " ".join(
+            f"SELECT setval('{seq}', {ids_from}) FROM {seq} WHERE last_value < {ids_from};"
+            for seq in ID_SEQUENCES), db=db)
 
 
 def stop() -> None:

@@ -43,6 +43,7 @@ SERVICES: dict[str, Service] = {service.name: service for service in (
     sentinel.SERVICE,  # a primary, a replica and three Sentinels (stack/sentinel.py)
     kafka.SERVICE,
     connect.SERVICE,
+    connect.SECOND_SERVICE,  # the nd2 database and its connector: a second source
     valkey_cluster.SERVICE,  # 3 primaries + 3 replicas (stack/valkey_cluster.py)
     apicurio.SERVICE,  # the schema registry and the Avro connector (stack/apicurio.py)
 )}
@@ -50,8 +51,9 @@ START_ORDER = list(SERVICES)
 # Started only when named (apicurio: the schema registry and the Avro connector,
 # for the Avro tests): stunnel, installed by the test set-up, for the security tests;
 # the Sentinel-managed Valkey, for the sentinel shard kind's tests; the six nodes of
-# the Valkey Cluster, for the cluster shard kind's tests.
-ON_DEMAND = ("valkey-tls", "valkey-sentinel", "valkey-cluster", "apicurio")
+# the Valkey Cluster, for the cluster shard kind's tests; the second source database
+# (nd2) and its connector, for the several sources' tests.
+ON_DEMAND = ("valkey-tls", "valkey-sentinel", "valkey-cluster", "connect-nd2", "apicurio")
 DEFAULT = [name for name in START_ORDER if name not in ON_DEMAND]  # what `up` starts
 
 ENV_NAMES = {  # `python -m stack env`: endpoints() key -> variable the tests read
@@ -69,6 +71,9 @@ def endpoints() -> dict[str, object]:
         "connect_url": connect.connect_url(),
         "connector": connect.CONNECTOR_NAME,
         "topic_prefix": connect.TOPIC_PREFIX,
+        "second_source": {  # connect-nd2, when started
+            "connector": connect.SECOND_NAME, "topic_prefix": connect.SECOND_PREFIX,
+            "database": postgres.PG_DB2},
         "postgres_dsn": f"postgresql://app:{postgres.PG_ROLES['app']}@{pg}",
         "postgres_reconciler_dsn":
             f"postgresql://reconciler:{postgres.PG_ROLES['reconciler']}@{pg}",

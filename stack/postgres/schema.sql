@@ -5,6 +5,11 @@
 --                                        carry no `before`; a large body is TOASTed)
 --   comments  REPLICA IDENTITY FULL     (`before` is the true old row)
 --   profiles  REPLICA IDENTITY DEFAULT  (uuid primary key, decimal and timestamp columns)
+--   events    partitioned by month of `day` (leaves events_2026_11, events_2026_12 and
+--             events_default); primary key (id, day). The nd database publishes it per
+--             leaf partition (topics nd.public.events_<leaf>); a database whose
+--             publication says publish_via_partition_root (nd2, `python -m stack up
+--             connect-nd2`) publishes it as public.events.
 --
 -- Every table carries `system_version`, set from the table's own sequence on every
 -- INSERT and UPDATE (a BEFORE INSERT OR UPDATE trigger; the column's default is the
@@ -26,6 +31,7 @@ $$;
 CREATE SEQUENCE IF NOT EXISTS posts_system_version_seq;
 CREATE SEQUENCE IF NOT EXISTS comments_system_version_seq;
 CREATE SEQUENCE IF NOT EXISTS profiles_system_version_seq;
+CREATE SEQUENCE IF NOT EXISTS events_system_version_seq;
 
 CREATE TABLE IF NOT EXISTS posts (
     id               bigserial PRIMARY KEY,
@@ -59,6 +65,20 @@ CREATE TABLE IF NOT EXISTS profiles (
     system_version   bigint      NOT NULL DEFAULT nextval('profiles_system_version_seq')
 );
 
+CREATE TABLE IF NOT EXISTS events (
+    id               bigserial,
+    day              date        NOT NULL,
+    neighborhood_id  bigint      NOT NULL,
+    kind             text        NOT NULL,
+    system_version   bigint      NOT NULL DEFAULT nextval('events_system_version_seq'),
+    PRIMARY KEY (id, day)
+) PARTITION BY RANGE (day);
+CREATE TABLE IF NOT EXISTS events_2026_11 PARTITION OF events
+    FOR VALUES FROM ('2026-11-01') TO ('2026-12-01');
+CREATE TABLE IF NOT EXISTS events_2026_12 PARTITION OF events
+    FOR VALUES FROM ('2026-12-01') TO ('2027-01-01');
+CREATE TABLE IF NOT EXISTS events_default PARTITION OF events DEFAULT;
+
 -- Debezium writes this row on every heartbeat (heartbeat.action.query): the change
 -- travels through the WAL like any other, so its commit time tells the reconciler how
 -- far Debezium has read (the freshness watermark of quiet partitions).
@@ -81,7 +101,7 @@ DECLARE
     top  bigint;
     last bigint;
 BEGIN
-    FOREACH t IN ARRAY ARRAY['posts', 'comments', 'profiles'] LOOP
+    FOREACH t IN ARRAY ARRAY['posts', 'comments', 'profiles', 'events'] LOOP
         seq := t || '_system_version_seq';
         CONTINUE WHEN EXISTS (SELECT 1 FROM pg_trigger
                               WHERE tgrelid = t::regclass AND NOT tgisinternal
@@ -125,11 +145,25 @@ BEGIN
 END;
 $$;
 
+-- The partitioned table, by its root (pg_publication_rel: pg_publication_tables lists
+-- its leaves, or the root under publish_via_partition_root).
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_publication_rel r
+                   JOIN pg_publication p ON p.oid = r.prpubid
+                   WHERE p.pubname = 'nd_publication' AND r.prrelid = 'events'::regclass) THEN
+        ALTER PUBLICATION nd_publication ADD TABLE events;
+    END IF;
+END;
+$$;
+
 -- Least privilege: Debezium reads (SELECT for the snapshot) and replicates; it writes
 -- only its heartbeat row.
 GRANT USAGE ON SCHEMA public TO debezium;
 GRANT SELECT ON posts, comments, profiles, debezium_heartbeat TO debezium;
+-- Per leaf publishing, Debezium snapshots the leaves themselves.
+GRANT SELECT ON events, events_2026_11, events_2026_12, events_default TO debezium;
 GRANT INSERT, UPDATE ON debezium_heartbeat TO debezium;
 -- The reconciler's own role (audit, doctor): read-only.
 GRANT USAGE ON SCHEMA public TO reconciler;
-GRANT SELECT ON posts, comments, profiles TO reconciler;
+GRANT SELECT ON posts, comments, profiles, events TO reconciler;
