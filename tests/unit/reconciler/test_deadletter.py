@@ -11,9 +11,11 @@ refuses even a marker.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from confluent_kafka import KafkaError, KafkaException, Message
 
 from reconciler.errors import ConfigError, FatalError
@@ -28,6 +30,7 @@ from reconciler.pipeline.deadletter import (
 )
 
 Headers = list[tuple[str, Any]]
+LOCAL = Path(__file__).resolve().parents[3] / "config" / "local"
 Sent = tuple[bytes | None, bytes | None, dict[str, Any]]
 
 
@@ -98,7 +101,7 @@ def test_a_dead_letter_over_the_limit_is_cut_to_it_before_it_is_sent() -> None:
     sink.send(record(b"v" * 100_000), "oversized", "record is 100,008 bytes")
     sink.confirm()
     [(key, value, headers)] = producer.stored
-    assert key == b'{"id":7}' and value and b"v" * 100_000 != value
+    assert key == b'{"id":7}' and value and value != b"v" * 100_000
     assert len(value) < 8 * 1024
     assert headers[HEADER_TRUNCATED] == b"value"
     assert headers[HEADER_SIZE] == b"100008"
@@ -223,3 +226,27 @@ def test_the_producer_limit_follows_max_event_bytes_unless_it_is_set() -> None:
 def test_a_max_event_bytes_past_librdkafkas_limit_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="at most 1,000,000,000"):
         producer_limit(2_000_000_000, {"message.max.bytes": 16 * 1024 * 1024}, {})
+
+
+def test_the_worker_stops_at_start_up_on_a_max_event_bytes_its_producer_cannot_take(
+        tmp_path: Path) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from reconciler.observe.metrics import Metrics
+    from reconciler.pipeline.compose import build_parts
+    from reconciler.pipeline.hooks import NoHooks
+    from reconciler.settings import load_settings
+    from shard_map import load_shard_map
+
+    config = yaml.safe_load((LOCAL / "reconciler.yaml").read_text())
+    config["shard_map"] = str(LOCAL / "shard_map.yaml")
+    config["max_event_bytes"] = 4 * 1024 * 1024
+    config["kafka"]["client"] = {"message.max.bytes": 1024 * 1024}
+    (tmp_path / "reconciler.yaml").write_text(yaml.safe_dump(config))
+    settings = load_settings(tmp_path / "reconciler.yaml")
+    assert settings.shard_map is not None
+    with pytest.raises(ConfigError, match=r"max_event_bytes \(4,194,304\).*kafka\.client "
+                                          r"message\.max\.bytes \(1,048,576\)"):
+        build_parts(settings, load_shard_map(settings.shard_map),
+                    Metrics.create(CollectorRegistry()), group_id="g", hooks=NoHooks(),
+                    stopping=lambda: False)
