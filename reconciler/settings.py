@@ -81,6 +81,23 @@ class TableSpec(Strict):
     # timestamp-us, timestamp-ns, string, int.
     column_types: dict[str, str] = Field(default_factory=dict)
 
+    # A partitioned table published per leaf partition (publish_via_partition_root off,
+    # Postgres' default): its leaves, whose changes are planned by this config. Regular
+    # expressions, each matching a whole leaf name (in this table's schema) or
+    # schema.table, e.g. ['events_\d{4}_\d{2}', events_default]. `doctor` checks them.
+    partitions: list[str] = Field(default_factory=list)
+
+    @field_validator("partitions")
+    @classmethod
+    def _patterns(cls, value: list[str]) -> list[str]:
+        for pattern in value:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"partitions: {pattern!r} is not a regular expression: "
+                                 f"{exc}") from exc
+        return value
+
     @model_validator(mode="after")
     def _check(self) -> TableSpec:
         for entry in self.keys:

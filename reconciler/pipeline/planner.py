@@ -17,6 +17,10 @@ The rules (SPEC §2, §3):
   every shard (broadcast) unless the shard key is part of the primary key; the other
   templates are reported unresolved.
 - t: every key of every template of the table is removed on every shard.
+- A leaf partition of a configured table (``tables.<table>.partitions``: published per
+  leaf, ``source.table`` is the leaf) is planned, and counted, as that table
+  (``partitions.py``); a truncate of one leaf removes every key of the table's
+  templates.
 - A tombstone (the key alone) is a key-only delete: on a compacted topic it may be all
   that is left of the delete. Its table is the one its key schema names, else the one
   its topic is named after (``<prefix>.<schema>.<table>``); the keys buildable from the
@@ -45,6 +49,7 @@ from connectors.debezium.model import Event
 from connectors.debezium.values import ValueTooLarge, format_value
 from connectors.valkey.protocols import MAX_VERSION
 from reconciler.errors import PoisonRecordError
+from reconciler.pipeline.partitions import Partitions
 from reconciler.pipeline.rules import TableRules
 from reconciler.settings import Settings, TableSpec
 from reconciler.templates import KeyTemplate
@@ -126,14 +131,16 @@ class Plan(msgspec.Struct, frozen=True, gc=False):
 class Planner:
     """Turns events into plans, for a fixed set of tables and a shard map."""
 
-    __slots__ = ("_tables", "_topic_tables", "heartbeat_tables", "shard_map", "tombstones",
-                 "unknown_tables_error")
+    __slots__ = ("_partitions", "_tables", "_topic_tables", "heartbeat_tables", "shard_map",
+                 "tombstones", "unknown_tables_error")
 
     def __init__(self, tables: Mapping[str, TableSpec], shard_map: ShardMap, *,
                  unknown_tables_error: bool = False,
                  heartbeat_tables: frozenset[str] = frozenset(),
                  tombstones: bool = True) -> None:
         self._tables = {name: TableRules.compile(name, spec) for name, spec in tables.items()}
+        self._partitions = Partitions({name: (spec.partitions, self._tables[name])
+                                       for name, spec in tables.items()})  # leaf → parent
         self._topic_tables: dict[str, TableRules | None] = {}  # topic → its table (memo)
         self.shard_map = shard_map
         self.unknown_tables_error = unknown_tables_error
@@ -177,6 +184,10 @@ class Planner:
             return Plan(event, skip=SKIP_REASONS[kind])
         assert event.table is not None
         rules = self._tables.get(event.table)
+        if rules is None and self._partitions:
+            rules = self._partitions.parent(event.table)
+            if rules is not None:  # a leaf partition: planned, and counted, as its table
+                event = msgspec.structs.replace(event, table=rules.name)
         if rules is None:
             if event.table in self.heartbeat_tables:
                 return Plan(event, skip=HEARTBEAT)
@@ -251,7 +262,7 @@ class Planner:
         templates unresolved."""
         # The table the record names (its envelope, its key schema) wins; the topic's
         # name is the fallback for a key without a schema.
-        rules = (self._tables.get(event.table) if event.table
+        rules = (self._rules(event.table) if event.table
                  else self._table_of_topic(event.topic))
         if rules is None or not event.key:
             return None
@@ -279,9 +290,17 @@ class Planner:
         return Plan(event, tuple(actions), _sources([*unresolved, *expected]),
                     key_only=expected)
 
+    def _rules(self, table: str) -> TableRules | None:
+        """The rules of a configured table, or of the table `table` is a leaf of."""
+        rules = self._tables.get(table)
+        if rules is None and self._partitions:
+            return self._partitions.parent(table)
+        return rules
+
     def _table_of_topic(self, topic: str) -> TableRules | None:
         """The configured table a topic is named after (``<prefix>.<schema>.<table>``:
-        the longest configured name the topic ends with), or None."""
+        the longest configured name the topic ends with, else the table whose leaf the
+        topic's last two parts name), or None."""
         try:
             return self._topic_tables[topic]
         except KeyError:
@@ -291,6 +310,8 @@ class Planner:
             if (topic == name or topic.endswith("." + name)) and (
                     found is None or len(name) > len(found.name)):
                 found = rules
+        if found is None and self._partitions:
+            found = self._partitions.parent(".".join(topic.rsplit(".", 2)[-2:]))
         self._topic_tables[topic] = found
         return found
 
