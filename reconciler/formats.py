@@ -48,6 +48,11 @@ class SchemaRegistrySettings(BaseModel):
             raise ValueError(f"url {self.url!r}: an http:// or https:// URL")
         return self
 
+    def __repr_args__(self) -> Any:
+        # repr() and str() never show a password given in the URL.
+        for name, value in super().__repr_args__():
+            yield name, (masked_url(value) if name == "url" else value)
+
     def resolved(self, resolve: Callable[[Path | None], Path | None]) -> SchemaRegistrySettings:
         """These settings with their files' relative paths resolved by `resolve`."""
         return self.model_copy(update={
@@ -71,6 +76,19 @@ class SchemaRegistrySettings(BaseModel):
             if getattr(self, name) is not None:
                 config[option] = str(getattr(self, name))
         return config
+
+
+def masked_url(url: str) -> str:
+    """`url` (or comma-separated URLs) with any user:password@ replaced by ***@."""
+    return ",".join(_masked(one) for one in url.split(","))
+
+
+def _masked(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    host, slash, path = rest.partition("/")
+    if "@" in host:
+        host = "***@" + host.rsplit("@", 1)[1]
+    return f"{scheme}{sep}{host}{slash}{path}"
 
 
 def _read(path: Path, field: str) -> str:

@@ -52,6 +52,9 @@ class Record:
     key: str | None
     value: str | None
     headers: list[tuple[str, str | None]]
+    # a binary (Avro) record's bytes: `key` and `value` then hold their decoded JSON
+    raw_key: bytes | None = None
+    raw_value: bytes | None = None
     # filled in while analysing
     key_payload: Any = None
     payload: Any = None
@@ -65,11 +68,22 @@ class Record:
         return any(k == name for k, _ in self.headers)
 
     def fixture_line(self) -> str:
+        """The record as a line of `reconciler plan --input`: its raw text, or a binary
+        record's bytes in base64 (`key_b64`, `value_b64`)."""
+        if self.raw_key is not None or self.raw_value is not None:
+            data: dict[str, Any] = {"key_b64": _b64(self.raw_key),
+                                    "value_b64": _b64(self.raw_value)}
+        else:
+            data = {"key": self.key, "value": self.value}
         return json.dumps({
             "topic": self.topic, "partition": self.partition, "offset": self.offset,
-            "timestamp": self.timestamp, "key": self.key, "value": self.value,
+            "timestamp": self.timestamp, **data,
             "headers": [[k, v] for k, v in self.headers],
         })
+
+
+def _b64(raw: bytes | None) -> str | None:
+    return None if raw is None else base64.b64encode(raw).decode("ascii")
 
 
 def unwrap(raw: str | None, schemas: bool) -> tuple[Any, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from stack import kafka
@@ -22,18 +23,29 @@ def _text(raw: str | bytes | None) -> str | None:
     return raw.decode("utf-8") if isinstance(raw, bytes) else raw
 
 
-def _record(msg: Message) -> Record:
+Binary = Callable[[bytes], str]  # a binary record's key or value as JSON text
+
+
+def _record(msg: Message, binary: Binary | None = None) -> Record:
     topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
     assert topic is not None and partition is not None and offset is not None  # consumed
     headers = msg.headers() or []
     pairs = list(headers.items()) if isinstance(headers, dict) else headers
+    key, value = msg.key(), msg.value()
+    if binary is not None:
+        return Record(topic=topic, partition=partition, offset=offset,
+                      timestamp=msg.timestamp()[1],
+                      key=None if key is None else binary(key),
+                      value=None if value is None else binary(value),
+                      headers=[(k, _text(v)) for k, v in pairs], raw_key=key, raw_value=value)
     return Record(topic=topic, partition=partition, offset=offset,
-                  timestamp=msg.timestamp()[1], key=_text(msg.key()), value=_text(msg.value()),
+                  timestamp=msg.timestamp()[1], key=_text(key), value=_text(value),
                   headers=[(k, _text(v)) for k, v in pairs])
 
 
-def read_all(prefix: str) -> dict[tuple[str, int], list[Record]]:
-    """Every record of every topic of ``prefix``, from the beginning to the current end."""
+def read_all(prefix: str, binary: Binary | None = None) -> dict[tuple[str, int], list[Record]]:
+    """Every record of every topic of ``prefix``, from the beginning to the current end
+    (a binary topic's records decoded to JSON text by `binary`, their bytes kept)."""
     from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
     metadata = kafka.admin().list_topics(timeout=10)
@@ -64,7 +76,7 @@ def read_all(prefix: str) -> dict[tuple[str, int], list[Record]]:
                 continue
             if msg.error():
                 raise CaptureError(f"kafka error while reading {msg.topic()}: {msg.error()}")
-            rec = _record(msg)
+            rec = _record(msg, binary)
             tp_key = (rec.topic, rec.partition)
             out[tp_key].append(rec)
             if tp_key in remaining and rec.offset + 1 >= remaining[tp_key]:
