@@ -79,6 +79,22 @@ class Table:
 
 
 @dataclass(frozen=True, slots=True)
+class Partitioning:
+    """Where a table stands in a partition tree."""
+
+    partitioned: bool  # a partitioned table (relkind p): its rows live in its leaves
+    leaves: dict[str, str]  # its leaf partitions, every level: schema.table → replica identity
+    root: str | None  # schema.table of the partitioned table it is a partition of, if any
+
+
+@dataclass(frozen=True, slots=True)
+class Publication:
+    name: str
+    via_root: bool  # publish_via_partition_root: a partitioned table's changes as the root's
+    tables: frozenset[str]  # schema.table of what it publishes (leaves, or roots via_root)
+
+
+@dataclass(frozen=True, slots=True)
 class Slot:
     name: str
     plugin: str | None
@@ -180,6 +196,35 @@ class Postgres:
             "FROM pg_replication_slots ORDER BY slot_name", (), "replication slots")
         return [Slot(row[0], row[1], row[2], bool(row[3]), row[4],
                      None if row[5] is None else int(row[5])) for row in rows]
+
+    def partitioning(self, schema: str, name: str) -> Partitioning | None:
+        """The table's leaves (if partitioned) and root (if a partition); None if missing."""
+        found = self._all(
+            "SELECT c.oid, c.relkind = 'p', rn.nspname || '.' || r.relname "
+            "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "LEFT JOIN pg_class r ON c.relispartition AND r.oid = pg_partition_root(c.oid) "
+            "LEFT JOIN pg_namespace rn ON rn.oid = r.relnamespace "
+            "WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p')",
+            (schema, name), f"partitioning of {schema}.{name}")
+        if not found:
+            return None
+        oid, partitioned, root = found[0]
+        leaves = {} if not partitioned else {
+            row[0]: REPLICA_IDENTITY.get(row[1], row[1]) for row in self._all(
+                "SELECT n.nspname || '.' || c.relname, c.relreplident "
+                "FROM pg_partition_tree(%s) t JOIN pg_class c ON c.oid = t.relid "
+                "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE t.isleaf ORDER BY 1",
+                (oid,), f"leaf partitions of {schema}.{name}")}
+        return Partitioning(bool(partitioned), leaves, root)
+
+    def publication(self, name: str) -> Publication | None:
+        """The publication, whether it publishes via partition roots, and its tables."""
+        found = self._all("SELECT pubviaroot FROM pg_publication WHERE pubname = %s", (name,),
+                          f"publication {name}")
+        if not found:
+            return None
+        tables = self.publication_tables(name)
+        return Publication(name, bool(found[0][0]), frozenset(tables or ()))
 
     def publication_tables(self, publication: str) -> set[str] | None:
         """`schema.table` of every table in the publication; None if it does not exist."""

@@ -35,6 +35,7 @@ from reconciler.templates import KeyTemplate, TemplateError
 CONFIG_ENV = "RECONCILER_CONFIG"  # environment variable naming the config file
 DEFAULT_CONFIG = "reconciler.yaml"  # config file used when neither --config nor the env names one
 TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*\.[A-Za-z_][A-Za-z0-9_$]*")  # schema.table
+IMPLICIT_SOURCE = "default"  # the source `postgres` and `connect.connector` make without `sources`
 # Client property names whose values are masked when settings are printed.
 SECRET_WORDS = ("password", "secret", "token", "credential", "key.pem", "oauthbearer.config",
                 "jaas")
@@ -80,7 +81,6 @@ class TableSpec(Strict):
     # (value.converter.schemas.enable=false): decimal:<scale>, date, timestamp-ms,
     # timestamp-us, timestamp-ns, string, int.
     column_types: dict[str, str] = Field(default_factory=dict)
-
     # A partitioned table published per leaf partition (publish_via_partition_root off,
     # Postgres' default): its leaves, whose changes are planned by this config. Regular
     # expressions, each matching a whole leaf name (in this table's schema) or
@@ -295,6 +295,19 @@ class PostgresSettings(Strict):
         return None
 
 
+class SourceSettings(Strict):
+    """One source database (`sources:`): its Postgres, for audit and doctor, and the
+    Debezium connector whose topics (`<topic_prefix>.<schema>.<table>`) carry its
+    changes. Every source shares `tables:`; the worker consumes `kafka.topics`."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    topic_prefix: str = Field(min_length=1, description="the connector's topic.prefix")
+    connector: str | None = Field(
+        None, description="the Debezium connector's name at connect.url; None: the one "
+                          "whose topic.prefix is topic_prefix")
+    postgres: PostgresSettings = Field(default_factory=PostgresSettings)
+
+
 class ConnectSettings(Strict):
     """Kafka Connect's REST API, for `reconciler doctor` (connector and task state)."""
 
@@ -350,8 +363,33 @@ class Settings(BaseSettings):
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     postgres: PostgresSettings = Field(default_factory=PostgresSettings)
     connect: ConnectSettings | None = None  # optional: used by doctor
+    sources: list[SourceSettings] = Field(default_factory=list)  # several source databases
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     freshness: FreshnessSettings = Field(default_factory=FreshnessSettings)
+
+    @model_validator(mode="after")
+    def _check_sources(self) -> Settings:
+        for what in ("name", "topic_prefix"):
+            seen = [getattr(source, what) for source in self.sources]
+            twice = sorted({value for value in seen if seen.count(value) > 1})
+            if twice:
+                raise ValueError(f"sources: {what} {', '.join(twice)} given more than once")
+        if self.sources and (self.postgres.dsn or self.postgres.dsn_file):
+            raise ValueError("postgres: with `sources`, give each source its own "
+                             "sources[].postgres instead")
+        if self.sources and self.connect is not None and self.connect.connector:
+            raise ValueError("connect.connector: with `sources`, name each source's "
+                             "connector in sources[].connector instead")
+        return self
+
+    def source_list(self) -> list[SourceSettings]:
+        """`sources`, or the one implicit source (`IMPLICIT_SOURCE`) of `postgres` and
+        `connect.connector`, its topic prefix unknown ("")."""
+        if self.sources:
+            return list(self.sources)
+        return [SourceSettings.model_construct(
+            name=IMPLICIT_SOURCE, topic_prefix="", postgres=self.postgres,
+            connector=self.connect.connector if self.connect is not None else None)]
 
     @field_validator("tables")
     @classmethod
@@ -379,6 +417,9 @@ class Settings(BaseSettings):
         data["kafka"]["client"] = masked_client(data["kafka"]["client"])
         if self.postgres.dsn is not None:
             data["postgres"]["dsn"] = "**********"
+        for source, raw in zip(self.sources, data["sources"], strict=True):
+            if source.postgres.dsn is not None:
+                raw["postgres"]["dsn"] = "**********"
         if data["kafka"].get("schema_registry"):
             registry = data["kafka"]["schema_registry"]
             registry["url"] = _without_userinfo(registry["url"])
@@ -495,13 +536,16 @@ def _resolve_paths(settings: Settings, base: Path) -> Settings:
             **user(sentinel.username_file, "username", "valkey.sentinel.username_file"),
         }),
     })
-    dsn_file = settings.postgres.dsn_file
-    postgres = settings.postgres.model_copy(
-        update={"dsn_file": resolve(dsn_file)} if dsn_file else {})
+    def postgres(found: PostgresSettings) -> PostgresSettings:
+        file = found.dsn_file
+        return found.model_copy(update={"dsn_file": resolve(file)} if file else {})
+
     return settings.model_copy(update={
         "shard_map": resolve(settings.shard_map) or settings.shard_map,
         "kafka": settings.kafka.model_copy(update={
             "security": kafka_security, "schema_registry": registry}),
         "valkey": valkey,
-        "postgres": postgres,
+        "postgres": postgres(settings.postgres),
+        "sources": [source.model_copy(update={"postgres": postgres(source.postgres)})
+                    for source in settings.sources],
     })

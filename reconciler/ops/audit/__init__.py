@@ -33,12 +33,15 @@ not run, a key outside its patterns, a server loading) or a timeout stops the au
 (``FatalError``, exit 2) with a message naming the shard, the command, its ACL
 categories and the grant (``AUDIT_GRANT``, the user's least privilege). An entry that
 could not be read is never counted.
+With several ``sources`` every source's database is asked for each key's row (see
+``auditor``); a row found in more than one is *ambiguous*, a finding.
 Modules: ``targets`` (which templates can be audited), ``keyparse`` (a key back to its
-primary-key values), ``auditor`` (``Auditor`` and ``run_audit``), ``findings`` (the
-states, ``AuditReport`` as JSON, text and Prometheus gauges).
+primary-key values), ``auditor`` (``Auditor``), ``run`` (``run_audit``: the clients and
+sessions), ``findings`` (the states, ``AuditReport`` as JSON, text and Prometheus gauges).
 """
 
-from reconciler.ops.audit.auditor import DEFAULT_GRACE_SECONDS, DEFAULT_ROWS_PER_SECOND, run_audit
+from reconciler.ops.audit.auditor import DEFAULT_GRACE_SECONDS, DEFAULT_ROWS_PER_SECOND
 from reconciler.ops.audit.findings import AuditReport
+from reconciler.ops.audit.run import run_audit
 
 __all__ = ["DEFAULT_GRACE_SECONDS", "DEFAULT_ROWS_PER_SECOND", "AuditReport", "run_audit"]

@@ -7,7 +7,13 @@ primary; their state is read in one pipelined round trip per chunk (TYPE, HGET v
 HEXISTS d; on a cluster, one per primary, routed by slot) and the rows' versions in
 one statement per chunk, rate-limited. Valkey and Postgres errors stop the audit
 (``FatalError``); an ACL refusal names the command, its categories and the grant
-(``AUDIT_GRANT``). ``run_audit`` builds the shard clients and the Postgres session.
+(``AUDIT_GRANT``). ``run_audit`` (``run``) builds the shard clients and the sessions.
+
+With several sources (``sources:``, the same tables in each database), a key's row is
+looked for in every source's database, each chunk one statement per source: found in
+one, it is compared with that row; in none, an orphan; in several, ambiguous (the
+sources share the key). Nothing in a cache entry says which source wrote it, so the
+audit cannot tell a row that moved between sources from one that exists in both.
 """
 
 from __future__ import annotations
@@ -21,7 +27,6 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 import valkey
-from prometheus_client import CollectorRegistry
 
 from connectors.errors import ConnectorError
 from connectors.postgres import Postgres, Table
@@ -35,25 +40,21 @@ from connectors.valkey.protocols import (
     parse_version,
 )
 from connectors.valkey.shard import Shard
-from reconciler.errors import ConfigError, FatalError
-from reconciler.observe.metrics import Metrics
+from reconciler.errors import FatalError
 from reconciler.ops.audit.findings import (
     AHEAD,
+    AMBIGUOUS,
     FENCE,
     FRESH,
     ORPHAN,
     PROBLEMS,
     STALE,
     UNPARSED,
-    AuditReport,
     Finding,
 )
 from reconciler.ops.audit.keyparse import key_pattern
-from reconciler.ops.audit.targets import Target, targets
+from reconciler.ops.audit.targets import Target
 from reconciler.ops.ratelimit import TokenBucket
-from reconciler.pipeline.shards import ShardPool
-from reconciler.settings import Settings
-from shard_map import ShardMapError, load_shard_map
 
 log = logging.getLogger(__name__)
 
@@ -84,20 +85,22 @@ AnyShard = Shard | ClusterShard  # a standalone server, or a cluster (every prim
 
 
 class Auditor:
-    """Runs an audit over some shards, reading Postgres through one session."""
+    """Runs an audit over some shards, reading Postgres through one session per source."""
 
-    def __init__(self, shards: Mapping[str, AnyShard], postgres: Postgres, *,
+    def __init__(self, shards: Mapping[str, AnyShard],
+                 postgres: Postgres | Mapping[str, Postgres], *,
                  sample: int | None = None, rows_per_second: float = DEFAULT_ROWS_PER_SECOND,
                  grace_seconds: float = DEFAULT_GRACE_SECONDS, seed: int | None = None,
                  user: str = "default") -> None:
         self.shards = shards
         self.user = user  # the Valkey ACL user, named in refusals
-        self.postgres = postgres
+        # source name → its database (one source: named ""); a row is looked for in each
+        self.sources = {"": postgres} if isinstance(postgres, Postgres) else dict(postgres)
         self.sample = sample
         self.grace = grace_seconds
         self._bucket = TokenBucket(rows_per_second)
         self._random = random.Random(seed)
-        self._tables: dict[str, Table] = {}
+        self._tables: dict[str, dict[str, Table]] = {}  # table → source → its catalog entry
 
     def audit(self, chosen: Sequence[Target]) -> list[Finding]:
         findings = []
@@ -137,14 +140,20 @@ class Auditor:
 
     # ------------------------------------------------------------------ steps
 
-    def _table(self, name: str) -> Table:
+    def _table(self, name: str) -> dict[str, Table]:
+        """The table in each source's database."""
         if name not in self._tables:
             schema, _, table_name = name.partition(".")
-            table = self._postgres(lambda: self.postgres.table(schema, table_name))
-            if table is None:
-                raise FatalError(f"audit: table {name} does not exist in Postgres (or is not "
-                                 "visible to this role); run `reconciler doctor`")
-            self._tables[name] = table
+            found = {}
+            for source, postgres in self.sources.items():
+                table = self._postgres(functools.partial(postgres.table, schema, table_name))
+                if table is None:
+                    where = f" (source {source})" if source else ""
+                    raise FatalError(f"audit: table {name} does not exist in Postgres{where} "
+                                     "(or is not visible to this role); run "
+                                     "`reconciler doctor`")
+                found[source] = table
+            self._tables[name] = found
         return self._tables[name]
 
     def _keys(self, target: Target, shard: AnyShard) -> Iterator[str]:
@@ -207,8 +216,8 @@ class Auditor:
                     reservoir[slot] = key
         yield from reservoir
 
-    def _classify(self, target: Target, table: Table, shard: AnyShard, keys: list[str],
-                  finding: Finding) -> dict[str, str]:
+    def _classify(self, target: Target, tables: Mapping[str, Table], shard: AnyShard,
+                  keys: list[str], finding: Finding) -> dict[str, str]:
         """The state of each key; findings (stale, orphan, ahead) are kept in
         `finding.problems` (with the row's version), the others removed from it."""
         states: dict[str, str] = {}
@@ -223,12 +232,20 @@ class Auditor:
             else:
                 lookups.append((key, version, values))
         if lookups:
-            self._bucket.acquire(len(lookups))
-            rows = self._postgres(lambda: self.postgres.versions(
-                table, target.primary_key, target.version_column,
-                [values for _, _, values in lookups]))
-            for (key, cached, _), row in zip(lookups, rows, strict=True):
-                if isinstance(row, str):  # INVALID: not a literal of the key's type
+            wanted = [values for _, _, values in lookups]
+            answers = []
+            for source, postgres in self.sources.items():
+                self._bucket.acquire(len(lookups))
+                answers.append(self._postgres(functools.partial(
+                    postgres.versions, tables[source], target.primary_key,
+                    target.version_column, wanted)))
+            for (key, cached, _), rows in zip(lookups, zip(*answers, strict=True),
+                                              strict=True):
+                found = [row for row in rows if isinstance(row, int)]
+                row = found[0] if len(found) == 1 else None
+                if len(found) > 1:  # the sources' rows share the key
+                    states[key] = AMBIGUOUS
+                elif isinstance(rows[0], str):  # INVALID: not a literal of the key's type
                     states[key] = UNPARSED
                 elif row is None:
                     states[key] = ORPHAN
@@ -358,40 +375,3 @@ def _chunks(keys: Iterator[str], size: int) -> Iterator[list[str]]:
             chunk = []
     if chunk:
         yield chunk
-
-
-def run_audit(settings: Settings, *, tables: Sequence[str] | None = None,
-              sample: int | None = None, repair: bool = False,
-              rows_per_second: float = DEFAULT_ROWS_PER_SECOND,
-              grace_seconds: float = DEFAULT_GRACE_SECONDS) -> AuditReport:
-    """Audit the chosen tables (all by default) on every shard of the shard map."""
-    dsn = settings.postgres.dsn_value()
-    if not dsn:
-        raise ConfigError("postgres.dsn (or postgres.dsn_file) is required for audit: the "
-                          "rows' versions are read from Postgres")
-    chosen, skipped = targets(settings, tables)
-    try:
-        shard_map = load_shard_map(settings.shard_map)
-    except ShardMapError as exc:
-        raise ConfigError(f"shard_map: {exc}") from exc
-    report = AuditReport(not_auditable=skipped, sample=sample, repair=repair)
-    pool = ShardPool(settings, Metrics.create(CollectorRegistry()))
-    pool.update(shard_map)
-    began = time.monotonic()
-    try:
-        postgres = Postgres(dsn)
-    except ConnectorError as exc:
-        pool.close()
-        raise FatalError(f"audit: {exc}") from exc
-    try:
-        auditor = Auditor(dict(pool.clients()), postgres, sample=sample,
-                          rows_per_second=rows_per_second, grace_seconds=grace_seconds,
-                          user=settings.valkey.username or "default")
-        report.findings = auditor.audit(chosen)
-        if repair:
-            auditor.repair(report.findings)
-    finally:
-        postgres.close()
-        pool.close()
-        report.elapsed = time.monotonic() - began
-    return report

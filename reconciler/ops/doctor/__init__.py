@@ -19,8 +19,12 @@ Each check yields one line, ``OK | WARN | FAIL <check>: <detail> — <what to do
   key and version column; a BEFORE UPDATE trigger bumps the version, and the version
   never goes back across a delete and re-insert (a sequence on INSERT and UPDATE, not
   ``DEFAULT 1`` plus ``OLD + 1``: a WARN with the SQL); the replica identity carries
-  what deletes and moves need; the table is in the connector's publication; the
-  replication slot is active and its retained WAL bounded.
+  what deletes and moves need; a partitioned table's publishing mode (via the root, or
+  per leaf: then every leaf matched by ``partitions``); the table is in the
+  connector's publication; the replication slot is active and its retained WAL bounded.
+- With several ``sources``, the connect and postgres checks run once per source (its
+  connector, its database), each line named ``<source>/<check>``; kafka checks that
+  every table has a consumed topic with each source's prefix.
 
 Any FAIL makes the exit status non-zero. Checks never write, except loading the
 functions library on a shard where it is missing (what the worker does on first use).
@@ -31,12 +35,14 @@ for those kinds), ``connect``, ``postgres``;
 
 from __future__ import annotations
 
+import dataclasses
+
 from reconciler.ops.doctor.checklist import Check
 from reconciler.ops.doctor.connect import connect_checks
 from reconciler.ops.doctor.kafka import kafka_checks
 from reconciler.ops.doctor.postgres import DEFAULT_MAX_RETAINED_WAL, postgres_checks
 from reconciler.ops.doctor.valkey import shard_checks
-from reconciler.settings import Settings
+from reconciler.settings import Settings, SourceSettings
 
 __all__ = ["DEFAULT_MAX_RETAINED_WAL", "Doctor", "run_doctor"]
 
@@ -52,15 +58,26 @@ class Doctor:
     def run(self) -> list[Check]:
         checks = list(kafka_checks(self.settings))
         checks += shard_checks(self.settings)
+        for source in self.settings.source_list():
+            checks += self._source(source)
+        return checks
+
+    def _source(self, source: SourceSettings) -> list[Check]:
+        """A source's connector and database, its lines named after it when there are
+        several sources."""
+        checks: list[Check] = []
         connector: dict[str, str] | None = None
-        for check in connect_checks(self.settings):
+        for check in connect_checks(self.settings, source):
             if isinstance(check, dict):
                 connector = check
             else:
                 checks.append(check)
-        checks += postgres_checks(self.settings, connector,
+        checks += postgres_checks(self.settings, connector, source=source,
                                   max_retained_wal_bytes=self.max_retained_wal)
-        return checks
+        if not self.settings.sources:
+            return checks
+        return [dataclasses.replace(check, name=f"{source.name}/{check.name}")
+                for check in checks]
 
 
 def run_doctor(settings: Settings, *,

@@ -1,8 +1,10 @@
 """Doctor's Kafka Connect checks (optional ``connect.url``): the Debezium connector.
 
-The connector and its tasks are RUNNING and it captures every configured table. Its
+The connector and its tasks are RUNNING and it captures every configured table (a
+table with ``partitions``: its leaves or root, checked with the Postgres checks). Its
 config (passwords left out) is handed to the Postgres checks: the publication and the
-replication slot it uses.
+replication slot it uses. With several ``sources``, once per source: its connector is
+``sources[].connector``, or the one whose topic.prefix is its ``topic_prefix``.
 """
 
 from __future__ import annotations
@@ -15,12 +17,15 @@ from collections.abc import Iterator
 from typing import Any
 
 from reconciler.ops.doctor.checklist import FAIL, OK, WARN, Check
-from reconciler.settings import ConnectSettings, Settings
+from reconciler.settings import ConnectSettings, Settings, SourceSettings
 
 
-def connect_checks(settings: Settings) -> Iterator[Check | dict[str, str]]:
-    """The connector's and its tasks' state and the tables it captures; last, its
-    config (passwords left out), for the Postgres checks."""
+def connect_checks(settings: Settings, source: SourceSettings | None = None
+                   ) -> Iterator[Check | dict[str, str]]:
+    """The connector's (`source`'s, by default the only one's) and its tasks' state and
+    the tables it captures; last, its config (passwords left out), for the Postgres
+    checks."""
+    source = source or settings.source_list()[0]
     connect = settings.connect
     if connect is None:
         yield Check(WARN, "connect", "not configured: the Debezium connector's state is "
@@ -36,13 +41,15 @@ def connect_checks(settings: Settings) -> Iterator[Check | dict[str, str]]:
                     "check connect.url and the network")
         return
     assert isinstance(found, dict)
-    name = connect.connector or _guess_connector(settings, found)
+    name = source.connector or _guess_connector(settings, source, found)
     if name is None or name not in found:
         what = (f"{name} not found" if name else
-                "no single Debezium Postgres connector whose topic.prefix names the topics")
+                "no single Debezium Postgres connector whose topic.prefix is "
+                + (repr(source.topic_prefix) if source.topic_prefix else "the topics'"))
+        field = f"sources[{source.name}].connector" if settings.sources else "connect.connector"
         yield Check(FAIL, "connector", f"{what} (connectors: "
                                        f"{', '.join(sorted(found)) or 'none'})",
-                    "deploy the connector, or set connect.connector to its name")
+                    f"deploy the connector, or set {field} to its name")
         return
     status = found[name].get("status", {})
     config = found[name].get("info", {}).get("config", {})
@@ -67,8 +74,8 @@ def connect_checks(settings: Settings) -> Iterator[Check | dict[str, str]]:
                     f"{task.get('id', 0)}/restart")
     include = [p.strip() for p in config.get("table.include.list", "").split(",")
                if p.strip()]
-    missing = [t for t in settings.tables
-               if include and not any(re.fullmatch(p, t) for p in include)]
+    missing = [t for t, spec in settings.tables.items() if include and not spec.partitions
+               and not any(re.fullmatch(p, t) for p in include)]
     if missing:
         yield Check(WARN, f"{check} tables", f"table.include.list does not capture "
                                              f"{', '.join(missing)}",
@@ -76,8 +83,10 @@ def connect_checks(settings: Settings) -> Iterator[Check | dict[str, str]]:
     yield {k: v for k, v in config.items() if "password" not in k}
 
 
-def _guess_connector(settings: Settings, found: dict[str, Any]) -> str | None:
-    prefixes = {t.split(".", 1)[0] for t in settings.kafka.topics}
+def _guess_connector(settings: Settings, source: SourceSettings,
+                     found: dict[str, Any]) -> str | None:
+    prefixes = ({source.topic_prefix} if source.topic_prefix else
+                {t.split(".", 1)[0] for t in settings.kafka.topics})
     candidates = [name for name, entry in found.items()
                   if "postgres" in entry.get("info", {}).get("config", {})
                   .get("connector.class", "").lower()

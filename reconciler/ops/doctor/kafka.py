@@ -1,8 +1,10 @@
 """Doctor's Kafka checks: brokers, topics, the dead-letter topic, the group's offsets.
 
 The brokers answer; every configured topic exists (or the regex matches some); every
-table has a topic; the dead-letter topic exists; the group's committed offsets are not
-below the log start (retention deleted changes it never processed) nor beyond the end.
+table has a topic (a table with ``partitions``: its own or a leaf's; with several
+``sources``, one with each source's prefix); the dead-letter topic exists; the group's
+committed offsets are not below the log start (retention deleted changes it never
+processed) nor beyond the end.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-d
 from connectors.kafka import admin_config
 from reconciler.ops.doctor.checklist import FAIL, OK, WARN, Check
 from reconciler.pipeline.clients import kafka_security
-from reconciler.settings import Settings
+from reconciler.pipeline.partitions import compile_partitions
+from reconciler.settings import Settings, SourceSettings
 
 TIMEOUT = 10.0  # seconds for one Kafka request
 EARLIEST = OffsetSpec.earliest()  # type: ignore[no-untyped-call]  # the log start offset
@@ -67,12 +70,7 @@ def kafka_checks(settings: Settings) -> Iterator[Check]:
             else:
                 topics.append(topic)
                 yield Check(OK, f"topic {topic}", f"{len(found.partitions)} partition(s)")
-    for table in settings.tables:
-        if not any(t.endswith(f".{table}") for t in (kafka.topics or topics)):
-            yield Check(WARN, f"table {table} topic",
-                        f"no consumed topic ends with .{table}: its changes never "
-                        "reach the reconciler",
-                        "add <topic.prefix>." + table + " to kafka.topics")
+    yield from _table_topics(settings, kafka.topics or topics)
     dlq = kafka.dead_letter_topic
     yield (Check(OK, "dead-letter topic", f"{dlq} exists") if dlq in existing else
            Check(WARN, "dead-letter topic", f"{dlq} does not exist",
@@ -81,6 +79,27 @@ def kafka_checks(settings: Settings) -> Iterator[Check]:
     partitions = [TopicPartition(t, p) for t in topics for p in existing[t].partitions]
     if partitions:
         yield from _group_offsets(kafka.group_id, admin, partitions)
+
+
+def _table_topics(settings: Settings, consumed: list[str]) -> Iterator[Check]:
+    """A WARN per table (per source, with several) without a consumed topic: one named
+    `<prefix>.<schema>.<table>`, or after a leaf the table's `partitions` match."""
+    sources: list[SourceSettings | None] = [*settings.sources] or [None]
+    for source in sources:
+        prefix = f"{source.topic_prefix}." if source is not None else ""
+        for table, spec in settings.tables.items():
+            leaves = compile_partitions(table, spec.partitions)
+            if any(topic.startswith(prefix) and (
+                    topic.endswith(f".{table}") or (leaves is not None and leaves.fullmatch(
+                        ".".join(topic.rsplit(".", 2)[-2:])))) for topic in consumed):
+                continue
+            name = f"table {table} topic"
+            yield Check(WARN, f"{source.name}/{name}" if source is not None else name,
+                        f"no consumed topic is {prefix or '<prefix>.'}{table}"
+                        + (" or one of its leaves'" if leaves is not None else "")
+                        + ": its changes never reach the reconciler",
+                        f"add {prefix or '<topic.prefix>.'}{table} to kafka.topics (or a "
+                        "kafka.topic_regex that matches it)")
 
 
 def _group_offsets(group: str, admin: AdminClient,

@@ -22,6 +22,9 @@ Replica identity, against what the templates need (SPEC §3):
   unresolved; FULL closes the gap.
 
 Every FAIL and WARN says the ``ALTER TABLE … REPLICA IDENTITY FULL`` to run.
+
+A partitioned table's leaves and publishing mode: ``partitions``. With several
+``sources``, these checks run once per source, against its own database.
 """
 
 from __future__ import annotations
@@ -30,9 +33,10 @@ import re
 from collections.abc import Iterator
 
 from connectors.errors import ConnectorError
-from connectors.postgres import Postgres, Table, Trigger
+from connectors.postgres import Postgres, Publication, Table, Trigger
 from reconciler.ops.doctor.checklist import FAIL, OK, WARN, Check
-from reconciler.settings import Settings, TableSpec
+from reconciler.ops.doctor.partitions import partition_checks
+from reconciler.settings import Settings, SourceSettings, TableSpec
 
 DEFAULT_MAX_RETAINED_WAL = 1 << 30  # bytes of WAL a slot may hold before a WARN
 INTEGER_TYPES = frozenset({"int2", "int4", "int8", "numeric"})  # usable version columns
@@ -43,17 +47,21 @@ _PLAIN = re.compile(r"[a-z_][a-z0-9_$]*")  # an identifier that needs no quotes
 
 
 def postgres_checks(settings: Settings, connector: dict[str, str] | None, *,
+                    source: SourceSettings | None = None,
                     max_retained_wal_bytes: int = DEFAULT_MAX_RETAINED_WAL) -> Iterator[Check]:
-    dsn = settings.postgres.dsn_value()
+    """The checks against `source`'s database (default: `postgres`'s)."""
+    source = source or settings.source_list()[0]
+    field = f"sources[{source.name}].postgres" if settings.sources else "postgres"
+    dsn = source.postgres.dsn_value()
     if not dsn:
-        yield Check(WARN, "postgres", "postgres.dsn not set: table, trigger, replica identity "
+        yield Check(WARN, "postgres", f"{field}.dsn not set: table, trigger, replica identity "
                                       "and replication slot checks skipped",
-                    "set postgres.dsn (or RECONCILER_POSTGRES__DSN); audit needs it too")
+                    f"set {field}.dsn (or {field}.dsn_file); audit needs it too")
         return
     try:
         postgres = Postgres(dsn)
     except ConnectorError as exc:
-        yield Check(FAIL, "postgres", str(exc), "check postgres.dsn")
+        yield Check(FAIL, "postgres", str(exc), f"check {field}.dsn")
         return
     with postgres:
         try:
@@ -64,8 +72,20 @@ def postgres_checks(settings: Settings, connector: dict[str, str] | None, *,
                 schema, _, table = name.partition(".")
                 tables[name] = postgres.table(schema, table)
                 yield from table_checks(name, spec, tables[name])
+            publication = _publication_of(postgres, connector)
+            include = [p.strip() for p in (connector or {}).get("table.include.list", "")
+                       .split(",") if p.strip()]
+            leaves: dict[str, list[str]] = {}
+            for name, spec in settings.tables.items():
+                if tables[name] is None:
+                    continue
+                schema, _, table = name.partition(".")
+                found = postgres.partitioning(schema, table)
+                leaves[name] = list(found.leaves) if found is not None else []
+                yield from partition_checks(name, spec, found, publication, include,
+                                            settings.tables)
             if connector is not None:
-                yield from _publication(postgres, connector, tables)
+                yield from _publication(connector, publication, tables, leaves)
             yield from _slot(postgres, connector, max_retained_wal_bytes)
         except ConnectorError as exc:
             yield Check(FAIL, "postgres", str(exc), "check the role's privileges")
@@ -286,14 +306,23 @@ def _identity(name: str, spec: TableSpec, table: Table) -> Check:
     return Check(OK, check, f"{identity}: every template is built from the primary key")
 
 
-def _publication(postgres: Postgres, connector: dict[str, str],
-                 tables: dict[str, Table | None]) -> Iterator[Check]:
+def _publication_of(postgres: Postgres,
+                    connector: dict[str, str] | None) -> Publication | None:
+    """The connector's publication (pgoutput's), if it exists."""
+    if connector is None or connector.get("plugin.name", "pgoutput") != "pgoutput":
+        return None
+    return postgres.publication(connector.get("publication.name", "dbz_publication"))
+
+
+def _publication(connector: dict[str, str], publication: Publication | None,
+                 tables: dict[str, Table | None],
+                 leaves: dict[str, list[str]]) -> Iterator[Check]:
+    """Every configured table published: itself, or (per leaf) every leaf of it."""
     if connector.get("plugin.name", "pgoutput") != "pgoutput":
         return
     name = connector.get("publication.name", "dbz_publication")
-    members = postgres.publication_tables(name)
     check = f"publication {name}"
-    if members is None:
+    if publication is None:
         autocreate = connector.get("publication.autocreate.mode", "all_tables")
         if autocreate != "disabled":
             yield Check(WARN, check, "does not exist yet",
@@ -302,7 +331,9 @@ def _publication(postgres: Postgres, connector: dict[str, str],
             yield Check(FAIL, check, "does not exist and the connector does not create it",
                         f"CREATE PUBLICATION {name} FOR TABLE {', '.join(tables)}")
         return
-    missing = [t for t, found in tables.items() if found is not None and t not in members]
+    members = publication.tables
+    missing = [t for t, found in tables.items() if found is not None and t not in members
+               and not (leaves.get(t) and members.issuperset(leaves[t]))]
     if missing:
         yield Check(FAIL, check, f"does not include {', '.join(missing)}: their changes are "
                                  "never streamed",
