@@ -1,4 +1,4 @@
-"""`python -m bench throughput|latency|backlog|planning [options]` (see docs/benchmarks.md)."""
+"""`python -m bench throughput|latency|backlog|planning|decode [options]` (see docs/benchmarks.md)."""
 
 from __future__ import annotations
 
@@ -54,6 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     plan.add_argument("--case", action="append", default=None,
                       help="only this case (repeatable; default: all)")
 
+    dec = sub.add_parser("decode", help="the decode cost per record, Avro beside JSON, on "
+                         "the recorded workload (no stack needed)")
+    dec.add_argument("--rounds", type=int, default=7, help="timed rounds (the median is shown)")
+
     for command in (tp, bl):
         command.add_argument("--worker-client", metavar="PROPERTY=VALUE", action="append",
                              default=[], help="an extra librdkafka property in the worker's "
@@ -69,6 +73,11 @@ def main(argv: list[str] | None = None) -> int:
 
         run_planning(worker_ref=args.worker_ref, repeat=args.repeat, limit=args.limit,
                      out_dir=args.out_dir, cases=args.case)
+        return 0
+    if args.kind == "decode":
+        from bench.decode import run_decode
+
+        run_decode(args.rounds, args.out_dir)
         return 0
     endpoints = Endpoints.load()
     if args.kind == "throughput":

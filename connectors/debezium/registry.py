@@ -103,7 +103,7 @@ def parse(schema_id: int, text: str) -> WriterSchema:
     try:
         raw = json.loads(text)
         plain = _without_logical_types(raw)
-        parsed = fastavro.parse_schema(plain, _write_hint=False)
+        parsed = fastavro.parse_schema(plain)
     except (ValueError, TypeError, KeyError, fastavro.schema.SchemaParseException) as exc:
         raise InvalidEvent(INVALID_SCHEMA, f"schema id {schema_id} is not an Avro schema "
                            f"fastavro can read: {exc}") from None
