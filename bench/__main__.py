@@ -1,4 +1,5 @@
-"""`python -m bench throughput|latency|backlog|planning|decode [options]` (see docs/benchmarks.md)."""
+"""`python -m bench throughput|latency|backlog|planning|decode [options]`
+(see docs/benchmarks.md)."""
 
 from __future__ import annotations
 
