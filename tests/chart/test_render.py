@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -305,8 +306,11 @@ def test_config_gets_tls_paths_from_the_mounted_secrets(rendered_ci: dict[str, R
 
 
 def test_config_file_holds_no_credentials(rendered_ci: dict[str, Rendered]) -> None:
+    """Names where a credential is (a `*_file` in the secrets' mount: `sources`' DSNs),
+    never what it is."""
     for name, rendered in rendered_ci.items():
         text = rendered.one("ConfigMap", "-config")["data"]["reconciler.yaml"].lower()
+        text = re.sub(r"[a-z_]+_file: /etc/cache-reconciler/secrets/\S+", "", text)
         for word in ("password", "dsn", "secret", "username"):
             assert word not in text, f"{name}: '{word}' in the config ConfigMap"
 

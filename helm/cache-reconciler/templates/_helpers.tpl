@@ -183,6 +183,17 @@ optional fields are dropped, so that the reconciler's own defaults apply.
 {{- $_ := set $metrics "host" .Values.metrics.bindAddress }}
 {{- $_ := set $metrics "port" (int .Values.metrics.port) }}
 {{- $_ := set $cfg "metrics" $metrics }}
+{{- with .Values.sources }}
+{{- $sources := list }}
+{{- range . }}
+{{- $source := dict "name" .name "topic_prefix" .topicPrefix "postgres" (dict "dsn_file" (printf "%s/sources/%s/dsn" (include "cache-reconciler.secretsDir" $) .name)) }}
+{{- with .connector }}
+{{- $_ := set $source "connector" . }}
+{{- end }}
+{{- $sources = append $sources $source }}
+{{- end }}
+{{- $_ := set $cfg "sources" $sources }}
+{{- end }}
 {{- toYaml $cfg }}
 {{- end }}
 
@@ -191,6 +202,16 @@ Refuse values that would render a broken deployment; the schema checks types, th
 checks the relations between values. Included by the Deployment and the replay Job.
 */}}
 {{- define "cache-reconciler.validate" -}}
+{{- if and .Values.sources .Values.postgres.existingSecret }}
+{{- fail "sources and postgres.existingSecret are both set: with sources each source's DSN comes from its own existingSecret; empty postgres.existingSecret." }}
+{{- end }}
+{{- $sourceNames := dict }}
+{{- range .Values.sources }}
+{{- if hasKey $sourceNames .name }}
+{{- fail (printf "sources: the name %s is given more than once." .name) }}
+{{- end }}
+{{- $_ := set $sourceNames .name true }}
+{{- end }}
 {{- $partitions := int .Values.kafka.partitionCount }}
 {{- $budget := float64 (.Values.config.shutdown_timeout_seconds | default 30) }}
 {{- if le (float64 .Values.terminationGracePeriodSeconds) $budget }}
@@ -286,6 +307,12 @@ pods never get Kafka's credentials. Argument: (dict "root" $ "component" NAME).
 {{- $files = append $files (dict "env" "RECONCILER_POSTGRES__DSN_FILE" "path" "postgres/dsn" "secret" .existingSecret "key" .dsnKey) }}
 {{- end }}
 {{- end }}
+{{- if $uses.postgres }}
+{{- range $root.Values.sources }}
+{{- /* named by sources[].postgres.dsn_file in the config, not by a variable */}}
+{{- $files = append $files (dict "env" "" "path" (printf "sources/%s/dsn" .name) "secret" .existingSecret "key" (.dsnKey | default "dsn")) }}
+{{- end }}
+{{- end }}
 {{- toYaml (dict "files" $files) }}
 {{- end }}
 
@@ -306,8 +333,10 @@ file is; never a credential (a Kafka SASL user name given as plain text in
 {{- end }}
 {{- end }}
 {{- range (include "cache-reconciler.secretFiles" . | fromYaml).files }}
+{{- if .env }}
 - name: {{ .env }}
   value: {{ printf "%s/%s" (include "cache-reconciler.secretsDir" $root) .path | quote }}
+{{- end }}
 {{- end }}
 {{- with $root.Values.extraEnv }}
 {{ toYaml . }}
