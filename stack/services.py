@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from stack import (
     apicurio,
     connect,
+    flat,
     kafka,
     postgres,
     process,
@@ -46,14 +47,17 @@ SERVICES: dict[str, Service] = {service.name: service for service in (
     connect.SECOND_SERVICE,  # the nd2 database and its connector: a second source
     valkey_cluster.SERVICE,  # 3 primaries + 3 replicas (stack/valkey_cluster.py)
     apicurio.SERVICE,  # the schema registry and the Avro connector (stack/apicurio.py)
+    flat.SERVICE,  # the flattened connector: ExtractNewRecordState (stack/flat.py)
 )}
 START_ORDER = list(SERVICES)
 # Started only when named (apicurio: the schema registry and the Avro connector,
 # for the Avro tests): stunnel, installed by the test set-up, for the security tests;
 # the Sentinel-managed Valkey, for the sentinel shard kind's tests; the six nodes of
 # the Valkey Cluster, for the cluster shard kind's tests; the second source database
-# (nd2) and its connector, for the several sources' tests.
-ON_DEMAND = ("valkey-tls", "valkey-sentinel", "valkey-cluster", "connect-nd2", "apicurio")
+# (nd2) and its connector, for the several sources' tests; the flattened connector
+# (connect-flat), for the flattened topics' tests.
+ON_DEMAND = ("valkey-tls", "valkey-sentinel", "valkey-cluster", "connect-nd2", "apicurio",
+             "connect-flat")
 DEFAULT = [name for name in START_ORDER if name not in ON_DEMAND]  # what `up` starts
 
 ENV_NAMES = {  # `python -m stack env`: endpoints() key -> variable the tests read
@@ -84,6 +88,7 @@ def endpoints() -> dict[str, object]:
         "sentinel": sentinel.endpoints(),
         **valkey_cluster.endpoints(),
         **apicurio.endpoints(),
+        **flat.endpoints(),
     }
 
 
