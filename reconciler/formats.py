@@ -1,7 +1,10 @@
 """How the consumed topics are encoded, and the schema registry of the Avro ones.
 
-``kafka.format`` (``json``, the default, or ``avro``) is every topic's, and
-``kafka.formats`` overrides it per topic; Avro topics need ``kafka.schema_registry``:
+``kafka.format`` (``json``, the default, ``avro`` or ``flattened``) is every topic's, and
+``kafka.formats`` overrides it per topic. ``flattened``: the rows of Debezium's
+``ExtractNewRecordState`` SMT through Connect's JSON converter (no ``before`` image:
+what that cannot do is in `connectors.debezium.flattened` and the README). Avro topics
+need ``kafka.schema_registry``:
 a Confluent-compatible API (Confluent Schema Registry, Apicurio's ``/apis/ccompat/v7``,
 Karapace …), read with confluent-kafka's ``SchemaRegistryClient``. Its password comes
 from the environment or a file and is masked wherever settings are printed.
@@ -17,8 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from reconciler.errors import ConfigError
 
-JSON, AVRO = "json", "avro"
-Format = Literal["json", "avro"]
+JSON, AVRO, FLATTENED = "json", "avro", "flattened"
+Format = Literal["json", "avro", "flattened"]
 
 
 class SchemaRegistrySettings(BaseModel):
@@ -98,12 +101,14 @@ def _read(path: Path, field: str) -> str:
         raise ConfigError(f"{field}: cannot read {path}: {exc.strerror}") from exc
 
 
-def topic_formats(default: str, overrides: Mapping[str, str]) -> Callable[[str], bool]:
-    """Whether a topic is Avro: its override, else the default."""
+def topic_formats(default: str, overrides: Mapping[str, str],
+                  kind: str = AVRO) -> Callable[[str], bool]:
+    """Whether a topic is of format `kind` (Avro by default): its override, else the
+    default."""
     if not overrides:
-        avro = default == AVRO
-        return lambda topic: avro
-    return lambda topic: overrides.get(topic, default) == AVRO
+        same = default == kind
+        return lambda topic: same
+    return lambda topic: overrides.get(topic, default) == kind
 
 
 def check_formats(default: str, overrides: Mapping[str, str],

@@ -159,9 +159,9 @@ class KafkaSettings(Strict):
     # classic: the client-side protocol every broker speaks (cooperative-sticky);
     # consumer: KIP-848, the broker-side protocol of Kafka 4.x (faster rebalances).
     group_protocol: Literal["classic", "consumer"] = "classic"
-    # How the topics are encoded (reconciler/formats.py): json (Connect's JsonConverter)
-    # or avro (the Confluent wire format, schemas from schema_registry); per topic in
-    # `formats`.
+    # How the topics are encoded (reconciler/formats.py): json (Connect's JsonConverter),
+    # avro (the Confluent wire format, schemas from schema_registry) or flattened (the
+    # rows of Debezium's ExtractNewRecordState SMT, JSON); per topic in `formats`.
     format: Format = "json"
     formats: dict[str, Format] = Field(default_factory=dict)
     schema_registry: SchemaRegistrySettings | None = None

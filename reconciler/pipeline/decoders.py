@@ -1,7 +1,9 @@
 """The decoder the settings ask for, and the schema registry's retry policy.
 
-JSON topics only: the JSON `Decoder`. Any Avro topic (``kafka.format``/``formats``):
-an `AvroDecoder` reading the Avro ones through a `Registry` over confluent-kafka's
+JSON topics only: the JSON `Decoder`. Any flattened topic: a `FlattenedDecoder`
+reading those as rows (Debezium's ExtractNewRecordState), the others as below. Any Avro
+topic (``kafka.format``/``formats``): an `AvroDecoder` reading the Avro ones through a
+`Registry` over confluent-kafka's
 ``SchemaRegistryClient``, whose requests `RegistryRetry` retries: a registry that is
 down, slow or failing is transient — the batch waits, with backoff, for at most
 ``kafka.retry_budget_seconds``, then the worker stops without storing its offsets, as
@@ -19,7 +21,7 @@ from typing import TypeVar
 from connectors.debezium.decode import Decoder
 from connectors.errors import RegistryRejected, RegistryUnavailable
 from reconciler.errors import FatalError, RetryBudgetExceeded, TransientError
-from reconciler.formats import AVRO, topic_formats
+from reconciler.formats import AVRO, FLATTENED, topic_formats
 from reconciler.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -74,8 +76,20 @@ def build_decoder(settings: Settings, columns: frozenset[str] | None, *,
                   on_retry: Callable[[], None] = lambda: None) -> Decoder:
     """The decoder for the topics' formats (`columns`: the row columns the plans read)."""
     kafka = settings.kafka
-    if kafka.format != AVRO and AVRO not in kafka.formats.values():
-        return Decoder(heartbeat_prefix=kafka.heartbeat_topic_prefix, columns=columns)
+    kinds = {kafka.format, *kafka.formats.values()}
+    decoder = _avro(settings, columns, should_stop, on_retry) if AVRO in kinds else None
+    if FLATTENED in kinds:
+        from connectors.debezium.flattened import FlattenedDecoder
+
+        return FlattenedDecoder(
+            flattened_topics=topic_formats(kafka.format, kafka.formats, FLATTENED),
+            inner=decoder, heartbeat_prefix=kafka.heartbeat_topic_prefix, columns=columns)
+    return decoder or Decoder(heartbeat_prefix=kafka.heartbeat_topic_prefix, columns=columns)
+
+
+def _avro(settings: Settings, columns: frozenset[str] | None, should_stop: Callable[[], bool],
+          on_retry: Callable[[], None]) -> Decoder:
+    kafka = settings.kafka
     from connectors.debezium.avro import AvroDecoder
     from connectors.debezium.registry import Registry, confluent_fetch
 
