@@ -129,6 +129,28 @@ def avro_overrides(stack: Stack) -> dict[str, Any]:
             "kafka.schema_registry": {"url": schema_registry_url(stack)}}
 
 
+FLAT_PREFIX = "ndflat"  # the flattened connector's topic prefix (stack/flat.py)
+
+
+def flat_overrides(stack: Stack) -> dict[str, Any]:
+    """`write_config` overrides for the flattened topics, once the flattened connector
+    (nd-flat) is checked to run; the test fails saying how to start it."""
+    how = "start it with `python -m stack up connect-flat` (scripts/test does)"
+    try:
+        with urllib.request.urlopen(f"{stack.connect_url.rstrip('/')}/connectors/nd-flat/"
+                                    "status", timeout=5) as answer:
+            state = json.loads(answer.read())
+    except OSError as exc:
+        pytest.fail(f"the flattened connector nd-flat does not answer ({exc}): {how}",
+                    pytrace=False)
+    tasks = state.get("tasks") or []
+    if state["connector"]["state"] != "RUNNING" or not tasks or any(
+            task["state"] != "RUNNING" for task in tasks):
+        pytest.fail(f"the flattened connector nd-flat is not running ({state}): {how}",
+                    pytrace=False)
+    return {"kafka.format": "flattened"}
+
+
 def _merge(config: dict[str, Any], path: list[str], value: Any) -> None:
     for part in path[:-1]:
         config = config.setdefault(part, {})
