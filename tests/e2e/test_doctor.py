@@ -20,11 +20,13 @@ from reconciler.cli import main
 from tests.conftest import Stack
 from tests.e2e.support import (
     COMMENTS,
+    FLAT_PREFIX,
     POSTS,
     PROFILES,
     PrivateValkey,
     admin,
     create_topic,
+    flat_overrides,
     wait_until,
     write_config,
 )
@@ -450,3 +452,29 @@ def test_an_eviction_policy_that_can_evict_fences_warns_naming_the_shard_and_the
         assert private.url in text
     line(lines, "OK", "shard a eviction")  # the stack's shards keep the default
     assert code == 0, "\n".join(lines)
+
+
+def test_flattened_topics_say_which_tables_lose_move_detection(
+        stack: Stack, tmp_path: Path, uid: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """On the stack's flattened connector (nd-flat): the tables whose templates use the
+    shard key lose move detection (a WARN, not a failure); the connector's SMT settings
+    agree with `kafka.format: flattened`, and fail when the topics are read as JSON."""
+    topics = [topic.replace("nd.", f"{FLAT_PREFIX}.", 1) for topic in TOPICS]
+    connect = {"url": stack.connect_url, "connector": "nd-flat"}
+    config = write_config(tmp_path, stack, group=f"doctor-{uid}", topics=topics,
+                          overrides={**flat_overrides(stack), "connect": connect})
+    code, lines = doctor(config, capsys)
+    assert code == 0, "\n".join(lines)
+    posts = line(lines, "WARN", "table public.posts format")
+    assert "loses move detection" in posts and "feed:{neighborhood_id}" in posts
+    line(lines, "OK", "table public.comments format")
+    line(lines, "OK", "table public.profiles format")
+    smt = line(lines, "OK", "connector nd-flat format")
+    assert "delete.tombstone.handling.mode=rewrite" in smt
+    line(lines, "OK", "connector nd-flat")
+    line(lines, "OK", "replication slot ndflat_debezium")
+    as_json = edit(config, lambda data: data["kafka"].pop("format"))
+    code, lines = doctor(as_json, capsys)
+    assert code == 1
+    assert "flattens its rows" in line(lines, "FAIL", "connector nd-flat format")
+    assert not [text for text in lines if " table public.posts format:" in text]

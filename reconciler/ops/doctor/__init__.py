@@ -14,7 +14,10 @@ Each check yields one line, ``OK | WARN | FAIL <check>: <detail> — <what to do
   or an unknown service FAILs), agree on a primary none sees down, and have a replica
   to promote; then those checks on the primary.
 - connect (optional ``connect.url``): the Debezium connector and its tasks RUNNING,
-  and capturing every configured table.
+  and capturing every configured table; its ExtractNewRecordState settings against
+  the topics' formats (``formats``).
+- formats: each table read from a flattened topic, and whether it loses move
+  detection (a template built from the shard key: WARN).
 - postgres (optional ``postgres.dsn``): each table exists with its primary key, shard
   key and version column; a BEFORE UPDATE trigger bumps the version, and the version
   never goes back across a delete and re-insert (a sequence on INSERT and UPDATE, not
@@ -29,7 +32,7 @@ Each check yields one line, ``OK | WARN | FAIL <check>: <detail> — <what to do
 Any FAIL makes the exit status non-zero. Checks never write, except loading the
 functions library on a shard where it is missing (what the worker does on first use).
 Modules, one per service: ``kafka``, ``valkey`` (the shards; ``cluster``, ``sentinel``
-for those kinds), ``connect``, ``postgres``;
+for those kinds), ``connect``, ``postgres``; ``formats`` (the topics' formats);
 ``checklist`` holds a line of the checklist (``Check``) and its rendering.
 """
 
@@ -39,6 +42,7 @@ import dataclasses
 
 from reconciler.ops.doctor.checklist import Check
 from reconciler.ops.doctor.connect import connect_checks
+from reconciler.ops.doctor.formats import connector_checks, move_checks
 from reconciler.ops.doctor.kafka import kafka_checks
 from reconciler.ops.doctor.postgres import DEFAULT_MAX_RETAINED_WAL, postgres_checks
 from reconciler.ops.doctor.valkey import shard_checks
@@ -57,6 +61,7 @@ class Doctor:
 
     def run(self) -> list[Check]:
         checks = list(kafka_checks(self.settings))
+        checks += move_checks(self.settings)
         checks += shard_checks(self.settings)
         for source in self.settings.source_list():
             checks += self._source(source)
@@ -72,6 +77,7 @@ class Doctor:
                 connector = check
             else:
                 checks.append(check)
+        checks += connector_checks(self.settings, connector)
         checks += postgres_checks(self.settings, connector, source=source,
                                   max_retained_wal_bytes=self.max_retained_wal)
         if not self.settings.sources:
