@@ -59,8 +59,9 @@ SCHEMA = "__schema"  # add.fields=schema
 SOURCE_TS = "__source_ts_ms"  # add.fields=source.ts_ms: the commit time
 META = (DELETED, OP, TABLE, SCHEMA, SOURCE_TS)  # what the decoder reads of the SMT's fields
 # Fields of the records the SMT passes on unchanged (transaction markers, messages).
-PASSED_ON = ("status", "data_collections", "op", "message")
+PASSED_ON = ("status", "event_count", "op", "message", "ts_ms")
 ROW_OPS = frozenset("cudr")
+MAX_NAMES = 10_000  # (topic, __schema, __table) → table names remembered, at most
 SCHEMA_KEY = b'{"schema":'  # how the JSON converter starts a value with its schema
 PAYLOAD_KEY = b',"payload":'
 
@@ -78,7 +79,7 @@ class FlattenedDecoder(Decoder):
     """Decodes flattened topics (`flattened_topics`) as rows; the others with `inner`
     (default: as `Decoder`, JSON)."""
 
-    __slots__ = ("_flat_prefixes", "_flat_schemas", "_inner", "_is_flat", "_rows",
+    __slots__ = ("_flat_prefixes", "_flat_schemas", "_inner", "_is_flat", "_names", "_rows",
                  "_wrapped")
 
     def __init__(self, *, flattened_topics: Callable[[str], bool], inner: Decoder | None = None,
@@ -89,6 +90,7 @@ class FlattenedDecoder(Decoder):
         self._inner = inner
         self._flat_schemas: dict[str, tuple[msgspec.Raw, ColumnTypes]] = {}
         self._flat_prefixes: dict[str, tuple[bytes, ColumnTypes]] = {}  # as Decoder's
+        self._names: dict[tuple[str, Any, Any], str] = {}  # (topic, __schema, __table) → table
         self._rows, self._wrapped = _row_decoders(None if columns is None else frozenset(columns))
 
     def decode(self, topic: str, partition: int, offset: int,
@@ -107,8 +109,10 @@ class FlattenedDecoder(Decoder):
         if not isinstance(row, dict):
             raise InvalidEvent("invalid_envelope", f"the value is a JSON "
                                f"{type(row).__name__}, not a row (an object)", path="$")
-        if OP not in row and DELETED not in row and _passed_on(row):
-            return super().decode(topic, partition, offset, key, value)
+        if OP not in row and DELETED not in row:
+            passed = _passed_on(topic, partition, offset, row)
+            if passed is not None:
+                return passed
         return self._row_event(topic, partition, offset, key, row, types)
 
     def key_event(self, topic: str, partition: int, offset: int, key: bytes) -> Event:
@@ -157,10 +161,18 @@ class FlattenedDecoder(Decoder):
 
     def _row_event(self, topic: str, partition: int, offset: int, key: bytes | None,
                    row: dict[str, Any], types: ColumnTypes | None) -> Event:
-        deleted = row.pop(DELETED, None)
-        op = row.pop(OP, None)
-        table = _table(topic, row.pop(SCHEMA, None), row.pop(TABLE, None))
-        ts_ms = row.pop(SOURCE_TS, None)
+        pop = row.pop
+        deleted, op, ts_ms = pop(DELETED, None), pop(OP, None), pop(SOURCE_TS, None)
+        schema, name = pop(SCHEMA, None), pop(TABLE, None)
+        named = (topic, schema, name)
+        try:
+            table = self._names[named]
+        except KeyError:  # the first of its topic, or not names (unhashable: raises below)
+            table = _table(topic, schema, name)
+            if len(self._names) < MAX_NAMES:
+                self._names[named] = table
+        except TypeError:
+            table = _table(topic, schema, name)
         if ts_ms is not None and type(ts_ms) is not int:
             raise InvalidEvent("invalid_envelope", f"`{SOURCE_TS}` is {ts_ms!r:.40}, not "
                                "epoch milliseconds", path=f"$.{SOURCE_TS}")
@@ -208,11 +220,23 @@ def _not_wrapped(value: bytes) -> None:
                            path="$.payload")
 
 
-def _passed_on(row: dict[str, Any]) -> bool:
-    """A record the SMT passes on unchanged: a transaction marker, a logical message."""
+def _passed_on(topic: str, partition: int, offset: int, row: dict[str, Any]) -> Event | None:
+    """The event of a record the SMT passes on unchanged — a transaction marker, a
+    logical message — as the JSON decoder makes it; None for a row."""
     status = row.get("status")
-    return ((status == "BEGIN" or status == "END") and "data_collections" in row) or (
-        row.get("op") == "m" and "message" in row)
+    if (status == "BEGIN" or status == "END") and "event_count" in row:
+        kind = model.TRANSACTION
+    elif row.get("op") == "m" and "message" in row:
+        kind = model.MESSAGE
+    else:
+        return None
+    ts_ms = row.get("ts_ms")
+    if ts_ms is not None and type(ts_ms) is not int:
+        raise InvalidEvent("invalid_envelope", f"`ts_ms` is {ts_ms!r:.40}, not epoch "
+                           "milliseconds", path="$.ts_ms")
+    if kind == model.MESSAGE:
+        return Event(kind, topic, partition, offset, op="m", ts_ms=ts_ms)
+    return Event(kind, topic, partition, offset, ts_ms=ts_ms)
 
 
 def _row_types(schema: msgspec.Raw) -> ColumnTypes:

@@ -164,6 +164,7 @@ def test_the_table_comes_from_the_rows_fields_else_from_the_topic() -> None:
     ("__op", "x", "unknown_op"),
     ("__op", 7, "unknown_op"),
     ("__table", 7, "invalid_envelope"),
+    ("__schema", ["public"], "invalid_envelope"),
     ("__source_ts_ms", "soon", "invalid_envelope"),
 ])
 def test_a_field_of_the_wrong_kind_is_a_dead_letter(field: str, value: Any, reason: str) -> None:
