@@ -55,8 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     plan.add_argument("--case", action="append", default=None,
                       help="only this case (repeatable; default: all)")
 
-    dec = sub.add_parser("decode", help="the decode cost per record, Avro beside JSON, on "
-                         "the recorded workload (no stack needed)")
+    dec = sub.add_parser("decode", help="the decode cost per record, Avro and flattened "
+                         "beside JSON, on the recorded workload (no stack needed)")
     dec.add_argument("--rounds", type=int, default=7, help="timed rounds (the median is shown)")
 
     for command in (tp, bl):
