@@ -258,6 +258,17 @@ checks the relations between values. Included by the Deployment and the replay J
 {{- else if .Values.kafka.sasl.existingSecret }}
 {{- fail (printf "kafka.sasl.existingSecret is set but config.kafka.security.protocol is %s: use SASL_PLAINTEXT or SASL_SSL, or drop the secret." $protocol) }}
 {{- end }}
+{{- $registry := $kafka.schema_registry | default dict }}
+{{- $avro := or (eq ($kafka.format | default "json") "avro") (has "avro" (values ($kafka.formats | default dict))) }}
+{{- if and $avro (not $registry.url) }}
+{{- fail "config.kafka.format or formats names avro topics: set config.kafka.schema_registry.url (the registry their writer schemas are read from)." }}
+{{- end }}
+{{- if and .Values.kafka.schemaRegistry.existingSecret (not $registry.url) }}
+{{- fail "kafka.schemaRegistry.existingSecret is set but config.kafka.schema_registry.url is not: set the registry's url, or drop the secret." }}
+{{- end }}
+{{- if and .Values.kafka.schemaRegistry.usernameKey $registry.username }}
+{{- fail "kafka.schemaRegistry.usernameKey and config.kafka.schema_registry.username are both set: take the user name from one of them." }}
+{{- end }}
 {{- if and (not (include "cache-reconciler.kafkaUsesTls" .)) (or .Values.kafka.tls.ca.existingSecret .Values.kafka.tls.clientCert.existingSecret) }}
 {{- fail (printf "kafka.tls secrets are set but config.kafka.security.protocol is %s: use SSL or SASL_SSL, or drop them." $protocol) }}
 {{- end }}
@@ -291,6 +302,14 @@ pods never get Kafka's credentials. Argument: (dict "root" $ "component" NAME).
 {{- $files = append $files (dict "env" "RECONCILER_KAFKA__SECURITY__SASL_USERNAME_FILE" "path" "kafka/sasl-username" "secret" .existingSecret "key" .usernameKey) }}
 {{- end }}
 {{- $files = append $files (dict "env" "RECONCILER_KAFKA__SECURITY__SASL_PASSWORD_FILE" "path" "kafka/sasl-password" "secret" .existingSecret "key" .passwordKey) }}
+{{- end }}
+{{- end }}
+{{- with $root.Values.kafka.schemaRegistry }}
+{{- if and $uses.kafka .existingSecret }}
+{{- if .usernameKey }}
+{{- $files = append $files (dict "env" "RECONCILER_KAFKA__SCHEMA_REGISTRY__USERNAME_FILE" "path" "kafka/schema-registry-username" "secret" .existingSecret "key" .usernameKey) }}
+{{- end }}
+{{- $files = append $files (dict "env" "RECONCILER_KAFKA__SCHEMA_REGISTRY__PASSWORD_FILE" "path" "kafka/schema-registry-password" "secret" .existingSecret "key" .passwordKey) }}
 {{- end }}
 {{- end }}
 {{- range $auth := list (list .root.Values.valkey.auth "VALKEY" "valkey/") (list .root.Values.valkey.sentinelAuth "VALKEY__SENTINEL" "valkey/sentinel-") }}
