@@ -6,6 +6,7 @@ the Dockerfile's install and run steps in fresh virtualenvs instead.
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import re
 import shlex
@@ -168,6 +169,19 @@ def test_build_context_holds_what_the_dockerfile_copies() -> None:
                 assert source.rstrip("/") in allowed, f"COPY {source} is excluded by .dockerignore"
 
 
+def _extra_requirements(distribution: str, extra: str) -> list[Requirement]:
+    """What `distribution[extra]` pulls in on this Python (the installed metadata)."""
+    found = []
+    for text in importlib.metadata.requires(distribution) or []:
+        requirement = Requirement(text)
+        marker = requirement.marker
+        if marker is not None and marker.evaluate({"extra": extra}) and \
+                not marker.evaluate({"extra": ""}):
+            found.append(requirement)
+    assert found, f"{distribution}[{extra}] pulls in nothing: is the extra's name right?"
+    return found
+
+
 def test_constraints_pin_every_runtime_dependency() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     pins = {name: version for name, (version, _) in
@@ -181,10 +195,11 @@ def test_constraints_pin_every_runtime_dependency() -> None:
         assert requirement.specifier.contains(pins[name]), (
             f"{requirement.name}=={pins[name]} violates {requirement}"
         )
-        if requirement.extras:  # psycopg[binary] -> psycopg-binary
-            assert any(p.startswith(name) and p != name for p in pins), (
-                f"{requirement}: what its extras pull in is not pinned"
-            )
+        for extra in requirement.extras:  # psycopg[binary] -> psycopg-binary, ...
+            for pulled in _extra_requirements(requirement.name, extra):
+                assert canonicalize_name(pulled.name) in pins, (
+                    f"{requirement}: {pulled.name}, which its extra pulls in, is not pinned"
+                )
     assert {"setuptools", "wheel"} <= set(lock_entries(ROOT / "requirements" / "build.txt"))
 
 
