@@ -49,8 +49,7 @@ from connectors.debezium.model import Event
 from connectors.debezium.values import ValueTooLarge, format_value
 from connectors.valkey.protocols import MAX_VERSION
 from reconciler.errors import PoisonRecordError
-from reconciler.pipeline.partitions import Partitions
-from reconciler.pipeline.rules import TableRules
+from reconciler.pipeline.rules import TableLookup, TableRules
 from reconciler.settings import Settings, TableSpec
 from reconciler.templates import KeyTemplate
 from shard_map import ShardMap, ShardResolutionError
@@ -131,17 +130,14 @@ class Plan(msgspec.Struct, frozen=True, gc=False):
 class Planner:
     """Turns events into plans, for a fixed set of tables and a shard map."""
 
-    __slots__ = ("_partitions", "_tables", "_topic_tables", "heartbeat_tables", "shard_map",
-                 "tombstones", "unknown_tables_error")
+    __slots__ = ("_lookup", "heartbeat_tables", "shard_map", "tombstones",
+                 "unknown_tables_error")
 
     def __init__(self, tables: Mapping[str, TableSpec], shard_map: ShardMap, *,
                  unknown_tables_error: bool = False,
                  heartbeat_tables: frozenset[str] = frozenset(),
                  tombstones: bool = True) -> None:
-        self._tables = {name: TableRules.compile(name, spec) for name, spec in tables.items()}
-        self._partitions = Partitions({name: (spec.partitions, self._tables[name])
-                                       for name, spec in tables.items()})  # leaf → parent
-        self._topic_tables: dict[str, TableRules | None] = {}  # topic → its table (memo)
+        self._lookup = TableLookup(tables)
         self.shard_map = shard_map
         self.unknown_tables_error = unknown_tables_error
         self.heartbeat_tables = heartbeat_tables  # Debezium's heartbeat.action.query table
@@ -163,14 +159,14 @@ class Planner:
 
     @property
     def tables(self) -> Mapping[str, TableRules]:
-        return self._tables
+        return self._lookup.tables
 
     @property
     def columns(self) -> frozenset[str]:
         """Every row column a plan may read, of any table: what the decoder keeps of the
         row images (`Decoder(columns=...)`)."""
         return frozenset(
-            column for rules in self._tables.values()
+            column for rules in self._lookup.tables.values()
             for column in (*rules.primary_key, rules.shard_key, rules.version_column,
                            *(c for template in rules.templates for c in template.columns)))
 
@@ -183,11 +179,10 @@ class Planner:
                         or Plan(event, skip=SKIP_REASONS[kind]))
             return Plan(event, skip=SKIP_REASONS[kind])
         assert event.table is not None
-        rules = self._tables.get(event.table)
-        if rules is None and self._partitions:
-            rules = self._partitions.parent(event.table)
-            if rules is not None:  # a leaf partition: planned, and counted, as its table
-                event = msgspec.structs.replace(event, table=rules.name)
+        rules = self._lookup.by_name(event.table)
+        if rules is not None and rules.name != event.table:
+            # a leaf partition: planned, and counted, as its table
+            event = msgspec.structs.replace(event, table=rules.name)
         if rules is None:
             if event.table in self.heartbeat_tables:
                 return Plan(event, skip=HEARTBEAT)
@@ -262,8 +257,8 @@ class Planner:
         templates unresolved."""
         # The table the record names (its envelope, its key schema) wins; the topic's
         # name is the fallback for a key without a schema.
-        rules = (self._rules(event.table) if event.table
-                 else self._table_of_topic(event.topic))
+        rules = (self._lookup.by_name(event.table) if event.table
+                 else self._lookup.by_topic(event.topic))
         if rules is None or not event.key:
             return None
         event = msgspec.structs.replace(event, table=rules.name, op=TOMBSTONE_OP)
@@ -289,31 +284,6 @@ class Planner:
         expected = tuple(t.source for t in rules.templates if t not in rules.key_templates)
         return Plan(event, tuple(actions), _sources([*unresolved, *expected]),
                     key_only=expected)
-
-    def _rules(self, table: str) -> TableRules | None:
-        """The rules of a configured table, or of the table `table` is a leaf of."""
-        rules = self._tables.get(table)
-        if rules is None and self._partitions:
-            return self._partitions.parent(table)
-        return rules
-
-    def _table_of_topic(self, topic: str) -> TableRules | None:
-        """The configured table a topic is named after (``<prefix>.<schema>.<table>``:
-        the longest configured name the topic ends with, else the table whose leaf the
-        topic's last two parts name), or None."""
-        try:
-            return self._topic_tables[topic]
-        except KeyError:
-            pass
-        found = None
-        for name, rules in self._tables.items():
-            if (topic == name or topic.endswith("." + name)) and (
-                    found is None or len(name) > len(found.name)):
-                found = rules
-        if found is None and self._partitions:
-            found = self._partitions.parent(".".join(topic.rsplit(".", 2)[-2:]))
-        self._topic_tables[topic] = found
-        return found
 
     # ------------------------------------------------------------------ helpers
 
