@@ -213,6 +213,14 @@ def run_partition(stack: Stack, tmp_path: Path, uid: str, workload: Workload, or
         assert "still unavailable" in current.log(), current.log()[-3000:]
         return start()
 
+    def supervised(current: Worker, seconds: float) -> Worker:
+        """The orchestrator for `seconds`: every worker that exits is replaced."""
+        until = time.monotonic() + seconds
+        while time.monotonic() < until:
+            current = restarted(current)
+            time.sleep(0.2)
+        return restarted(current)
+
     worker = start()
     try:
         worker.wait_ready(120)
@@ -230,15 +238,14 @@ def run_partition(stack: Stack, tmp_path: Path, uid: str, workload: Workload, or
                 workload.delete(rows[::6])
                 workload.reinsert(workload.gone()[::3])
                 oracle.published()
-                until = time.monotonic() + CUT_SECONDS
-                while time.monotonic() < until:
-                    worker = restarted(worker)
-                    time.sleep(0.2)
+                worker = supervised(worker, CUT_SECONDS)
             finally:
                 toxics.clear()  # healed: enabled again, toxics gone
+            # A call in flight when the network healed can still use up the budget: the
+            # orchestrator keeps watching until the worker's last retry is over.
+            worker = supervised(worker, BUDGET + SOCKET_TIMEOUT + 1)
             oracle.figures.faults += 1
             gave_up.append(len(exits) - before)  # 0 where the worker outlasts the cut
-            worker = restarted(worker)
         figures = judged(oracle, broken, lambda: oracle.account(
             group, dead_letter_topic=dead_letter_topic(config), timeout=180))
         if broken is None:
