@@ -15,7 +15,8 @@ import time
 import uuid
 from typing import Any, cast
 
-from connectors.valkey.shard import Shard, apply_commands
+from connectors.valkey.commands import apply_commands
+from connectors.valkey.shard import Shard
 
 DEFAULT_URL = "valkey://127.0.0.1:26380/0"  # valkey-b of the local stack
 BATCHES = (1, 100, 1_000, 10_000, 50_000)  # keys per apply() call

@@ -15,9 +15,9 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
+from connectors.valkey.commands import APPLY_CHUNK
 from connectors.valkey.protocols import OP_DELETE, OP_SNAPSHOT, OP_VERSIONED
 from connectors.valkey.routing import Call
-from connectors.valkey.shard import APPLY_CHUNK
 from connectors.valkey.topology import SLOTS, slot_of
 
 log = logging.getLogger(__name__)

@@ -32,15 +32,12 @@ from valkey.crc import key_slot
 
 from connectors.errors import ValkeyRejected, ValkeyUnavailable
 from connectors.valkey.calls import apply_calls
+from connectors.valkey.commands import WaitFor, check_apply
+from connectors.valkey.connection import redact
 from connectors.valkey.functions import PROTOCOL, Library, load_functions, translate
 from connectors.valkey.protocols import PendingApply, ShardClient
 from connectors.valkey.routing import Call, Lost, Round, answered, run
-from connectors.valkey.shard import (
-    DEFAULT_FENCE_TTL_MS,
-    WaitFor,
-    check_apply,
-    redact,
-)
+from connectors.valkey.shard import DEFAULT_FENCE_TTL_MS
 from connectors.valkey.topology import NodeInfo, Topology, slot_of
 
 log = logging.getLogger(__name__)

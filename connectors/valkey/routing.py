@@ -45,8 +45,8 @@ from typing import Any
 from valkey import exceptions as vx
 
 from connectors.errors import ValkeyShardError, ValkeyUnavailable
+from connectors.valkey.commands import WaitFor
 from connectors.valkey.functions import Library, is_missing_function, load_functions, translate
-from connectors.valkey.shard import WaitFor
 from connectors.valkey.topology import Topology
 
 log = logging.getLogger(__name__)

@@ -46,14 +46,10 @@ from valkey.connection import SSLConnection
 from valkey.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
 
 from connectors.errors import ValkeyRejected, ValkeyShardError, ValkeyUnavailable
+from connectors.valkey.commands import WaitFor
+from connectors.valkey.connection import connection_pool, redact
 from connectors.valkey.functions import PROTOCOL, Library
-from connectors.valkey.shard import (
-    DEFAULT_FENCE_TTL_MS,
-    Shard,
-    WaitFor,
-    connection_pool,
-    redact,
-)
+from connectors.valkey.shard import DEFAULT_FENCE_TTL_MS, Shard
 
 log = logging.getLogger(__name__)
 

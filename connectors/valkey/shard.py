@@ -6,7 +6,8 @@ holds the server for long), with the per-key Python work kept to slicing and a d
 lookup. `truncate()` removes a table's keys by pattern (SCAN + UNLINK, rate-limited).
 
 Credentials passed separately are never logged: the shard is described by its name
-and a URL with the user information removed.
+and a URL with the user information removed. The commands themselves are built in
+`commands`, the connection pool in `connection`.
 """
 
 from __future__ import annotations
@@ -14,18 +15,16 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import urlsplit
 
 import valkey
 from valkey import exceptions as vx
-from valkey.connection import parse_url
 
 from connectors.errors import ValkeyRejected, ValkeyUnavailable
+from connectors.valkey.commands import WaitFor, apply_commands, check_apply
+from connectors.valkey.connection import connection_pool, redact
 from connectors.valkey.functions import (
-    APPLY_FUNCTION,
     PROTOCOL,
     Library,
     call_with_reload,
@@ -34,103 +33,16 @@ from connectors.valkey.functions import (
     load_functions,
     translate,
 )
-from connectors.valkey.protocols import MAX_VERSION, OPS, PendingApply, ShardClient
+from connectors.valkey.protocols import PendingApply, ShardClient
 
 log = logging.getLogger(__name__)
 
-APPLY_CHUNK = 512  # keys per cr2_apply call: bounds how long one call blocks the server
 DEFAULT_FENCE_TTL_MS = 60_000  # SPEC fence_ttl default: 60 s
-TLS_SCHEMES = frozenset({"valkeys", "rediss"})  # URL schemes that mean TLS
-SCHEMES = frozenset({"valkey", "redis", *TLS_SCHEMES})  # accepted URL schemes
-_FCALL = b"FCALL"  # the command, pre-encoded
 # Reply bytes -> the result label (one shared str object per label, no decoding).
 _LABEL = {b"repaired": "repaired", b"fresh": "fresh", b"absent": "absent",
           b"fenced": "fenced"}.__getitem__
 
 T = TypeVar("T")
-
-
-def redact(url: str) -> str:
-    """`url` without its user information (user name and password)."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"  # IPv6
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return parts._replace(netloc=netloc, query="").geturl()
-
-
-def connection_pool(url: str, *, username: str | None = None, password: str | None = None,
-                    tls_ca_file: str | None = None, tls_cert_file: str | None = None,
-                    tls_key_file: str | None = None,
-                    socket_timeout: float = 5.0) -> valkey.ConnectionPool:
-    """A bytes-in, bytes-out connection pool for `url` (valkey[s]:// or redis[s]://).
-
-    `username`/`password` override any given in the URL. The TLS files are only
-    accepted with a TLS scheme (valkeys://, rediss://); with TLS the server's
-    certificate must verify against `tls_ca_file` (or the system CAs) and name the host.
-    """
-    scheme = urlsplit(url).scheme.lower()
-    if scheme not in SCHEMES:
-        raise ValueError(f"valkey URL {redact(url)!r}: scheme must be one of "
-                         f"{', '.join(sorted(SCHEMES))}, got {scheme!r}")
-    tls = {"ssl_ca_certs": tls_ca_file, "ssl_certfile": tls_cert_file,
-           "ssl_keyfile": tls_key_file}
-    if scheme not in TLS_SCHEMES and any(tls.values()):
-        raise ValueError(f"valkey URL {redact(url)!r}: TLS files were given but the scheme "
-                         f"is {scheme}://; use valkeys:// (or rediss://) for TLS")
-    kwargs: dict[str, Any] = parse_url(url)
-    if username is not None:
-        kwargs["username"] = username
-    if password is not None:
-        kwargs["password"] = password
-    if scheme in TLS_SCHEMES:
-        kwargs.update({key: value for key, value in tls.items() if value})
-        # The certificate must name the host (valkey-py does not check by default);
-        # `?ssl_check_hostname=false` in the URL opts out.
-        kwargs.setdefault("ssl_check_hostname", True)
-    kwargs.setdefault("socket_timeout", socket_timeout)
-    kwargs.setdefault("socket_connect_timeout", socket_timeout)
-    kwargs["decode_responses"] = False
-    return valkey.ConnectionPool(**kwargs)
-
-
-def apply_commands(keys: Sequence[str], ops: Sequence[str], versions: Sequence[int],
-                   fence_ttl_ms: int, function: bytes = APPLY_FUNCTION.encode()
-                   ) -> list[tuple[Any, ...]]:
-    """The FCALL argument tuples for one `apply()`: `APPLY_CHUNK` keys each.
-
-    Per key: only slicing and slice assignment (C loops); the client packs ints itself.
-    """
-    commands = []
-    for start in range(0, len(keys), APPLY_CHUNK):
-        stop = start + APPLY_CHUNK
-        chunk = keys[start:stop]
-        pairs: list[Any] = [None] * (2 * len(chunk))
-        pairs[0::2] = ops[start:stop]
-        pairs[1::2] = versions[start:stop]
-        commands.append((_FCALL, function, len(chunk), *chunk, fence_ttl_ms, *pairs))
-    return commands
-
-
-def check_apply(shard: str, keys: Sequence[str], ops: Sequence[str],
-                versions: Sequence[int]) -> None:
-    """ValueError unless `apply()`'s arguments are well formed (one op and one version
-    per key, known op codes, versions in [0, 2^63-1])."""
-    n = len(keys)
-    if n != len(ops) or n != len(versions):
-        raise ValueError(f"shard {shard!r}: apply() needs as many ops and versions "
-                         f"as keys, got {n} keys, {len(ops)} ops, {len(versions)} versions")
-    if not n:
-        return
-    if not OPS.issuperset(ops):
-        bad = next(i for i, op in enumerate(ops) if op not in OPS)
-        raise ValueError(f"shard {shard!r}: op #{bad} for key {keys[bad]!r} must be "
-                         f"one of {''.join(sorted(OPS))}, got {ops[bad]!r}")
-    if min(versions) < 0 or max(versions) > MAX_VERSION:
-        bad = next(i for i, v in enumerate(versions) if not 0 <= v <= MAX_VERSION)
-        raise ValueError(f"shard {shard!r}: version #{bad} for key {keys[bad]!r} "
-                         f"must be in [0, 2^63-1], got {versions[bad]}")
 
 
 class Shard:
@@ -350,34 +262,6 @@ class Shard:
               missing: Callable[[T], bool] | None = None) -> T:
         return call_with_reload(self._client, call, shard=self._name, command=command,
                                 missing=missing, library=self.library)
-
-
-@dataclass(frozen=True, slots=True)
-class WaitFor:
-    """Acknowledge a call only once `replicas` replicas have it (WAIT), or, with `aof`,
-    once the primary's append-only file and `replicas` replicas' have it (WAITAOF), in
-    at most `timeout_ms`. Fewer is `ValkeyUnavailable`: the call is retried (it is
-    idempotent), within the retry budget."""
-
-    replicas: int
-    aof: bool = False
-    timeout_ms: int = 1000
-
-    def command(self) -> tuple[Any, ...]:
-        if self.aof:
-            return ("WAITAOF", 1, self.replicas, self.timeout_ms)
-        return ("WAIT", self.replicas, self.timeout_ms)
-
-    def check(self, reply: Any, *, shard: str) -> None:
-        local, replicas = (reply[0], reply[1]) if self.aof else (1, reply)
-        if int(local) >= 1 and int(replicas) >= self.replicas:
-            return
-        what = "WAITAOF" if self.aof else "WAIT"
-        raise ValkeyUnavailable(
-            f"valkey shard {shard!r}: {what} {self.replicas} {self.timeout_ms}: "
-            f"{'the primary fsynced its AOF' if int(local) else 'the primary did not fsync'}"
-            f" and {replicas} of {self.replicas} replicas acknowledged in time (shards."
-            f"{shard}.wait): retrying the call", shard=shard, command=what)
 
 
 def _any_missing(replies: list[Any]) -> bool:

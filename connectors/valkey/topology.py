@@ -26,8 +26,8 @@ from valkey.cluster import ClusterNode, ValkeyCluster
 from valkey.crc import VALKEY_CLUSTER_HASH_SLOTS, key_slot
 
 from connectors.errors import ValkeyUnavailable
+from connectors.valkey.connection import TLS_SCHEMES, connection_pool, redact
 from connectors.valkey.functions import translate
-from connectors.valkey.shard import TLS_SCHEMES, connection_pool, redact
 
 log = logging.getLogger(__name__)
 

@@ -28,6 +28,7 @@ from valkey import exceptions as vx
 from valkey.cluster import ValkeyCluster
 
 from connectors.errors import PayloadError
+from connectors.valkey.connection import connection_pool
 from connectors.valkey.functions import (
     SET_IF_NEWER_FUNCTION,
     call_with_reload,
@@ -35,7 +36,6 @@ from connectors.valkey.functions import (
 )
 from connectors.valkey.protocols import DATA_FIELD, MAX_VERSION, VERSION_FIELD, parse_version
 from connectors.valkey.routing import NON_LOCAL
-from connectors.valkey.shard import connection_pool
 from connectors.valkey.topology import cluster_client
 
 CODEC_MSGPACK = 0x01  # marker: the rest is MessagePack

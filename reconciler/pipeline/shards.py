@@ -20,9 +20,11 @@ from urllib.parse import urlsplit
 
 from connectors.errors import ConnectorError
 from connectors.valkey.cluster import ClusterShard
+from connectors.valkey.commands import WaitFor
+from connectors.valkey.connection import TLS_SCHEMES, redact
 from connectors.valkey.functions import PROTOCOL, Library
 from connectors.valkey.sentinel import SentinelShard
-from connectors.valkey.shard import TLS_SCHEMES, Shard, WaitFor, redact
+from connectors.valkey.shard import Shard
 from reconciler.observe.metrics import Metrics
 from reconciler.settings import Settings
 from shard_map import CLUSTER, SENTINEL, ShardEndpoint, ShardMap

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from connectors.valkey.cluster import ClusterShard
-from connectors.valkey.shard import WaitFor
+from connectors.valkey.commands import WaitFor
 from connectors.valkey.topology import slot_of
 from reconciler.pipeline.invalidator import Invalidator
 from reconciler.pipeline.planner import VERSIONED, Action

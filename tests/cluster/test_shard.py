@@ -18,8 +18,9 @@ from valkey.cluster import ValkeyCluster
 
 from connectors.errors import ValkeyRejected
 from connectors.valkey.cluster import ClusterShard
+from connectors.valkey.commands import APPLY_CHUNK
 from connectors.valkey.protocols import MAX_VERSION
-from connectors.valkey.shard import APPLY_CHUNK, Shard
+from connectors.valkey.shard import Shard
 from connectors.valkey.testing import FakeShard
 from connectors.valkey.topology import slot_of
 from stack import security

@@ -12,6 +12,7 @@ import time
 import pytest
 
 from connectors.errors import ValkeyRejected, ValkeyUnavailable
+from connectors.valkey.commands import WaitFor
 from connectors.valkey.functions import LIBRARY_NAME
 from connectors.valkey.sentinel import (
     FOLLOW_SECONDS,
@@ -19,7 +20,6 @@ from connectors.valkey.sentinel import (
     close_sentinel_client,
     sentinel_client,
 )
-from connectors.valkey.shard import WaitFor
 from connectors.valkey.writer import CacheWriter
 from stack import security, sentinel
 from tests.e2e.sentinel import Sentinels, fields, retry, sentinels

@@ -7,8 +7,9 @@ import pytest
 import valkey
 
 from connectors.errors import ValkeyRejected
+from connectors.valkey.commands import APPLY_CHUNK
 from connectors.valkey.protocols import MAX_VERSION
-from connectors.valkey.shard import APPLY_CHUNK, Shard
+from connectors.valkey.shard import Shard
 from tests.unit.connectors.valkey.conftest import FENCE_TTL_MS
 from tests.unit.connectors.valkey.helpers import entry
 

@@ -8,7 +8,7 @@ import pytest
 import valkey
 
 from connectors.valkey.cluster import ClusterShard
-from connectors.valkey.shard import APPLY_CHUNK
+from connectors.valkey.commands import APPLY_CHUNK
 from connectors.valkey.topology import slot_of
 
 

@@ -10,7 +10,8 @@ import pytest
 import valkey
 
 from connectors.errors import ValkeyRejected, ValkeyUnavailable
-from connectors.valkey.shard import APPLY_CHUNK, Shard
+from connectors.valkey.commands import APPLY_CHUNK
+from connectors.valkey.shard import Shard
 from tests.unit.connectors.valkey.conftest import FENCE_TTL_MS
 from tests.unit.connectors.valkey.helpers import wait_until
 from tests.unit.connectors.valkey.test_apply import data

@@ -9,7 +9,8 @@ import pytest
 import valkey
 
 from connectors.errors import ValkeyRejected, ValkeyUnavailable
-from connectors.valkey.shard import Shard, WaitFor
+from connectors.valkey.commands import WaitFor
+from connectors.valkey.shard import Shard
 from tests.unit.connectors.valkey.conftest import FENCE_TTL_MS, SHARD
 
 
