@@ -41,9 +41,11 @@ _collected: list[dict[str, Any]] = []
 
 
 def ensure_stack_healthy(timeout: float = 240.0) -> list[str]:
-    """Start every stopped service and wait for the connector; returns what it started."""
+    """Start every stopped service of the default stack (`python -m stack up`: not the
+    on-demand ones, which the suite never uses) and wait for the connector; returns what
+    it started."""
     started = []
-    for name in services.START_ORDER:
+    for name in services.DEFAULT:
         if not services.SERVICES[name].running():
             services.SERVICES[name].start()
             started.append(name)
