@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import signal
 import threading
 import time
@@ -54,6 +53,7 @@ from reconciler.pipeline.compose import (
 from reconciler.pipeline.failover import FailoverGuard
 from reconciler.pipeline.hooks import Hooks
 from reconciler.pipeline.pipeline import Pipeline
+from reconciler.pipeline.watchdog import Watchdog
 from reconciler.settings import Settings
 from reconciler.templates import overlapping_patterns
 from shard_map import ShardMapError, ShardMapWatcher
@@ -126,7 +126,7 @@ class Worker:
                 live=self._live, ready=self._ready, freshness=self.freshness.as_json)
         self._housekeeper = threading.Thread(target=self._housekeeping, name="housekeeping",
                                              daemon=True)
-        self._watchdog: threading.Timer | None = None  # bounds a signalled shutdown
+        self._watchdog = Watchdog(settings.shutdown_timeout_seconds)  # bounds a shutdown
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -142,7 +142,7 @@ class Worker:
         def stop(signum: int, _frame: Any) -> None:
             log.info("%s: finishing the batch in flight, then stopping",
                      signal.Signals(signum).name)
-            self._arm_watchdog()
+            self._watchdog.arm()
             self.stop()
 
         def pause(_signum: int, _frame: Any) -> None:
@@ -155,24 +155,6 @@ class Worker:
         signal.signal(signal.SIGINT, stop)
         signal.signal(signal.SIGUSR1, pause)
         signal.signal(signal.SIGUSR2, resume)
-
-    def _arm_watchdog(self) -> None:
-        """Give a signalled shutdown `shutdown_timeout_seconds`, then end the process."""
-        if self._watchdog is not None:
-            return
-        budget = self.settings.shutdown_timeout_seconds
-        self._watchdog = threading.Timer(budget, self._shutdown_overrun, args=(budget,))
-        self._watchdog.daemon = True
-        self._watchdog.start()
-
-    @staticmethod
-    def _shutdown_overrun(budget: float) -> None:
-        log.error("shutdown took longer than shutdown_timeout_seconds (%gs): exiting now "
-                  "(offsets not committed yet are processed again after a restart)", budget)
-        for handler in logging.getLogger().handlers:
-            with contextlib.suppress(Exception):
-                handler.flush()
-        os._exit(EXIT_FAILED)
 
     def run(self) -> int:
         """Consume until stopped; the exit code says whether it ended cleanly."""
@@ -254,8 +236,7 @@ class Worker:
         self._parts.close()
         if self._http is not None:
             self._http.stop()
-        if self._watchdog is not None:
-            self._watchdog.cancel()
+        self._watchdog.cancel()
         events, skipped, heartbeats, dead = self.metrics.tally()
         log.info("accounted for %d records: %d events, %d skipped (%d heartbeats), %d dead "
                  "letters", events + skipped + dead, events, skipped, heartbeats, dead)
