@@ -7,13 +7,11 @@ Exit codes: 0 done, 1 bad input or a failed check, 2 a dependency failed at run 
 from __future__ import annotations
 
 import argparse
-import base64
-import binascii
 import json
 import logging
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -107,6 +105,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
+    from reconciler.ops.plan_input import read_records
     from reconciler.pipeline.batch import DeadLetter, plan_record
     from reconciler.pipeline.decoders import build_decoder
     from reconciler.pipeline.planner import Planner
@@ -128,7 +127,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     bad_lines = 0
     out = sys.stdout
     with source:
-        for number, record in _records(source):
+        for number, record in read_records(source):
             if isinstance(record, str):
                 bad_lines += 1
                 out.write(json.dumps({"line": number, "error": record}) + "\n")
@@ -143,65 +142,6 @@ def cmd_plan(args: argparse.Namespace) -> int:
         print(f"reconciler plan: {bad_lines} input line(s) were not records "
               "(see the `error` lines)", file=sys.stderr)
     return 1 if bad_lines else 0
-
-
-Record = tuple[str, bytes | None, bytes | None, int, int]
-
-
-def _records(lines: IO[str]) -> Iterator[tuple[int, Record | str]]:
-    """(line number, input record), or an error string for a line that is not one."""
-    for number, raw in enumerate(lines, start=1):
-        if not raw.strip():
-            continue
-        try:
-            item = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            yield number, f"input line {number} is not JSON: {exc}"
-            continue
-        if not isinstance(item, dict) or not isinstance(item.get("topic"), str):
-            yield number, f"input line {number}: expected an object with a string `topic`"
-            continue
-        fields = []
-        for name in ("key", "value"):
-            if f"{name}_b64" in item:  # a binary record (Avro): its bytes in base64
-                if item.get(name) is not None:
-                    yield number, (f"input line {number}: give `{name}` or `{name}_b64`, "
-                                   "not both")
-                    break
-                data = _base64(item[f"{name}_b64"])
-                if isinstance(data, str):
-                    yield number, f"input line {number}: `{name}_b64` {data}"
-                    break
-                fields.append(data)
-                continue
-            text = item.get(name)
-            if text is not None and not isinstance(text, str):
-                yield number, (f"input line {number}: `{name}` must be a string (the raw "
-                               "record) or null")
-                break
-            try:
-                fields.append(None if text is None else text.encode("utf-8", "surrogateescape"))
-            except UnicodeEncodeError as exc:  # a lone surrogate no raw byte escapes to
-                yield number, f"input line {number}: `{name}` cannot be encoded: {exc.reason}"
-                break
-        else:
-            partition = item.get("partition", 0)
-            offset = item.get("offset", number - 1)
-            yield number, (item["topic"], fields[0], fields[1],
-                           partition if isinstance(partition, int) else 0,
-                           offset if isinstance(offset, int) else number - 1)
-
-
-def _base64(text: Any) -> bytes | str | None:
-    """`text` decoded from base64 (None stays None), or what is wrong with it."""
-    if text is None:
-        return None
-    if not isinstance(text, str):
-        return "must be a base64 string or null"
-    try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        return f"is not base64: {exc}"
 
 
 # --------------------------------------------------------------------------- shard-map
