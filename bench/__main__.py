@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
                          "beside JSON, on the recorded workload (no stack needed)")
     dec.add_argument("--rounds", type=int, default=7, help="timed rounds (the median is shown)")
 
-    for command in (tp, bl):
+    for command in (tp, lat, bl):
         command.add_argument("--worker-client", metavar="PROPERTY=VALUE", action="append",
                              default=[], help="an extra librdkafka property in the worker's "
                              "kafka.client (and the ceiling with the worker's settings); "
@@ -98,7 +98,9 @@ def main(argv: list[str] | None = None) -> int:
         run_latency(endpoints, LatencyOptions(
             rates=tuple(float(r) for r in args.rates.split(",") if r),
             seconds=args.seconds, debezium_rate=args.debezium_rate,
-            debezium_seconds=args.debezium_seconds, worker_ref=args.worker_ref), args.out_dir)
+            debezium_seconds=args.debezium_seconds, worker_ref=args.worker_ref,
+            worker_client=dict(item.split("=", 1) for item in args.worker_client)),
+            args.out_dir)
     else:
         from bench.backlog import BacklogOptions, run_backlog
 

@@ -24,7 +24,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +76,7 @@ class LatencyOptions:
     debezium_seconds: float = 20.0
     debezium_probe_interval: float = 0.005
     worker_ref: str | None = None  # measure this commit's worker code, not the working tree
+    worker_client: dict[str, str] = field(default_factory=dict)  # librdkafka overrides
 
 
 def run_latency(endpoints: Endpoints, options: LatencyOptions,
@@ -142,9 +143,9 @@ class Probe:
 
 
 def _start_worker(endpoints: Endpoints, workdir: Path, name: str, topic: str,
-                  code: Code) -> Runner:
+                  code: Code, client: dict[str, str]) -> Runner:
     config = write_config(workdir / name, endpoints, group=f"bench-{name}", topics=[topic],
-                          base=code.config)
+                          client=client, base=code.config)
     ready = workdir / f"{name}.ready"
     runner = Runner(Spec(kind="worker", config=str(config), topic=topic,
                          out=str(workdir / f"{name}.result.json"), ready=str(ready)),
@@ -197,7 +198,8 @@ def _synthetic(endpoints: Endpoints, options: LatencyOptions, rate: float,
                  {"message.timestamp.type": "LogAppendTime"})
     print(f"\n{rate:,.0f}/s for {options.seconds:.0f}s into {topic}")
     try:
-        with _start_worker(endpoints, workdir, name, topic, code) as worker, \
+        with _start_worker(endpoints, workdir, name, topic, code,
+                           options.worker_client) as worker, \
                 Probe(workdir, f"{name}-probe", options.probe_interval) as probe:
             result, produced, appended, seen = _offer(endpoints, options, rate, topic,
                                                       worker, probe, code.router)
@@ -259,7 +261,8 @@ def _debezium(endpoints: Endpoints, options: LatencyOptions, workdir: Path,
         try:
             time.sleep(3)  # let the inserts reach the topic before the group starts at its end
             start_group_at_end(endpoints, f"bench-{name}", DEBEZIUM_TOPIC)
-            with _start_worker(endpoints, workdir, name, DEBEZIUM_TOPIC, code) as worker, \
+            with _start_worker(endpoints, workdir, name, DEBEZIUM_TOPIC, code,
+                               options.worker_client) as worker, \
                     Probe(workdir, f"{name}-probe", options.debezium_probe_interval) as probe:
                 committed, wrong = _update_rows(db, rows, router, endpoints, probe, options)
                 seen = probe.seen()
