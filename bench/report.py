@@ -13,6 +13,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from reconciler.observe.metrics import histogram_quantile
+
 RESULTS_DIR = Path(__file__).resolve().parent / "results"  # default home of results
 PACKAGES = ("confluent-kafka", "valkey", "libvalkey", "msgspec", "pydantic", "pyinstrument")
 
@@ -61,6 +63,12 @@ def cpu_ticks() -> tuple[int, int]:
     return sum(fields) - idle, sum(fields)
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system, every thread) a process has used, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def busy_percent(before: tuple[int, int], after: tuple[int, int]) -> float:
     """Share of all CPUs busy between two cpu_ticks() readings."""
     total = after[1] - before[1]
@@ -88,21 +96,9 @@ def percentiles(values: Sequence[float], qs: Sequence[float] = (50, 99)) -> dict
 
 
 def histogram_percentile(buckets: Sequence[Sequence[float]], q: float) -> float | None:
-    """The q-th percentile of a Prometheus histogram ((le, cumulative) pairs), linearly
-    interpolated inside its bucket, as histogram_quantile() does."""
-    if not buckets or buckets[-1][1] == 0:
-        return None
-    total = buckets[-1][1]
-    target = q / 100 * total
-    lower, below = 0.0, 0.0
-    for upper, count in buckets:
-        if count >= target:
-            if math.isinf(upper):
-                return lower
-            inside = count - below
-            return lower + (upper - lower) * ((target - below) / inside if inside else 0)
-        lower, below = upper, count
-    return lower
+    """The q-th percentile of a Prometheus histogram ((le, cumulative) pairs), as
+    histogram_quantile() reads it."""
+    return histogram_quantile([(upper, count) for upper, count in buckets], q / 100)
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

@@ -14,8 +14,8 @@ then runs, side by side:
   before the change: the stale set the fences must refuse.
 
 Every second it prints what the reconciler did (repaired / fresh / absent / fenced),
-the end-to-end delay (Postgres commit → invalidation acknowledged, from the worker's
-own histogram), and an audit of the cache against Postgres: cached data older than
+the end-to-end delay over the last 10 s (Postgres commit → invalidation acknowledged:
+p50 and p99 read from the worker's own histogram, interpolated as Grafana does), and an audit of the cache against Postgres: cached data older than
 its row (stale) must stay at zero. Ctrl-C stops everything cleanly.
 """
 
@@ -32,6 +32,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,7 @@ from confluent_kafka import Consumer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
 from connectors.valkey.writer import CacheWriter
+from reconciler.observe.metrics import histogram_quantile
 from reconciler.settings import load_settings
 from shard_map import load_shard_map
 from stack import services
@@ -57,6 +59,7 @@ SLOW_READER_STALL = 1.5  # seconds the slow reader holds its loaded row at least
 FRESHNESS_WAIT = 30.0  # seconds it waits for the watermark to pass its change
 ROWS = 200  # posts the demo works on
 NEIGHBOURHOODS = (7, 120, 420, 640, 880)  # a, a, moving a→b, b, b
+WINDOW_SECONDS = 10  # the e2e columns: the delays observed over the last 10 s
 
 
 @dataclass
@@ -272,17 +275,19 @@ def scrape() -> dict[str, float]:
     return values
 
 
-def quantile(values: dict[str, float], q: float) -> float | None:
-    buckets = sorted((float(k.removeprefix("reconciler_end_to_end_seconds_bucket")), v)
-                     for k, v in values.items()
-                     if k.startswith("reconciler_end_to_end_seconds_bucket"))
-    total = values.get("reconciler_end_to_end_seconds_count", 0.0)
-    if not total:
-        return None
-    for bound, count in buckets:
-        if count >= q * total:
-            return bound
-    return None
+def buckets(values: dict[str, float]) -> list[tuple[float, float]]:
+    """reconciler_end_to_end_seconds's (le, cumulative count) pairs from a scrape."""
+    prefix = "reconciler_end_to_end_seconds_bucket"
+    return sorted((float(k.removeprefix(prefix)), v) for k, v in values.items()
+                  if k.startswith(prefix))
+
+
+def window_quantile(now: list[tuple[float, float]], before: list[tuple[float, float]],
+                    q: float) -> float | None:
+    """The q-quantile of the delays observed between two scrapes (what Grafana's
+    histogram_quantile over a rate shows), interpolated inside its bucket."""
+    earlier = dict(before)
+    return histogram_quantile([(le, n - earlier.get(le, 0.0)) for le, n in now], q)
 
 
 def main() -> int:
@@ -331,10 +336,12 @@ def main() -> int:
               f"{'fenced':>6} {'e2e p50':>8} {'e2e p99':>8} {'slow refused':>12} "
               f"{'in flight':>9} {'stale>3s':>8}")
         seen: dict[tuple[str, int], float] = {}  # stale (key, version) → first seen
+        history: deque[list[tuple[float, float]]] = deque(maxlen=WINDOW_SECONDS + 1)
         while not interrupted.wait(1.0):
             elapsed = time.monotonic() - started
             values = scrape()
-            p50, p99 = quantile(values, 0.5), quantile(values, 0.99)
+            history.append(buckets(values))
+            p50, p99 = (window_quantile(history[-1], history[0], q) for q in (0.5, 0.99))
             now = time.monotonic()
             stale = demo.stale_entries()
             seen = {entry: seen.get(entry, now) for entry in stale}
@@ -368,7 +375,9 @@ def main() -> int:
 
 
 def _ms(seconds: float | None) -> str:
-    return "-" if seconds is None else f"≤{seconds * 1000:.0f}ms"
+    if seconds is None:
+        return "-"
+    return f"{seconds * 1000:.1f}ms" if seconds < 0.1 else f"{seconds * 1000:.0f}ms"
 
 
 if __name__ == "__main__":

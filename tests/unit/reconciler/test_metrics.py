@@ -3,9 +3,12 @@ registry, with the label values known in advance created at zero."""
 
 from __future__ import annotations
 
+import math
+import random
 import re
 from pathlib import Path
 
+import pytest
 from prometheus_client import CollectorRegistry
 
 from reconciler import __version__
@@ -14,6 +17,7 @@ from reconciler.observe.metrics import (
     END_TO_END_BUCKETS,
     SKIP_REASONS,
     Metrics,
+    histogram_quantile,
 )
 from reconciler.pipeline import planner
 
@@ -130,3 +134,28 @@ def test_the_tally_sums_events_skips_heartbeats_and_dead_letters() -> None:
     metrics.dead_letters.labels("invalid_json").inc(3)
     metrics.invalidations.labels("a", "repaired").inc(11)  # not a record: left out
     assert metrics.tally() == (7, 9, 7, 3)
+
+
+@pytest.mark.parametrize("sigma", [0.1, 0.2, 0.5, 1.0])
+def test_quantiles_read_from_the_delay_histogram_are_within_ten_percent(sigma: float) -> None:
+    """Log-normal delays with medians from 1.3 ms to 7.5 s: the p50 and p99 that
+    histogram_quantile() reads from reconciler_end_to_end_seconds are within 10% of the
+    true quantiles of the observed values (inside 1 ms to 10 s). (A spike narrower than a
+    bucket, sigma 0.05, reads up to half a bucket off: 11%.)"""
+    rng = random.Random(f"e2e-{sigma}")
+    worst = 0.0
+    for exponent in range(-23, 8):
+        median = 10 ** (exponent / 8)
+        values = sorted(median * math.exp(rng.gauss(0.0, sigma)) for _ in range(4000))
+        histogram = Metrics.create(CollectorRegistry()).end_to_end
+        histogram.observe_many(values)
+        buckets = [(float(s.labels["le"]), s.value) for family in histogram.collect()
+                   for s in family.samples if s.name.endswith("_bucket")]
+        for q in (0.5, 0.99):
+            exact = values[math.ceil(q * len(values)) - 1]
+            if not 0.001 <= exact <= 10.0:
+                continue
+            read = histogram_quantile(buckets, q)
+            assert read is not None
+            worst = max(worst, abs(read - exact) / exact)
+    assert worst <= 0.10, f"a quantile read from the histogram is {worst:.0%} off"
