@@ -34,8 +34,11 @@ def main(argv: list[str] | None = None) -> int:
 
     lat = sub.add_parser("latency", help="Kafka append -> invalidated, and Postgres commit -> "
                                          "invalidated, at fixed offered rates")
-    lat.add_argument("--rates", default="1000,5000,20000", help="records/s, comma-separated")
+    lat.add_argument("--rates", default="100,1000,5000,20000",
+                     help="records/s, comma-separated")
     lat.add_argument("--seconds", type=float, default=20.0, help="per rate")
+    lat.add_argument("--idle-seconds", type=float, default=20.0,
+                     help="how long the idle worker's CPU is measured (0: skip it)")
     lat.add_argument("--debezium-rate", type=float, default=300.0,
                      help="Postgres updates/s for the Debezium run (0: skip it)")
     lat.add_argument("--debezium-seconds", type=float, default=20.0)
@@ -97,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
 
         run_latency(endpoints, LatencyOptions(
             rates=tuple(float(r) for r in args.rates.split(",") if r),
-            seconds=args.seconds, debezium_rate=args.debezium_rate,
+            seconds=args.seconds, idle_seconds=args.idle_seconds,
+            debezium_rate=args.debezium_rate,
             debezium_seconds=args.debezium_seconds, worker_ref=args.worker_ref,
             worker_client=dict(item.split("=", 1) for item in args.worker_client)),
             args.out_dir)

@@ -168,6 +168,14 @@ class Envelope:
                 "system_version": change.version}
 
 
+def source_ts_ms(value: bytes | None) -> int:
+    """source.ts_ms of a record `Envelope.value` wrote: the commit time the worker's
+    end-to-end delay starts from."""
+    event = msgspec.json.decode(value or b"null")
+    payload = event["payload"] if "schema" in event and "payload" in event else event
+    return int(payload["source"]["ts_ms"])
+
+
 def _templates() -> tuple[dict[str, Any], dict[str, Any]]:
     """The captured posts update and delete records."""
     update = delete = None

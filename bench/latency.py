@@ -43,7 +43,7 @@ from bench.env import (
     start_group_at_end,
     write_config,
 )
-from bench.events import UPDATE, Change, Envelope, Workload
+from bench.events import UPDATE, Change, Envelope, Workload, source_ts_ms
 from bench.process import Runner
 from bench.producer import Callback, Produced, paced
 from bench.report import (
@@ -51,22 +51,27 @@ from bench.report import (
     histogram_percentile,
     machine,
     percentiles,
+    process_cpu_seconds,
     table,
     write_result,
 )
 from bench.runner import Spec
+from bench.targets import check_targets, relative_error
+from bench.targets import rows as target_rows
 
 DEBEZIUM_TOPIC = "nd.public.posts"  # the local connector's posts topic
 SAMPLE_BASE = 50_000_000  # ids of the probed rows (never in the workload's key space)
 SAMPLE_HOODS = (100, 700)  # neighbourhoods of probed rows: one on shard a, one on b
 DEBEZIUM_ROWS = 200  # rows the Debezium run inserts, updates round-robin, then deletes
 JOIN_TIMEOUT = 60.0  # seconds for a worker to join its group
+IDLE_SETTLE = 3.0  # seconds after the join before the idle worker's CPU is measured
 
 
 @dataclass(frozen=True, slots=True)
 class LatencyOptions:
-    rates: tuple[float, ...] = (1000.0, 5000.0, 20000.0)
+    rates: tuple[float, ...] = (100.0, 1000.0, 5000.0, 20000.0)
     seconds: float = 20.0
+    idle_seconds: float = 20.0  # the idle worker's CPU is measured this long (0: skip it)
     keys: int = 100_000
     partitions: int = 6
     compression: str = "lz4"
@@ -86,21 +91,31 @@ def run_latency(endpoints: Endpoints, options: LatencyOptions,
     code = Code.resolve(options.worker_ref)
     print(f"latency: rates {', '.join(f'{r:,.0f}' for r in options.rates)}/s for "
           f"{options.seconds:.0f}s each; work files in {workdir}")
+    idle = _idle(endpoints, options, workdir, code) if options.idle_seconds > 0 else None
     synthetic = [_synthetic(endpoints, options, rate, workdir, code) for rate in options.rates]
     debezium = _debezium(endpoints, options, workdir, code) \
         if options.debezium_rate > 0 else None
     rows = [[f"{r['offered_rate']:,.0f}/s", r["achieved_rate"], *_ms(r["append_to_fence"]),
-             *_ms(r["worker_histogram"]), r["worker_cpu_percent"]] for r in synthetic]
+             *_ms(r["worker_histogram"]), *_ms(r["worker_exact"]), *_ms(r["send_to_fence"]),
+             r["worker_cpu_percent"]] for r in synthetic]
     if debezium is not None:
         rows.append([f"Debezium {debezium['offered_rate']:,.0f}/s", debezium["achieved_rate"],
                      *_ms(debezium["commit_to_fence"]), *_ms(debezium["worker_histogram"]),
-                     debezium["worker_cpu_percent"]])
+                     None, None, None, None, None, None, debezium["worker_cpu_percent"]])
+    if idle is not None:
+        rows.insert(0, ["idle", 0, *[None] * 12, idle["worker_cpu_percent"]])
+    print("\nappend -> fence: the probe (the targets); hist: read from the worker's "
+          "histogram; exact: the delays it binned; send -> fence: the probe, the "
+          "histogram's interval")
     print(table(["offered", "achieved/s", "p50 ms", "p99 ms", "max ms", "hist p50",
-                 "hist p99", "hist max<=", "worker CPU %"], rows))
+                 "hist p99", "hist max<=", "exact p50", "exact p99", "exact max",
+                 "send p50", "send p99", "send max", "worker CPU %"], rows))
     data = {"kind": "latency", "options": asdict(options), "machine": info,
             "code": code.as_json(),
-            "load_average_after": machine()["load_average"], "synthetic": synthetic,
-            "debezium": debezium}
+            "load_average_after": machine()["load_average"], "idle": idle,
+            "synthetic": synthetic, "debezium": debezium}
+    data["targets"] = check_targets(data)
+    print("\n" + table(["target", "limit", "measured", "met"], target_rows(data["targets"])))
     path = write_result("latency", data, out_dir)
     print(f"results: {path}")
     return path
@@ -148,7 +163,8 @@ def _start_worker(endpoints: Endpoints, workdir: Path, name: str, topic: str,
                           client=client, base=code.config)
     ready = workdir / f"{name}.ready"
     runner = Runner(Spec(kind="worker", config=str(config), topic=topic,
-                         out=str(workdir / f"{name}.result.json"), ready=str(ready)),
+                         out=str(workdir / f"{name}.result.json"), ready=str(ready),
+                         exact_delays=True),
                     workdir, name, code=code.directory)
     deadline = time.monotonic() + JOIN_TIMEOUT
     while not ready.exists():
@@ -169,8 +185,22 @@ def _worker_figures(result: dict[str, Any]) -> dict[str, Any]:
     finite = [(le, n) for le, n in buckets if n == buckets[-1][1]]
     hist["max_ms"] = _round_ms(finite[0][0]) if finite else None  # upper bound of max
     cpu = result["cpu_seconds"] / result["seconds"] * 100 if result["seconds"] else None
-    return {"worker_histogram": hist, "worker_cpu_percent": round(cpu, 1) if cpu else None,
-            "worker": result}
+    exact = {f"{q}_ms": _round_ms(v) for q, v in (result.get("end_to_end_exact") or {}).items()}
+    return {"worker_histogram": hist, "worker_exact": exact,
+            "worker_cpu_percent": round(cpu, 1) if cpu else None, "worker": result}
+
+
+def _histogram_error(figures: dict[str, Any]) -> dict[str, float | None]:
+    """The largest relative error (%) of the histogram's p50 and p99 against the exact
+    quantiles of what it binned, and against the probe's send -> fence."""
+    hist = figures["worker_histogram"]
+    out: dict[str, float | None] = {}
+    for name, reference in (("exact", figures["worker_exact"]),
+                            ("probe", figures["send_to_fence"])):
+        errors = [relative_error(hist.get(q), reference.get(q)) for q in ("p50_ms", "p99_ms")]
+        known = [e for e in errors if e is not None]
+        out[name] = max(known) if known else None
+    return out
 
 
 def _round_ms(seconds: float | None) -> float | None:
@@ -201,27 +231,32 @@ def _synthetic(endpoints: Endpoints, options: LatencyOptions, rate: float,
         with _start_worker(endpoints, workdir, name, topic, code,
                            options.worker_client) as worker, \
                 Probe(workdir, f"{name}-probe", options.probe_interval) as probe:
-            result, produced, appended, seen = _offer(endpoints, options, rate, topic,
-                                                      worker, probe, code.router)
+            result, produced, appended, sent, seen = _offer(
+                endpoints, options, rate, topic, worker, probe, code.router)
     finally:
         delete_topic(endpoints, topic)
     figures = {"offered_rate": rate, "achieved_rate": round(produced.records / produced.seconds),
-               "append_to_fence": _latencies(appended, seen), **_worker_figures(result)}
+               "append_to_fence": _latencies(appended, seen),
+               "send_to_fence": _latencies(sent, seen), **_worker_figures(result)}
+    figures["histogram_error"] = _histogram_error(figures)
     print(f"append -> fence: {figures['append_to_fence']}")
     return figures
 
 
 def _offer(endpoints: Endpoints, options: LatencyOptions, rate: float, topic: str,
            worker: Runner, probe: Probe, router: Router) -> tuple[
-               dict[str, Any], Produced, dict[int, float], dict[int, float]]:
-    """Offer the rate; (worker result, what was produced, append times, seen times)."""
+               dict[str, Any], Produced, dict[int, float], dict[int, float], dict[int, float]]:
+    """Offer the rate; (worker result, what was produced, append times, send times as
+    the records carry them, seen times)."""
     every = max(1, round(rate * options.sample_every))
     appended: dict[int, float] = {}
+    sent: dict[int, float] = {}
 
     def delivered(index: int) -> Callback:
         def callback(error: KafkaError | None, message: Message) -> None:
             if error is None:
                 appended[index] = message.timestamp()[1] / 1000  # LogAppendTime, ms
+                sent[index] = source_ts_ms(message.value()) / 1000  # what the worker reads
         return callback
 
     def records() -> Iterator[tuple[Change, Callback | None]]:
@@ -240,7 +275,34 @@ def _offer(endpoints: Endpoints, options: LatencyOptions, rate: float, topic: st
     produced = paced(endpoints.kafka, topic, records(), Envelope(), rate=rate,
                      seconds=options.seconds, compression=options.compression)
     seen = probe.seen()
-    return _stop_worker(worker), produced, appended, seen
+    return _stop_worker(worker), produced, appended, sent, seen
+
+
+# --------------------------------------------------------------------------- idle
+
+
+def _idle(endpoints: Endpoints, options: LatencyOptions, workdir: Path,
+          code: Code) -> dict[str, Any]:
+    """The worker's CPU while it has nothing to do: joined to an empty topic."""
+    name = f"latency-idle-{uuid.uuid4().hex[:6]}"
+    topic = f"bench.{name}"
+    create_topic(endpoints, topic, options.partitions)
+    print(f"\nidle for {options.idle_seconds:.0f}s on {topic}")
+    try:
+        with _start_worker(endpoints, workdir, name, topic, code,
+                           options.worker_client) as worker:
+            time.sleep(IDLE_SETTLE)  # the join's own work is not idle
+            before, started = process_cpu_seconds(worker.pid), time.monotonic()
+            time.sleep(options.idle_seconds)
+            cpu = process_cpu_seconds(worker.pid) - before
+            seconds = time.monotonic() - started
+            _stop_worker(worker)
+    finally:
+        delete_topic(endpoints, topic)
+    figures = {"seconds": round(seconds, 1), "cpu_seconds": round(cpu, 3),
+               "worker_cpu_percent": round(cpu / seconds * 100, 2)}
+    print(f"idle: {figures}")
+    return figures
 
 
 # --------------------------------------------------------------------------- Debezium

@@ -20,6 +20,7 @@ starts when the first batch arrives, so group joins and connections are left out
 from __future__ import annotations
 
 import json
+import math
 import resource
 import sys
 import threading
@@ -72,6 +73,7 @@ class Spec:
     ready: str | None = None  # worker: touched once it has joined its group
     progress: str | None = None  # worker: rewritten with the records processed so far
     client: dict[str, Any] = field(default_factory=dict)  # ceiling: librdkafka overrides
+    exact_delays: bool = False  # worker: keep every end-to-end delay the histogram bins
 
     @property
     def records(self) -> int:
@@ -276,6 +278,16 @@ class Measured:
         metrics = self.worker.metrics
         self._counters = (metrics.events, metrics.skipped, metrics.dead_letters)
         self._profiler: Any = None
+        self.delays: list[float] = []
+        if spec.exact_delays:  # the values the histogram bins, to check its quantiles
+            binned = metrics.end_to_end.observe_many
+
+            def observe_many(values: Any) -> None:
+                values = list(values)
+                self.delays.extend(values)
+                binned(values)
+
+            metrics.end_to_end.observe_many = observe_many  # type: ignore[method-assign]
 
     def run(self) -> int:
         threading.Thread(target=self._watch, name="bench-watch", daemon=True).start()
@@ -395,6 +407,7 @@ def worker(spec: Spec, settings: Settings) -> dict[str, Any]:
         "dead_letters": sum(_counter(registry, "reconciler_dead_letters_total").values()),
         "retries": sum(_counter(registry, "reconciler_retries_total").values()),  # disturbed?
         "end_to_end_buckets": _buckets(registry, "reconciler_end_to_end_seconds"),
+        "end_to_end_exact": _exact(measured.delays) if spec.exact_delays else None,
         "batches": registry.get_sample_value("reconciler_batch_seconds_count"),
         "batch_seconds": registry.get_sample_value("reconciler_batch_seconds_sum"),
     }
@@ -418,6 +431,14 @@ def _buckets(registry: CollectorRegistry, name: str) -> list[tuple[float, float]
             if sample.name == f"{name}_bucket":
                 out.append((float(sample.labels["le"]), sample.value))
     return sorted(out)
+
+
+def _exact(delays: list[float]) -> dict[str, float | None]:
+    """The exact p50, p99 (nearest rank) and max of the delays observed (seconds)."""
+    ordered = sorted(delays)
+    out = {f"p{q}": ordered[max(1, math.ceil(q / 100 * len(ordered))) - 1] if ordered
+           else None for q in (50, 99)}
+    return {**out, "max": ordered[-1] if ordered else None}
 
 
 def _nested(counts: Counter[Any]) -> dict[str, dict[str, int]]:
