@@ -42,6 +42,7 @@ KAFKA_CONTROLLER_PORT = int(os.environ.get("CR_STACK_KAFKA_CONTROLLER_PORT", "29
 KAFKA_HEAP = os.environ.get("CR_STACK_KAFKA_HEAP", "-Xms256m -Xmx768m")
 KAFKA_DIR = STACK_DIR / "kafka"  # server.properties and the log folder (data/)
 SCRAM_ITERATIONS = 8192  # of the SCRAM credential of security.KAFKA_USER
+MAVEN_UNREACHABLE = "Could not transfer"  # mvn's words for a download that failed
 MAVEN_OPTIONS = {  # copy-dependencies options per stack/maven/<name>
     # Connect's own slf4j is shared with plugins; a second copy only warns.
     "debezium": ("-DexcludeArtifactIds=slf4j-api",),
@@ -88,13 +89,22 @@ def maven_jars(name: str) -> Path:
     log(f"resolving {name} jars from Maven Central ({pom.relative_to(ROOT)})")
     shutil.rmtree(target, ignore_errors=True)
     target.mkdir(parents=True)
-    argv = ["mvn", "-B", "-q", "-f", str(pom), "dependency:copy-dependencies",
-            "-DincludeScope=runtime", f"-DoutputDirectory={target}", *MAVEN_OPTIONS.get(name, ())]
+    argv = ["mvn", "-B", "-q", "-Dstyle.color=never", "-f", str(pom),
+            "dependency:copy-dependencies", "-DincludeScope=runtime",
+            f"-DoutputDirectory={target}", *MAVEN_OPTIONS.get(name, ())]
     proc = subprocess.run(
         argv,
         capture_output=True, text=True, check=False,
     )
     if proc.returncode != 0:
+        output = proc.stdout + proc.stderr
+        transfer = next((line for line in output.splitlines() if MAVEN_UNREACHABLE in line), None)
+        if transfer is not None:
+            raise StackError(
+                f"mvn could not download the jars of {pom.relative_to(ROOT)}: is Maven Central "
+                f"reachable from here? {transfer.removeprefix('[ERROR]').strip()}\n"
+                f"They are downloaded once (into ~/.m2, then {target}): run this again where "
+                "Maven Central can be reached.")
         raise StackError(
             f"mvn could not resolve {pom}:\n{proc.stdout[-3000:]}{proc.stderr[-2000:]}")
     stamp.write_text(digest)
