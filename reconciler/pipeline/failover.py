@@ -14,7 +14,8 @@ Two ways a change is seen:
 - while running: the shard pool asks every shard for its identity every
   ``valkey.identity_check_seconds`` and when it answers again after an outage; the loop
   then seeks every assigned partition back to the offsets of ``since - replay`` (Kafka's
-  offsets-for-times);
+  offsets-for-times), `since` being when the old server was last seen — not when the new
+  one was noticed, which may be minutes later after an outage;
 - across a restart or a rebalance: every stored offset carries, as its commit metadata,
   the identities of the shards that acknowledged the work before it (`metadata()`). A
   newly assigned partition whose metadata names a shard now served by another server
@@ -136,8 +137,8 @@ class FailoverGuard:
 
     def replay_if_changed(self, consumer: Consumer, pipeline: Pipeline) -> int:
         """If a shard's server changed, seek every assigned partition back to
-        `replay_seconds` before the change (the batch in flight completed first).
-        Returns the records to process again."""
+        `replay_seconds` before its old server was last seen (the batch in flight
+        completed first). Returns the records to process again."""
         changes = self._shards.take_changes()
         if not changes or self.replay_seconds <= 0:
             return 0
@@ -157,9 +158,11 @@ class FailoverGuard:
             consumer.seek(TopicPartition(key[0], key[1], start))
             replayed += position - start
         self._metrics.failover_replayed.inc(replayed)
-        log.warning("shard(s) %s changed server: processing the last %.0fs again (%d "
-                    "records on %d partitions)", ", ".join(sorted({c.shard for c in changes})),
-                    self.replay_seconds, replayed, len(positions))
+        log.warning("shard(s) %s changed server: processing again the changes from %.0fs "
+                    "before the old server was last seen at %s (%d records on %d partitions)",
+                    ", ".join(sorted({c.shard for c in changes})), self.replay_seconds,
+                    time.strftime("%H:%M:%S", time.localtime(since)), replayed,
+                    len(positions))
         return replayed
 
     def _offsets(self, consumer: Consumer, since: Mapping[TP, float]) -> dict[TP, int]:

@@ -40,7 +40,7 @@ def digest(identity: str) -> str:
 @dataclass(frozen=True, slots=True)
 class IdentityChange:
     """Shard `shard`'s server changed: writes acknowledged from about `since` (unix
-    seconds) on may be lost."""
+    seconds: when its old server was last seen) on may be lost."""
 
     shard: str
     since: float
@@ -58,6 +58,7 @@ class ShardPool:
         self._endpoints: dict[str, ShardEndpoint] = {}
         self._up: dict[str, bool] = {}
         self._identities: dict[str, str | None] = {}  # shard → its server's run id
+        self._seen: dict[str, float] = {}  # shard → when that server last answered (unix s)
         # shard → (identity digest, when) from committed offsets, for an unreachable shard
         self._expected: dict[str, tuple[str, float]] = {}
         self._changes: list[IdentityChange] = []
@@ -140,10 +141,13 @@ class ShardPool:
     def watch(self, only: str | None = None) -> None:
         """Ask every shard (or `only` one) which incarnation of its server holds its
         data; one that changed (a failover, a restart) since last asked — or since the
-        committed offsets said (`expect`) — is queued for `take_changes`."""
+        committed offsets said (`expect`) — is queued for `take_changes`, with the time
+        its old server was last seen: what that server acknowledged up to its end may be
+        lost, however long the shard was down before the new one answered."""
         for name, shard in list(self._shards.items()):
             if only is not None and name != only:
                 continue
+            asked = time.time()
             try:
                 now = shard.identity()
             except ConnectorError:
@@ -151,10 +155,12 @@ class ShardPool:
             with self._lock:
                 before = self._identities.get(name)
                 expected = self._expected.pop(name, None)
+                last_seen = self._seen.get(name, asked)
                 self._identities[name] = now
+                self._seen[name] = asked
                 since: float | None = None
                 if before is not None and before != now:
-                    since = time.time()
+                    since = last_seen
                 elif before is None and expected is not None and digest(now) != expected[0]:
                     since = expected[1]  # changed since the committed offsets were stored
                 if since is not None:

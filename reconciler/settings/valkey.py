@@ -61,7 +61,8 @@ class ValkeySettings(Strict):
     retry_budget_seconds: float = Field(120.0, gt=0)
     truncate_max_keys_per_second: float = Field(50_000.0, gt=0)
     # A shard whose server changed (failover, restart) may have lost writes it had
-    # acknowledged: the changes of this many seconds before are processed again (0: off).
+    # acknowledged: the changes from this many seconds before its old server was last
+    # seen are processed again (0: off).
     failover_replay_seconds: float = Field(60.0, ge=0)
     identity_check_seconds: float = Field(1.0, gt=0)  # how often each shard's server is asked
     parking: ParkingSettings = Field(default_factory=ParkingSettings)

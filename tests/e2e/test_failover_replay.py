@@ -13,6 +13,7 @@ loss is real). The group's committed offset never goes back.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -110,3 +111,29 @@ def test_a_shard_restarted_while_the_worker_was_down_is_noticed_from_the_commit(
         second.wait_caught_up(stack, [POSTS])
     after = committed(stack, group, [POSTS])
     assert all(after[tp] >= offset for tp, offset in before.items()), (before, after)
+
+
+def test_a_shard_down_longer_than_the_replay_window_gets_what_it_acknowledged_before(
+        stack: Stack, tmp_path: Path, uid: str, private: PrivateValkey) -> None:
+    """The window counts back from when the shard was last seen with its old server, not
+    from when the new one is noticed: a shard that stays down longer than
+    `failover_replay_seconds` (a crash, a reboot, a restart from an old snapshot) still
+    gets again the changes it acknowledged just before it went down. Whether the slow
+    reader's write lands before the replay or is refused after it, the row's fence must
+    end up there."""
+    replay = 4.0
+    path = config(tmp_path, stack, uid, private, replay=replay)
+    cache = valkey.Valkey(port=private.port)
+    with InProcessWorker(path) as live:
+        post_id, v1, v2 = change_a_row(stack)
+        key = f"fo{uid}:post:{post_id}"
+        wait_until(lambda: cache.hgetall(key) == {b"v": str(v2).encode()}, 30,
+                   "the change's fence")
+        private.stop()  # every fence gone with it
+        time.sleep(replay + 3)  # down for longer than the replay window
+        private.start()
+        CacheWriter(valkey.Valkey(port=private.port)).set_if_newer(
+            key, v1, {"id": post_id, "stale": True}, 3600)
+        wait_until(lambda: cache.hgetall(key) == {b"v": str(v2).encode()}, 30,
+                   "the change acknowledged before the outage to be applied again")
+        assert live.metric("reconciler_failover_replayed_records_total") >= 1
