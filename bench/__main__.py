@@ -1,4 +1,4 @@
-"""`python -m bench throughput|latency|backlog|planning|decode [options]`
+"""`python -m bench throughput|latency|backlog|planning|decode|sweep [options]`
 (see docs/benchmarks.md)."""
 
 from __future__ import annotations
@@ -62,12 +62,31 @@ def main(argv: list[str] | None = None) -> int:
                          "beside JSON, on the recorded workload (no stack needed)")
     dec.add_argument("--rounds", type=int, default=7, help="timed rounds (the median is shown)")
 
-    for command in (tp, lat, bl):
+    sw = sub.add_parser("sweep", help="how cost grows: the worker's CPU per event and "
+                        "events/s against partitions, shards, keys per event, event size "
+                        "and workers in a group, each point with its ceiling; JSON and a PNG")
+    sw.add_argument("--dimension", action="append", default=None,
+                    help="partitions, shards, keys, size or workers (repeatable; default: "
+                         "all five)")
+    sw.add_argument("--points", action="append", default=None,
+                    help="comma-separated values for the --dimension in the same position "
+                         "(default: 6,12,24,48,96 partitions; 2,4,8,16 shards; 1,2,4,8 "
+                         "keys; 1,4,16,64 KB; 1,2,3 workers)")
+    sw.add_argument("--events", type=int, default=200_000, help="Kafka records per point")
+    sw.add_argument("--keys", type=int, default=100_000, help="rows at the start")
+    sw.add_argument("--max-topic-mb", type=int, default=2000,
+                    help="fewer records where a point's values would pass this")
+    sw.add_argument("--runs", type=int, default=1, help="measurements per point")
+    sw.add_argument("--flag-factor", type=float, default=1.5,
+                    help="growth beyond this times the work per event's is super-linear")
+    sw.add_argument("--seed", type=int, default=1)
+
+    for command in (tp, lat, bl, sw):
         command.add_argument("--worker-client", metavar="PROPERTY=VALUE", action="append",
                              default=[], help="an extra librdkafka property in the worker's "
                              "kafka.client (and the ceiling with the worker's settings); "
                              "repeatable")
-    for command in (tp, lat, bl, plan):
+    for command in (tp, lat, bl, plan, sw):
         command.add_argument("--worker-ref", metavar="GIT_REF",
                              help="measure the worker code of this commit (extracted with "
                                   "git archive) instead of the working tree")
@@ -103,6 +122,20 @@ def main(argv: list[str] | None = None) -> int:
             seconds=args.seconds, idle_seconds=args.idle_seconds,
             debezium_rate=args.debezium_rate,
             debezium_seconds=args.debezium_seconds, worker_ref=args.worker_ref,
+            worker_client=dict(item.split("=", 1) for item in args.worker_client)),
+            args.out_dir)
+    elif args.kind == "sweep":
+        from bench.dimensions import choose
+        from bench.sweep import SweepOptions, run_sweep
+
+        try:
+            dimensions = choose(args.dimension, args.points)
+        except ValueError as exc:
+            parser.error(str(exc))
+        run_sweep(endpoints, SweepOptions(
+            dimensions=dimensions, events=args.events, keys=args.keys,
+            max_topic_mb=args.max_topic_mb, runs=args.runs, seed=args.seed,
+            flag_factor=args.flag_factor, worker_ref=args.worker_ref,
             worker_client=dict(item.split("=", 1) for item in args.worker_client)),
             args.out_dir)
     else:

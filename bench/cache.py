@@ -7,6 +7,10 @@ application re-read it since; every change finds it fresh), the rest are absent.
 neighbourhood's feed key is cached. `populate()` writes those entries through the
 writer helper (`CacheWriter.set_if_newer`), pipelined.
 
+`Keys` are the key templates of `public.posts` the worker is configured with (the
+local config's `post:{id}` and `feed:{neighborhood_id}` unless a benchmark writes
+others into its config).
+
 `expected()` replays the workload through a small model of the cache protocol (SPEC
 §2) to predict the `reconciler_invalidations_total` counts. Rows keep their key and so
 their partition, so the per-key order the worker sees is the workload's order; feed
@@ -41,17 +45,40 @@ class CacheMix:
     fresh: float = 0.2  # share cached at their last version in the run; the rest absent
 
 
-def actions(change: Change, router: Router) -> list[Action]:
-    """What the reconciler must do for a change to public.posts (the local config's
-    `post:{id}` versioned and `feed:{neighborhood_id}` unversioned templates)."""
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """The key templates of public.posts: versioned keys built from the row id
+    (`<prefix>:{id}`), then unversioned ones built from its neighbourhood
+    (`<prefix>:{neighborhood_id}`, derived keys such as a feed)."""
+
+    versioned: tuple[str, ...] = ("post",)
+    derived: tuple[str, ...] = ("feed",)
+
+    def templates(self) -> list[dict[str, Any]]:
+        """As the worker's config writes them (`tables.public.posts.keys`)."""
+        return [{"template": f"{prefix}:{{id}}", "versioned": True}
+                for prefix in self.versioned] + \
+               [{"template": f"{prefix}:{{neighborhood_id}}", "versioned": False}
+                for prefix in self.derived]
+
+
+LOCAL_KEYS = Keys()  # config/local's: post:{id} versioned, feed:{neighborhood_id} not
+
+
+def actions(change: Change, router: Router, keys: Keys = LOCAL_KEYS) -> list[Action]:
+    """What the reconciler must do for a change to public.posts."""
     if change.op in (DELETE, TOMBSTONE):
-        # DEFAULT identity: the neighbourhood is unknown, broadcast; the tombstone after
-        # the delete is a key-only delete of its own (the same actions again)
-        return [(shard, f"post:{change.id}", REMOVE, 0) for shard in router.names]
+        # DEFAULT identity: the neighbourhood is unknown, broadcast the keys built from
+        # the id (the others are unresolved); the tombstone after the delete is a
+        # key-only delete of its own (the same actions again)
+        return [(shard, f"{prefix}:{change.id}", REMOVE, 0)
+                for prefix in keys.versioned for shard in router.names]
     out: list[Action] = []
     for shard in router.shards(change.neighborhood_id):
-        out.append((shard, f"post:{change.id}", VERSIONED, change.version))
-        out.append((shard, f"feed:{change.neighborhood_id}", UNVERSIONED, 0))
+        out += [(shard, f"{prefix}:{change.id}", VERSIONED, change.version)
+                for prefix in keys.versioned]
+        out += [(shard, f"{prefix}:{change.neighborhood_id}", UNVERSIONED, 0)
+                for prefix in keys.derived]
     return out
 
 
@@ -71,15 +98,12 @@ def cached_rows(workload: Workload, mix: CacheMix) -> dict[int, int]:
 
 
 def populate(clients: Mapping[str, valkey.Valkey], workload: Workload, router: Router,
-             rows: Mapping[int, int]) -> int:
-    """Write the start state (rows on their home shard, every feed key on each of its
-    shards) through the writer helper; returns the number of entries written."""
-    hoods, _ = workload.initial()
-    entries: list[tuple[str, str, int]] = [
-        (router.home(hoods[row]), f"post:{row}", version) for row, version in rows.items()]
-    for hood in range(1, workload.neighborhoods + 1):
-        entries += [(shard, f"feed:{hood}", 1) for shard in router.shards(hood)]
+             rows: Mapping[int, int], keys: Keys = LOCAL_KEYS) -> int:
+    """Write the start state (each cached row's keys on its home shard, every
+    neighbourhood's derived keys on each of its shards) through the writer helper;
+    returns the number of entries written."""
     written = 0
+    entries = _start_state(workload, router, rows, keys)
     for shard, client in clients.items():
         mine = [entry for entry in entries if entry[0] == shard]
         for start in range(0, len(mine), PIPELINE_KEYS):
@@ -95,6 +119,18 @@ def populate(clients: Mapping[str, valkey.Valkey], workload: Workload, router: R
     return written
 
 
+def _start_state(workload: Workload, router: Router, rows: Mapping[int, int],
+                 keys: Keys) -> list[tuple[str, str, int]]:
+    """(shard, key, version) of every entry cached at the start."""
+    hoods, _ = workload.initial()
+    entries = [(router.home(hoods[row]), f"{prefix}:{row}", version)
+               for row, version in rows.items() for prefix in keys.versioned]
+    for hood in range(1, workload.neighborhoods + 1):
+        entries += [(shard, f"{prefix}:{hood}", 1) for shard in router.shards(hood)
+                    for prefix in keys.derived]
+    return entries
+
+
 def _payload(key: str, version: int) -> dict[str, object]:
     """About what an application caches for a post: ~1 KB of MessagePack."""
     return {"key": key, "system_version": version, "title": "a cached title",
@@ -104,14 +140,11 @@ def _payload(key: str, version: int) -> dict[str, object]:
 class Model:
     """The cache protocol over a dict (no fence TTL: runs are shorter than it)."""
 
-    def __init__(self, workload: Workload, router: Router, rows: Mapping[int, int]) -> None:
-        hoods, _ = workload.initial()
-        self.data: dict[tuple[str, str], tuple[bool, int]] = {
-            (router.home(hoods[row]), f"post:{row}"): (True, version)
-            for row, version in rows.items()}  # (shard, key) -> (has data, version)
-        for hood in range(1, workload.neighborhoods + 1):
-            for shard in router.shards(hood):
-                self.data[shard, f"feed:{hood}"] = (True, 1)
+    def __init__(self, workload: Workload, router: Router, rows: Mapping[int, int],
+                 keys: Keys = LOCAL_KEYS) -> None:
+        self.data: dict[tuple[str, str], tuple[bool, int]] = {  # -> (has data, version)
+            (shard, key): (True, version)
+            for shard, key, version in _start_state(workload, router, rows, keys)}
 
     def apply(self, shard: str, key: str, op: str, version: int) -> str:
         found = self.data.get((shard, key))
@@ -130,14 +163,22 @@ class Model:
         return "fenced" if not has_data else "repaired"
 
 
-def expected(workload: Workload, router: Router,
-             rows: Mapping[int, int]) -> tuple[Counter[tuple[str, str]], Counter[str]]:
+def expected(workload: Workload, router: Router, rows: Mapping[int, int],
+             keys: Keys = LOCAL_KEYS) -> tuple[Counter[tuple[str, str]], Counter[str]]:
     """((shard, result) -> n, op -> n) the worker should count for the workload."""
-    model = Model(workload, router, rows)
+    model = Model(workload, router, rows, keys)
     results: Counter[tuple[str, str]] = Counter()
     ops: Counter[str] = Counter()
     for change in workload.changes():
         ops[change.op] += 1
-        for shard, key, op, version in actions(change, router):
+        for shard, key, op, version in actions(change, router, keys):
             results[shard, model.apply(shard, key, op, version)] += 1
     return results, ops
+
+
+def by_shard(counts: Mapping[tuple[str, str], int]) -> dict[str, dict[str, int]]:
+    """(shard, result) -> n as {shard: {result: n}}, the way results files hold them."""
+    out: dict[str, dict[str, int]] = {}
+    for (shard, result), n in sorted(counts.items()):
+        out.setdefault(shard, {})[result] = n
+    return out

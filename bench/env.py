@@ -87,7 +87,11 @@ class Router:
 
     @classmethod
     def load(cls, path: Path) -> Router:
-        doc = yaml.safe_load(path.read_text())
+        return cls.of(yaml.safe_load(path.read_text()))
+
+    @classmethod
+    def of(cls, doc: Mapping[str, Any]) -> Router:
+        """From a shard map document (SPEC §4)."""
         return cls(tuple((r["from"], r["to"], r["shard"]) for r in doc["ranges"]),
                    tuple((m["from"], m["to"], m["source"], m["target"])
                          for m in doc.get("moving") or ()),
@@ -109,14 +113,19 @@ class Router:
 
 
 def write_config(directory: Path, endpoints: Endpoints, *, group: str, topics: list[str],
-                 client: Mapping[str, str] | None = None, base: Path = LOCAL_CONFIG) -> Path:
-    """The local worker config (`base`, and the shard map next to it) with the stack's
-    endpoints, `group`, `topics`, extra librdkafka properties `client` (kafka.client)
-    and the shards pointed at the benchmarks' database; returns its path."""
+                 client: Mapping[str, str] | None = None, base: Path = LOCAL_CONFIG,
+                 shard_map: Mapping[str, Any] | None = None,
+                 posts_keys: list[dict[str, Any]] | None = None) -> Path:
+    """The local worker config (`base`, and the shard map next to it, or `shard_map`)
+    with the stack's endpoints, `group`, `topics`, extra librdkafka properties `client`
+    (kafka.client), the shards pointed at the benchmarks' database and, if given,
+    `posts_keys` as public.posts' key templates; returns its path."""
     config = yaml.safe_load(base.read_text())
-    shard_map = yaml.safe_load((base.parent / "shard_map.yaml").read_text())
+    shard_map = dict(shard_map or yaml.safe_load((base.parent / "shard_map.yaml").read_text()))
     shard_map["shards"] = {name: {"url": endpoints.shard_url(name)}
                            for name in shard_map["shards"]}
+    if posts_keys is not None:
+        config["tables"]["public.posts"]["keys"] = posts_keys
     config["kafka"].update(bootstrap_servers=endpoints.kafka, group_id=group, topics=topics,
                            dead_letter_topic=DEAD_LETTER_TOPIC)
     config["kafka"].setdefault("client", {}).update(client or {})

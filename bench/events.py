@@ -34,7 +34,7 @@ UPDATE, INSERT, DELETE, TOMBSTONE = "u", "c", "d", "tombstone"  # change kinds
 WORDS = ("cache", "street", "garden", "market", "neighbour", "school", "lost", "cat",
          "bicycle", "party", "noise", "parking", "recommend", "plumber", "free", "sofa",
          "tonight", "library", "weekend", "rain", "found", "keys", "bakery", "event")
-TEXT_POOL_CHARS = 1 << 16  # random text sliced into titles and bodies
+TEXT_POOL_CHARS = 1 << 16  # random text sliced into titles and bodies (at least)
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +123,8 @@ class Envelope:
         self._delete_image = json.loads(delete["value"])["payload"]["before"]
         self._body_chars = body_chars
         self._rng = random.Random(f"{seed}-text")
-        self._text = " ".join(self._rng.choice(WORDS) for _ in range(TEXT_POOL_CHARS // 6))
+        pool = max(TEXT_POOL_CHARS, 2 * body_chars[1])  # every body a slice of it
+        self._text = " ".join(self._rng.choice(WORDS) for _ in range(pool // 6))
         self._tx = 1000
         self._lsn = 30_000_000
 

@@ -1,19 +1,24 @@
-"""Starting `bench.runner` processes and collecting their results."""
+"""Starting `bench.runner` processes, alone or as a group, and collecting their results."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from bench.env import ROOT
+from bench.group import Gate, Progress, combine
 from bench.runner import Spec, write_spec
 
 PY_SPY = Path(sys.executable).parent / "py-spy"  # `pip install py-spy` into the venv
 PY_SPY_RATE = 250  # samples per second
+GROUP_POLL = 0.05  # seconds between looks at a group's files
 
 
 class Runner:
@@ -77,3 +82,39 @@ def run(spec: Spec, workdir: Path, name: str, *, timeout: float, code: Path = RO
         py_spy: Path | None = None) -> dict[str, Any]:
     with Runner(spec, workdir, name, code=code, py_spy=py_spy) as runner:
         return runner.result(timeout)
+
+
+def run_group(members: Mapping[str, Spec], workdir: Path, *, timeout: float,
+              code: Path = ROOT) -> dict[str, Any]:
+    """Several runners in one consumer group (`bench.group`), started together; their
+    results combined. Every spec names the same `group` folder and its own `progress`."""
+    specs = list(members.values())
+    gate = Gate(specs[0].group or "")
+    total, partitions = specs[0].records, len(specs[0].ends)
+    deadline = time.monotonic() + timeout
+    with contextlib.ExitStack() as stack:
+        runners = [stack.enter_context(Runner(spec, workdir, name, code=code))
+                   for name, spec in members.items()]
+
+        def wait(until: Callable[[], bool], what: str) -> None:
+            while not until():
+                for runner in runners:
+                    if runner.proc.poll() is not None:  # ended before the group did
+                        runner.result(0)
+                        raise RuntimeError(f"{runner.log_path}: ended while {what}")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"group of {len(runners)} still {what} after "
+                                       f"{timeout:.0f}s; logs: {workdir}")
+                time.sleep(GROUP_POLL)
+
+        def stable() -> bool:  # every member holds partitions, and they hold them all
+            held = [Gate.held(spec.out) for spec in specs]
+            return all(held) and sum(held) == partitions
+
+        wait(stable, "joining the group")
+        gate.open()
+        wait(lambda: sum(Progress.read(spec.progress or "") for spec in specs) >= total,
+             "reading the topic")
+        gate.close()
+        return combine([runner.result(max(1.0, deadline - time.monotonic()))
+                        for runner in runners])

@@ -5,8 +5,9 @@ Kinds (each reads `topic` from the earliest offset with the config's fresh group
 - `ceiling`: `consume()` batches of the worker's size with the worker's consumer
   settings (plus `client` overrides), and discard them: the fastest a Python worker
   with those settings can go on this topic.
-- `naive`: one message at a time, `json.loads`, one synchronous `FCALL cr<N>_apply` per
-  key, a synchronous commit per message; stops at `limit_records` / `limit_seconds`.
+- `naive` (`bench.naive`): one message at a time, `json.loads`, one synchronous `FCALL
+  cr<N>_apply` per key, a synchronous commit per message; stops at `limit_records` /
+  `limit_seconds`.
 - `worker`: our `Worker.run()` (serve_metrics off) until its counters account for every
   record of the topic (`Measured`), or until SIGTERM when `ends` is empty (the
   latency benchmark).
@@ -15,13 +16,18 @@ The process writes one JSON result to `out`: records, seconds from the first rec
 to the last, CPU seconds over that span (getrusage: every thread, librdkafka's
 included), peak RSS, and for the worker its own counters and histograms. Timing
 starts when the first batch arrives, so group joins and connections are left out.
+
+A ceiling or a worker with a `group` folder is one of several in one consumer group
+(`bench.group`): it reads only its share, reports its progress, and stops when the
+bench process says the group is done.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import resource
+import os
+import signal
 import sys
 import threading
 import time
@@ -31,16 +37,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import valkey
-import yaml
 from confluent_kafka import Consumer, Message
 from prometheus_client import CollectorRegistry
 
-from bench.cache import actions
-from bench.env import Router
-from bench.events import DELETE, Change
+from bench.cache import by_shard
+from bench.group import Gate, Progress
+from bench.meter import STALL_SECONDS, Meter
+from bench.naive import naive
 from connectors.kafka import consumer_config
-from connectors.valkey.functions import APPLY_FUNCTION
 from reconciler.logs import configure_logging
 from reconciler.settings import Settings, load_settings
 
@@ -55,9 +59,7 @@ except ImportError:  # a worker from before it (`--worker-ref`): timed by wrappi
     NoHooks = object  # type: ignore[assignment, misc]
     LEGACY = True
 
-PROGRESS_EVERY = 0.25  # seconds between rewrites of the progress file
 WATCH_EVERY = 0.05  # seconds between the watcher's looks at the worker's counters
-STALL_SECONDS = 60.0  # ceiling/naive: give up when nothing arrives for this long
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,66 +75,12 @@ class Spec:
     ready: str | None = None  # worker: touched once it has joined its group
     progress: str | None = None  # worker: rewritten with the records processed so far
     client: dict[str, Any] = field(default_factory=dict)  # ceiling: librdkafka overrides
+    group: str | None = None  # ceiling, worker: one of a group (`bench.group`), its folder
     exact_delays: bool = False  # worker: keep every end-to-end delay the histogram bins
 
     @property
     def records(self) -> int:
         return sum(self.ends.values())
-
-
-@dataclass(slots=True)
-class Meter:
-    """Records, wall and CPU time from the first record to the last."""
-
-    records: int = 0
-    started: float | None = None
-    finished: float | None = None
-    cpu_started: float = 0.0
-    cpu_finished: float = 0.0
-
-    def start(self) -> None:
-        if self.started is None:
-            self.started = time.perf_counter()
-            self.cpu_started = _cpu()
-
-    def finish(self) -> None:
-        if self.finished is None:
-            self.finished = time.perf_counter()
-            self.cpu_finished = _cpu()
-
-    def as_json(self) -> dict[str, Any]:
-        seconds = (self.finished or 0.0) - (self.started or 0.0)
-        cpu = self.cpu_finished - self.cpu_started
-        usage = resource.getrusage(resource.RUSAGE_SELF)
-        return {
-            "records": self.records,
-            "seconds": round(seconds, 3),
-            "events_per_second": round(self.records / seconds) if seconds > 0 else None,
-            "cpu_seconds": round(cpu, 3),
-            "cpu_seconds_per_100k": round(cpu * 100_000 / self.records, 3)
-            if self.records else None,
-            "cpu_seconds_total": round(usage.ru_utime + usage.ru_stime, 3),
-            "peak_rss_mb": peak_rss_mb(),
-        }
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident set: VmHWM. Not ru_maxrss: Linux carries it over
-    exec from the process that forked us, so a child of a 300 MB parent reports 300 MB
-    at least (the bench's own process held the workload when it started the runs)."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return round(int(line.split()[1]) / 1024, 1)  # kB
-    except OSError:
-        pass
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB (Linux)
-
-
-def _cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 # --------------------------------------------------------------------------- ceiling
@@ -143,16 +91,28 @@ def ceiling(spec: Spec, settings: Settings) -> dict[str, Any]:
     consumer = Consumer(consumer_config(kafka.bootstrap_servers, kafka.group_id,
                                         kafka_security(settings),
                                         {**kafka.client, **spec.client}))
-    consumer.subscribe([spec.topic])
+    gate = Gate(spec.group) if spec.group else None
+    if gate is None:
+        consumer.subscribe([spec.topic])
+    else:
+        gate.join_paused(consumer, spec.topic, spec.out)
+    progress = Progress(spec.progress)
     meter = Meter()
+
+    def done() -> bool:
+        return gate.stopping() if gate is not None else meter.records >= spec.records
+
     batch, timeout = kafka.batch_size, kafka.poll_timeout_seconds
     last = time.perf_counter()
-    while meter.records < spec.records and time.perf_counter() - last < STALL_SECONDS:
+    while not done() and time.perf_counter() - last < STALL_SECONDS:
         messages = _consume(consumer, batch, timeout)
         if messages:
             meter.start()
             meter.records += len(messages)
             last = time.perf_counter()
+            if gate is not None:
+                meter.lap()
+        progress.report(meter.records)
     meter.finish()
     consumer.close()
     return meter.as_json()
@@ -168,74 +128,6 @@ def _consume(consumer: Consumer, batch: int, timeout: float) -> list[Message]:
         if messages and batch > 1:
             messages += consumer.consume(batch - 1, 0)
     return messages
-
-
-# --------------------------------------------------------------------------- naive
-
-
-def naive(spec: Spec, settings: Settings) -> dict[str, Any]:
-    consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap_servers,
-                         "group.id": settings.kafka.group_id,
-                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
-    consumer.subscribe([spec.topic])
-    shard_map = yaml.safe_load(settings.shard_map.read_text())
-    clients: dict[str, Any] = {name: valkey.Valkey.from_url(shard["url"])
-                               for name, shard in shard_map["shards"].items()}
-    router = Router.load(settings.shard_map)
-    ttl_ms = settings.fence_ttl_seconds * 1000
-    results: Counter[tuple[str, str]] = Counter()
-    meter = Meter()
-    limit = min(spec.records, spec.limit_records or spec.records)
-    spent = {"parse_and_valkey": 0.0, "commit": 0.0, "shard_down": 0.0}  # seconds in each
-    clock = time.perf_counter
-    deadline = float("inf")
-    last = clock()
-    while meter.records < limit and clock() < deadline:
-        message = consumer.poll(1.0)
-        if message is None or message.error() is not None:
-            if clock() - last > STALL_SECONDS:
-                break
-            continue
-        if meter.started is None:
-            meter.start()
-            deadline = clock() + (spec.limit_seconds or float("inf"))
-        value = message.value()
-        last = clock()
-        if value is not None:
-            change = _naive_change(json.loads(value))
-            for shard, key, op, version in actions(change, router):
-                reply = _fcall(clients[shard], key, ttl_ms, op, version, spent)
-                results[shard, reply[0].decode()] += 1
-            spent["parse_and_valkey"] += clock() - last
-            last = clock()
-        consumer.commit(message=message, asynchronous=False)
-        spent["commit"] += clock() - last
-        last = clock()
-        meter.records += 1
-    meter.finish()
-    consumer.close()
-    return {**meter.as_json(), "capped": meter.records < spec.records,
-            "seconds_in": {k: round(v, 3) for k, v in spent.items()},
-            "invalidations": _nested(results)}
-
-
-def _fcall(client: Any, key: str, ttl_ms: int, op: str, version: int,
-           spent: dict[str, float]) -> Any:
-    """One FCALL; while the shard refuses connections (a test restarting it), wait."""
-    while True:
-        try:
-            return client.execute_command("FCALL", APPLY_FUNCTION, 1, key, ttl_ms, op, version)
-        except (valkey.ConnectionError, valkey.TimeoutError):
-            started = time.perf_counter()
-            time.sleep(0.5)
-            spent["shard_down"] += time.perf_counter() - started
-
-
-def _naive_change(event: dict[str, Any]) -> Change:
-    payload = event["payload"] if "schema" in event and "payload" in event else event
-    op = payload["op"]
-    row = payload["before"] if op == DELETE else payload["after"]
-    return Change(op, row["id"], row["neighborhood_id"], row["system_version"])
 
 
 # --------------------------------------------------------------------------- worker
@@ -274,12 +166,15 @@ class Measured:
     """Our worker, unmodified, observed through its hooks and its metrics (SPEC §6).
     Every record ends up counted once in reconciler_events_total,
     reconciler_skipped_total or reconciler_dead_letters_total, after its offset is
-    stored: when they add up to the topic's records, the worker has caught up."""
+    stored: when they add up to the topic's records, the worker has caught up (or, one
+    of a group, when the bench process says the group's counters do)."""
 
     def __init__(self, settings: Settings, spec: Spec) -> None:
         self.spec = spec
         self.meter = Meter()
         self.timings = Timings(self.meter, self._start_profile, self._check)
+        self.gate = Gate(spec.group) if spec.group else None
+        self._done = threading.Event()  # worker.run() has returned
         if LEGACY:
             self.worker = Worker(settings, registry=CollectorRegistry(), serve_metrics=False)
             _legacy_timing(self.worker, self.timings)
@@ -302,9 +197,13 @@ class Measured:
             metrics.end_to_end.observe_many = observe_many  # type: ignore[method-assign]
 
     def run(self) -> int:
+        if self.gate is not None:  # join paused, as an operator pauses a worker
+            self.worker.install_signal_handlers()
+            os.kill(os.getpid(), signal.SIGUSR1)
         threading.Thread(target=self._watch, name="bench-watch", daemon=True).start()
         code = self.worker.run()
         self.meter.finish()
+        self._done.set()
         self._stop_profile()
         return code
 
@@ -317,7 +216,16 @@ class Measured:
     def _check(self) -> None:
         """Stop once caught up. Called after every consume() — exact for a worker that
         finishes a batch before it asks for the next — and by the watcher thread, for
-        one that finishes it later."""
+        one that finishes it later. One of a group notes its last record so far, and
+        stops when the group does."""
+        if self.gate is not None:
+            done = self.processed() if self.meter.started is not None else 0
+            if done > self.meter.records:
+                self.meter.records = done
+                self.meter.lap()
+            if self.gate.stopping():
+                self.worker.stop()
+            return
         if self.spec.ends and self.meter.finished is None and self.meter.started is not None:
             self.meter.records = self.processed()
             if self.meter.records >= self.spec.records:
@@ -325,11 +233,18 @@ class Measured:
                 self.worker.stop()
 
     def _watch(self) -> None:
-        """Ready file on assignment; progress file; the backstop of `_check()`."""
+        """Ready file on assignment; progress file; the backstop of `_check()`; one of
+        a group: the partitions it holds, and resuming them when the gate opens."""
         ready = Path(self.spec.ready) if self.spec.ready else None
-        progress_at = 0.0
-        while self.meter.finished is None:
-            time.sleep(WATCH_EVERY)
+        progress = Progress(self.spec.progress)
+        paused = self.gate is not None
+        while not self._done.wait(WATCH_EVERY):
+            if self.gate is not None and paused:
+                self.gate.holding(self.spec.out, int(self.registry.get_sample_value(
+                    "reconciler_assigned_partitions") or 0))
+                if self.gate.is_open():
+                    os.kill(os.getpid(), signal.SIGUSR2)
+                    paused = False
             if ready is not None and self.registry.get_sample_value(
                     "reconciler_assigned_partitions"):
                 ready.write_text("joined\n")
@@ -337,9 +252,7 @@ class Measured:
             if not self.spec.ends and not self.spec.progress and ready is None:
                 return
             self._check()
-            if self.spec.progress and time.monotonic() >= progress_at:
-                progress_at = time.monotonic() + PROGRESS_EVERY
-                Path(self.spec.progress).write_text(f"{self.processed()}\n")
+            progress.report(self.processed())
 
     def _start_profile(self) -> None:  # in the main thread, with the first records
         if self.spec.profile:
@@ -410,7 +323,7 @@ def worker(spec: Spec, settings: Settings) -> dict[str, Any]:
             "inside_complete": round(measured.timings.completing, 3),
             "inside_invalidator_execute": round(measured.timings.invalidating, 3)},
         "exit_code": code,
-        "invalidations": _nested(_counter(registry, "reconciler_invalidations_total",
+        "invalidations": by_shard(_counter(registry, "reconciler_invalidations_total",
                                           "shard", "result")),
         "coalesced": dict(_counter(registry, "reconciler_coalesced_deletes_total", "shard")),
         "events": dict(_counter(registry, "reconciler_events_total", "op")),
@@ -451,13 +364,6 @@ def _exact(delays: list[float]) -> dict[str, float | None]:
     out = {f"p{q}": ordered[max(1, math.ceil(q / 100 * len(ordered))) - 1] if ordered
            else None for q in (50, 99)}
     return {**out, "max": ordered[-1] if ordered else None}
-
-
-def _nested(counts: Counter[Any]) -> dict[str, dict[str, int]]:
-    out: dict[str, dict[str, int]] = {}
-    for (shard, result), n in sorted(counts.items()):
-        out.setdefault(shard, {})[result] = n
-    return out
 
 
 KINDS = {"ceiling": ceiling, "naive": naive, "worker": worker}

@@ -25,34 +25,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import valkey
-
 from bench import process
-from bench.cache import CacheMix, cached_rows, expected, populate
-from bench.env import (
-    Code,
-    Endpoints,
-    create_topic,
-    delete_topic,
-    end_offsets,
-    flush,
-    retrying,
-    server_stats,
-    shard_clients,
-    write_config,
-)
+from bench.cache import CacheMix, by_shard, cached_rows, expected
+from bench.env import Code, Endpoints, delete_topic
 from bench.events import Envelope, Workload
-from bench.producer import produce
+from bench.harness import Harness, accounted, write_topic
 from bench.profile import summarize_py_spy
-from bench.report import (
-    RESULTS_DIR,
-    busy_percent,
-    cpu_ticks,
-    machine,
-    stamp,
-    table,
-    write_result,
-)
+from bench.report import RESULTS_DIR, machine, stamp, table, write_result
 from bench.runner import Spec
 
 CEILING_CLIENT = {  # librdkafka prefetch limits raised (the worker keeps 64 MB queued)
@@ -93,73 +72,30 @@ def run_throughput(endpoints: Endpoints, options: Options,
     router = code.router
     print(f"throughput: {options.events:,} records into {topic} ({options.partitions} "
           f"partitions, {options.compression}); work files in {workdir}")
-    create_topic(endpoints, topic, options.partitions)
     try:
-        produced = produce(endpoints.kafka, topic, workload.changes(), envelope,
-                           compression=options.compression)
-        ends = end_offsets(endpoints, topic)
-        if sum(ends.values()) != options.events:
-            raise RuntimeError(f"{topic} holds {sum(ends.values())} records, expected "
-                               f"{options.events}")
-        print(f"produced in {produced.seconds:.1f}s ({produced.records / produced.seconds:,.0f}"
-              f"/s), mean value {produced.mean_value_bytes:,.0f} bytes")
+        produced, ends = write_topic(endpoints, topic, options.partitions, workload,
+                                     envelope, options.compression)
         rows = cached_rows(workload, options.mix)
         want, ops = expected(workload, router, rows)
-        clients = shard_clients(endpoints)
-
-        def reset() -> int:
-            flush(clients)
-            return populate(clients, workload, router, rows)
-
-        def reset_cache() -> int:
-            return retrying(reset, "resetting the cache")
-
-        def spec(kind: str, label: str, **extra: Any) -> Spec:
-            config = write_config(workdir / label, endpoints, group=f"bench-{label}-{uid}",
-                                  topics=[topic], client=options.worker_client,
-                                  base=code.config)
-            return Spec(kind=kind, config=str(config), topic=topic, ends=ends,
-                        out=str(workdir / f"{label}.result.json"), **extra)
-
-        budget = 300 + options.events / 2000  # seconds: a very slow worker still ends
-
-        def measure(kind: str, label: str, *, reset_first: bool, timeout: float = budget,
-                    **extra: Any) -> dict[str, Any]:
-            """One measurement; tried twice, because the stack is shared (a test may
-            restart Kafka or a shard under us), with a fresh group and cache each time."""
-            for attempt in (1, 2):
-                if reset_first:
-                    reset_cache()
-                name = label if attempt == 1 else f"{label}-retry"
-                servers, ticks = _server_stats(clients), cpu_ticks()
-                try:
-                    result = process.run(spec(kind, name, **extra), workdir, name,
-                                         timeout=timeout, code=code.directory)
-                    return {**result, "machine_cpu_busy_percent": busy_percent(ticks, cpu_ticks()),
-                            "servers": _server_delta(servers, _server_stats(clients))}
-                except RuntimeError as exc:
-                    if attempt == 2:
-                        raise
-                    print(f"{label} failed, measuring it again: {str(exc)[:300]}")
-            raise AssertionError("unreachable")
-
-        entries = reset_cache()
+        bench = Harness(endpoints, code, workdir, topic, ends, workload, router, rows,
+                        client=options.worker_client, uid=uid)
+        entries = bench.reset_cache()
         runs = []
         for index in range(options.runs):
-            ceiling = measure("ceiling", f"ceiling-{index}", reset_first=False,
-                              client=CEILING_CLIENT)
-            ceiling_worker = measure("ceiling", f"ceiling-ws-{index}", reset_first=False)
-            naive = measure("naive", f"naive-{index}", reset_first=True,
-                            timeout=options.naive_seconds + 300,
-                            limit_records=options.naive_records,
-                            limit_seconds=options.naive_seconds)
-            worker = measure("worker", f"worker-{index}", reset_first=True)
+            ceiling = bench.measure("ceiling", f"ceiling-{index}", reset_first=False,
+                                    client=CEILING_CLIENT)
+            ceiling_worker = bench.measure("ceiling", f"ceiling-ws-{index}", reset_first=False)
+            naive = bench.measure("naive", f"naive-{index}", reset_first=True,
+                                  timeout=options.naive_seconds + 300,
+                                  limit_records=options.naive_records,
+                                  limit_seconds=options.naive_seconds)
+            worker = bench.measure("worker", f"worker-{index}", reset_first=True)
             runs.append(_run_summary(
                 {"ceiling": ceiling, "ceiling_worker_settings": ceiling_worker, "naive": naive,
                  "worker": worker}, want, options.events))
             _print_run(index, runs[-1])
-        profiles = [_profile(profiler, options, spec, reset_cache, workdir, out_dir, code)
-                    for profiler in options.profile]
+        profiles = [_profile(profiler, options, bench.spec, bench.reset_cache, workdir,
+                             out_dir, code) for profiler in options.profile]
     finally:
         if not options.keep_topic:
             delete_topic(endpoints, topic)
@@ -172,7 +108,7 @@ def run_throughput(endpoints: Endpoints, options: Options,
         "produced": produced.as_json(),
         "cache": {"entries": entries, **asdict(options.mix)},
         "workload_ops": dict(ops),
-        "expected_invalidations": _nested(want),
+        "expected_invalidations": by_shard(want),
         "runs": runs,
         "summary": _summary(runs),
         "profiles": profiles,
@@ -186,20 +122,14 @@ def run_throughput(endpoints: Endpoints, options: Options,
 def _run_summary(figures: dict[str, dict[str, Any]], want: Counter[tuple[str, str]],
                  events: int) -> dict[str, Any]:
     worker = figures["worker"]
-    seen = Counter({(shard, result): n for shard, results in worker["invalidations"].items()
-                    for result, n in results.items()})
-    # A derived-key delete coalesced into a later one of its batch is not sent; in this
-    # workload nothing refills a feed key during the run, so it would have found nothing.
-    accounted = seen.copy()
-    for shard, n in (worker.get("coalesced") or {}).items():
-        accounted[shard, "absent"] += n
+    counted = accounted(worker)
     by_result: Counter[str] = Counter()
-    for (_, result), n in seen.items():
-        by_result[result] += n
+    for results in worker["invalidations"].values():
+        by_result.update(results)
     total = sum(by_result.values())
     eps = {name: run["events_per_second"] for name, run in figures.items()}
     disturbed = []  # signs that something else changed the stack under the measurement
-    if accounted != want:
+    if counted != want:
         disturbed.append("invalidations differ from the expected ones (cache flushed?)")
     if worker.get("retries"):
         disturbed.append(f"the worker retried {worker['retries']} times (a shard down?)")
@@ -213,7 +143,7 @@ def _run_summary(figures: dict[str, dict[str, Any]], want: Counter[tuple[str, st
             eps["worker"] / eps["ceiling_worker_settings"], 4),
         "worker_vs_naive": round(eps["worker"] / eps["naive"], 1),
         "worker_complete": worker["records"] == events and worker["exit_code"] == 0,
-        "invalidations_match_expected": accounted == want,
+        "invalidations_match_expected": counted == want,
         "invalidation_fractions": {r: round(n / total, 4) for r, n in
                                    sorted(by_result.items())} if total else {},
     }
@@ -299,34 +229,3 @@ def _profile(profiler: str, options: Options, spec: Callable[..., Spec],
     path.write_text(summarize_py_spy(raw))
     print(f"py-spy profile: {path}")
     return {"profiler": "py-spy", "file": path.name, "worker": result}
-
-
-def _server_stats(clients: dict[str, Any]) -> dict[str, dict[str, float]]:
-    try:
-        return server_stats(clients)
-    except (valkey.ConnectionError, valkey.TimeoutError):  # a shard restarting: no figures
-        return {}
-
-
-def _server_delta(before: dict[str, dict[str, float]], after: dict[str, dict[str, float]],
-                  ) -> dict[str, dict[str, float | None]]:
-    """Per shard, during one measurement: FCALLs, their server time, server CPU."""
-    out: dict[str, dict[str, float | None]] = {}
-    for shard, stats in after.items():
-        if shard not in before:
-            continue
-        delta = {k: v - before[shard][k] for k, v in stats.items()}
-        calls = delta["fcall_calls"]
-        out[shard] = {"fcall_calls": int(calls),
-                      "fcall_usec_per_call": round(delta["fcall_usec"] / calls, 1)
-                      if calls else None,
-                      "fcall_seconds": round(delta["fcall_usec"] / 1e6, 3),
-                      "server_cpu_seconds": round(delta["cpu_seconds"], 3)}
-    return out
-
-
-def _nested(counts: Counter[tuple[str, str]]) -> dict[str, dict[str, int]]:
-    out: dict[str, dict[str, int]] = {}
-    for (shard, result), n in sorted(counts.items()):
-        out.setdefault(shard, {})[result] = n
-    return out

@@ -25,6 +25,7 @@ pytestmark = pytest.mark.chart
 
 DOCKERFILE = ROOT / "Dockerfile"
 HADOLINT = Path(sys.executable).parent / "hadolint"
+INSTALLER = {"pip", "setuptools"}  # pip freeze leaves them out; scripts/setup upgrades pip
 
 
 def instructions() -> list[tuple[str, str]]:
@@ -201,6 +202,43 @@ def test_constraints_pin_every_runtime_dependency() -> None:
                     f"{requirement}: {pulled.name}, which its extra pulls in, is not pinned"
                 )
     assert {"setuptools", "wheel"} <= set(lock_entries(ROOT / "requirements" / "build.txt"))
+
+
+def _pulled_in(requirement: Requirement, extra: str = "") -> set[str]:
+    """`requirement` and what it pulls in on this Python, transitively (the installed
+    metadata): canonical names."""
+    found: set[str] = set()
+    todo = [(requirement, extra)]
+    while todo:
+        current, wanted = todo.pop()
+        name = canonicalize_name(current.name)
+        if name in found:
+            continue
+        found.add(name)
+        for text in importlib.metadata.requires(current.name) or []:
+            child = Requirement(text)
+            if child.marker is None or any(child.marker.evaluate({"extra": e})
+                                           for e in ("", *current.extras, wanted)):
+                todo.append((child, ""))
+    return found
+
+
+def test_dev_constraints_pin_every_package_of_the_projects_extras() -> None:
+    """The project's own extras (the stack's Valkey server, the benchmarks' plots, the
+    development tools) are installed against requirements/dev-constraints.txt and the
+    runtime lock: whatever they pull in is pinned in one of them."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    own = canonicalize_name(project["name"])
+    pinned = set(lock_entries(ROOT / "requirements" / "constraints.txt")) | set(
+        lock_entries(ROOT / "requirements" / "dev-constraints.txt"))
+    for extra, requirements in project["optional-dependencies"].items():
+        for text in requirements:
+            requirement = Requirement(text)
+            if canonicalize_name(requirement.name) == own:  # another of our extras
+                continue
+            missing = _pulled_in(requirement) - pinned - INSTALLER
+            assert not missing, (f"[{extra}] {requirement}: {sorted(missing)} not pinned in "
+                                 "requirements/dev-constraints.txt")
 
 
 def test_scripts_test_scans_the_lock_for_known_vulnerabilities() -> None:
