@@ -31,6 +31,9 @@ def main(argv: list[str] | None = None) -> int:
                     default=[], help="one more worker run under this profiler (repeatable)")
     tp.add_argument("--seed", type=int, default=1)
     tp.add_argument("--keep-topic", action="store_true")
+    tp.add_argument("--peer", choices=("camel",), action="append", default=[],
+                    help="also measure this peer beside the worker (repeatable; its runtime "
+                         "is downloaded the first time): camel, Apache Camel 4.17.0")
 
     lat = sub.add_parser("latency", help="Kafka append -> invalidated, and Postgres commit -> "
                                          "invalidated, at fixed offered rates")
@@ -112,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
             naive_records=args.naive_events, naive_seconds=args.naive_seconds, runs=args.runs,
             seed=args.seed, profile=tuple(args.profile), keep_topic=args.keep_topic,
             worker_ref=args.worker_ref,
-            worker_client=dict(item.split("=", 1) for item in args.worker_client)),
+            worker_client=dict(item.split("=", 1) for item in args.worker_client),
+            peers=tuple(args.peer)),
             args.out_dir)
     elif args.kind == "latency":
         from bench.latency import LatencyOptions, run_latency

@@ -103,7 +103,7 @@ def populate(clients: Mapping[str, valkey.Valkey], workload: Workload, router: R
     neighbourhood's derived keys on each of its shards) through the writer helper;
     returns the number of entries written."""
     written = 0
-    entries = _start_state(workload, router, rows, keys)
+    entries = start_state(workload, router, rows, keys)
     for shard, client in clients.items():
         mine = [entry for entry in entries if entry[0] == shard]
         for start in range(0, len(mine), PIPELINE_KEYS):
@@ -119,7 +119,7 @@ def populate(clients: Mapping[str, valkey.Valkey], workload: Workload, router: R
     return written
 
 
-def _start_state(workload: Workload, router: Router, rows: Mapping[int, int],
+def start_state(workload: Workload, router: Router, rows: Mapping[int, int],
                  keys: Keys) -> list[tuple[str, str, int]]:
     """(shard, key, version) of every entry cached at the start."""
     hoods, _ = workload.initial()
@@ -144,7 +144,7 @@ class Model:
                  keys: Keys = LOCAL_KEYS) -> None:
         self.data: dict[tuple[str, str], tuple[bool, int]] = {  # -> (has data, version)
             (shard, key): (True, version)
-            for shard, key, version in _start_state(workload, router, rows, keys)}
+            for shard, key, version in start_state(workload, router, rows, keys)}
 
     def apply(self, shard: str, key: str, op: str, version: int) -> str:
         found = self.data.get((shard, key))

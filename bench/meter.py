@@ -61,17 +61,19 @@ def span(records: int, seconds: float, cpu: float) -> dict[str, Any]:
     }
 
 
-def peak_rss_mb() -> float:
-    """This process's peak resident set: VmHWM. Not ru_maxrss: Linux carries it over
-    exec from the process that forked us, so a child of a 300 MB parent reports 300 MB
-    at least (the bench's own process held the workload when it started the runs)."""
+def peak_rss_mb(pid: int | None = None) -> float:
+    """The peak resident set of this process (or of `pid`): VmHWM. Not ru_maxrss: Linux
+    carries it over exec from the process that forked us, so a child of a 300 MB parent
+    reports 300 MB at least (the bench's own process held the workload when it started
+    the runs)."""
     try:
-        with open("/proc/self/status", encoding="ascii") as status:
+        with open(f"/proc/{pid or 'self'}/status", encoding="ascii") as status:
             for line in status:
                 if line.startswith("VmHWM:"):
                     return round(int(line.split()[1]) / 1024, 1)  # kB
     except OSError:
-        pass
+        if pid is not None:  # gone: the fallback below is this process's
+            raise
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB (Linux)
 
 

@@ -1,4 +1,5 @@
-"""Starting `bench.runner` processes, alone or as a group, and collecting their results."""
+"""Starting `bench.runner` processes, alone or as a group, and collecting their results;
+a peer's spec (kind `camel`) is run by its own module (`bench.peers`), a JVM."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import Any
 
 from bench.env import ROOT
 from bench.group import Gate, Progress, combine
+from bench.peers import camel
 from bench.runner import Spec, write_spec
 
 PY_SPY = Path(sys.executable).parent / "py-spy"  # `pip install py-spy` into the venv
@@ -80,6 +82,8 @@ class Runner:
 
 def run(spec: Spec, workdir: Path, name: str, *, timeout: float, code: Path = ROOT,
         py_spy: Path | None = None) -> dict[str, Any]:
+    if spec.kind == "camel":
+        return camel.run(spec, workdir, name, timeout=timeout)
     with Runner(spec, workdir, name, code=code, py_spy=py_spy) as runner:
         return runner.result(timeout)
 

@@ -8,7 +8,9 @@ pre-populated state before the naive baseline and before the worker:
    the fastest a Python consumer goes on this topic; and ceiling_worker_settings —
    the same with the worker's own consumer settings (its 64 MB prefetch bound);
 2. naive — capped (`naive_records` / `naive_seconds`), its rate extrapolated;
-3. worker — end to end until its stored positions reach the end offsets.
+3. worker — end to end until its stored positions reach the end offsets;
+4. peers, only when asked for (`peers`, `bench.peers`): the Camel route, until its
+   last record is done, its deletes checked in the cache afterwards.
 
 An optional extra worker run is profiled (pyinstrument: the main thread, wall clock;
 py-spy: every thread, only while it holds the GIL); its figures are kept apart.
@@ -30,6 +32,7 @@ from bench.cache import CacheMix, by_shard, cached_rows, expected
 from bench.env import Code, Endpoints, delete_topic
 from bench.events import Envelope, Workload
 from bench.harness import Harness, accounted, write_topic
+from bench.peers import camel
 from bench.profile import summarize_py_spy
 from bench.report import RESULTS_DIR, machine, stamp, table, write_result
 from bench.runner import Spec
@@ -40,6 +43,7 @@ CEILING_CLIENT = {  # librdkafka prefetch limits raised (the worker keeps 64 MB 
     "fetch.max.bytes": 64 * 1024 * 1024,
 }
 CONSUMERS = ("ceiling", "ceiling_worker_settings", "naive", "worker")
+PEERS = ("camel",)  # measured beside them when asked for (bench.peers)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +62,7 @@ class Options:
     worker_ref: str | None = None  # measure this commit's worker code, not the working tree
     worker_client: dict[str, str] = field(default_factory=dict)  # librdkafka overrides
     mix: CacheMix = field(default_factory=CacheMix)
+    peers: tuple[str, ...] = ()  # of PEERS: off by default (they download their runtime)
 
 
 def run_throughput(endpoints: Endpoints, options: Options,
@@ -72,6 +77,8 @@ def run_throughput(endpoints: Endpoints, options: Options,
     router = code.router
     print(f"throughput: {options.events:,} records into {topic} ({options.partitions} "
           f"partitions, {options.compression}); work files in {workdir}")
+    if "camel" in options.peers:
+        camel.prepare()  # its jars, before anything is written
     try:
         produced, ends = write_topic(endpoints, topic, options.partitions, workload,
                                      envelope, options.compression)
@@ -90,9 +97,11 @@ def run_throughput(endpoints: Endpoints, options: Options,
                                   limit_records=options.naive_records,
                                   limit_seconds=options.naive_seconds)
             worker = bench.measure("worker", f"worker-{index}", reset_first=True)
-            runs.append(_run_summary(
-                {"ceiling": ceiling, "ceiling_worker_settings": ceiling_worker, "naive": naive,
-                 "worker": worker}, want, options.events))
+            figures = {"ceiling": ceiling, "ceiling_worker_settings": ceiling_worker,
+                       "naive": naive, "worker": worker}
+            if "camel" in options.peers:
+                figures["camel"] = _camel(bench, index)
+            runs.append(_run_summary(figures, want, options.events))
             _print_run(index, runs[-1])
         profiles = [_profile(profiler, options, bench.spec, bench.reset_cache, workdir,
                              out_dir, code) for profiler in options.profile]
@@ -119,6 +128,18 @@ def run_throughput(endpoints: Endpoints, options: Options,
     return path
 
 
+def _camel(bench: Harness, index: int) -> dict[str, Any]:
+    """The Camel route from the same start state, and what its DELs left in the cache."""
+    result = bench.measure("camel", f"camel-{index}", reset_first=True)
+    return {**result, "deletes": camel.check_deletes(bench.clients, bench.workload,
+                                                     bench.router, bench.rows)}
+
+
+def _names(runs: list[dict[str, Any]]) -> tuple[str, ...]:
+    """The consumers measured in every one of `runs`."""
+    return CONSUMERS + tuple(name for name in PEERS if all(name in run for run in runs))
+
+
 def _run_summary(figures: dict[str, dict[str, Any]], want: Counter[tuple[str, str]],
                  events: int) -> dict[str, Any]:
     worker = figures["worker"]
@@ -135,6 +156,10 @@ def _run_summary(figures: dict[str, dict[str, Any]], want: Counter[tuple[str, st
         disturbed.append(f"the worker retried {worker['retries']} times (a shard down?)")
     if (figures["naive"].get("seconds_in") or {}).get("shard_down"):
         disturbed.append("a shard refused the naive baseline's connections for a while")
+    deletes = figures.get("camel", {}).get("deletes")
+    if deletes and (deletes["left"] or deletes["lost"]):
+        disturbed.append(f"the Camel route left {deletes['left']} entries it should have "
+                         f"deleted, and deleted {deletes['lost']} it should have kept")
     return {
         **figures,
         "disturbed": disturbed,
@@ -146,6 +171,8 @@ def _run_summary(figures: dict[str, dict[str, Any]], want: Counter[tuple[str, st
         "invalidations_match_expected": counted == want,
         "invalidation_fractions": {r: round(n / total, 4) for r, n in
                                    sorted(by_result.items())} if total else {},
+        **{f"worker_vs_{peer}": round(eps["worker"] / eps[peer], 2)
+           for peer in PEERS if peer in figures},
     }
 
 
@@ -164,19 +191,21 @@ def _summary(all_runs: list[dict[str, Any]]) -> dict[str, Any]:
 
     out: dict[str, Any] = {"runs": len(runs), "disturbed_runs_left_out": len(all_runs) - len(runs)
                            if len(runs) < len(all_runs) else 0}
-    for name in CONSUMERS:
+    names = _names(runs)
+    for name in names:
         for figure in ("events_per_second", "cpu_seconds_per_100k", "peak_rss_mb"):
             out[f"{name}_{figure}"] = median((name, figure))
-    out["worker_vs_ceiling"] = median(("worker_vs_ceiling",))
-    out["worker_vs_ceiling_worker_settings"] = median(("worker_vs_ceiling_worker_settings",))
-    out["worker_vs_naive"] = median(("worker_vs_naive",))
-    out["worker_cpu_us_per_event"] = round(out["worker_cpu_seconds_per_100k"] * 10, 2)
+    for ratio in ("ceiling", "ceiling_worker_settings", "naive",
+                  *(name for name in names if name in PEERS)):
+        out[f"worker_vs_{ratio}"] = median((f"worker_vs_{ratio}",))
+    for name in ("worker", *(name for name in names if name in PEERS)):
+        out[f"{name}_cpu_us_per_event"] = round(out[f"{name}_cpu_seconds_per_100k"] * 10, 2)
     return out
 
 
 def _print_run(index: int, run: dict[str, Any]) -> None:
     rows = []
-    for name in CONSUMERS:
+    for name in _names([run]):
         figures = run[name]
         note = ""
         if name == "naive" and figures.get("capped"):
@@ -190,6 +219,7 @@ def _print_run(index: int, run: dict[str, Any]) -> None:
           f"{run['worker_vs_ceiling_worker_settings']:.1%})   worker / naive = "
           f"{run['worker_vs_naive']:.1f}x   invalidations as expected: "
           f"{run['invalidations_match_expected']}   seen: {run['invalidation_fractions']}")
+    _print_peers(run)
     for reason in run["disturbed"]:
         print(f"DISTURBED: {reason}")
 
@@ -201,11 +231,24 @@ def _print_summary(summary: dict[str, Any]) -> None:
     print(table(["", "events/s", "CPU s/100k", "peak RSS MB"],
                 [[name, summary[f"{name}_events_per_second"],
                   summary[f"{name}_cpu_seconds_per_100k"], summary[f"{name}_peak_rss_mb"]]
-                 for name in CONSUMERS]))
+                 for name in CONSUMERS + PEERS if f"{name}_events_per_second" in summary]))
     print(f"worker / ceiling = {summary['worker_vs_ceiling']:.1%} (with the worker's settings: "
           f"{summary['worker_vs_ceiling_worker_settings']:.1%})   worker / naive = "
           f"{summary['worker_vs_naive']:.1f}x   worker CPU per event = "
           f"{summary['worker_cpu_us_per_event']:.1f} µs")
+    _print_peers(summary)
+
+
+def _print_peers(figures: dict[str, Any]) -> None:
+    """worker / peer, for a run or the summary; and what the Camel route's DELs left."""
+    for peer in PEERS:
+        if f"worker_vs_{peer}" in figures:
+            print(f"worker / {peer} = {figures[f'worker_vs_{peer}']:.2f}x (the {peer} peer does "
+                  "less per key: docs/benchmarks.md)")
+    if deletes := figures.get("camel", {}).get("deletes"):
+        print(f"camel's DELs: {deletes['entries_to_delete'] - deletes['left']:,} of "
+              f"{deletes['entries_to_delete']:,} entries to delete gone, "
+              f"{deletes['lost']:,} of {deletes['entries_to_keep']:,} others lost")
 
 
 def _profile(profiler: str, options: Options, spec: Callable[..., Spec],

@@ -1,8 +1,9 @@
 """The throughput benchmark at a tiny size: a well-formed result that measured real work.
 
 Not a timed test: it checks that the harness cannot silently measure nothing — every
-consumer read the topic, and our worker's invalidation counts are exactly what the
-workload's changes call for.
+consumer read the topic, our worker's invalidation counts are exactly what the
+workload's changes call for, and the Camel peer (`--peer camel`: Java, and its jars
+from Maven Central the first time) deleted the cached entries of the changed rows.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import valkey
 
+from bench.cache import CacheMix, cached_rows
 from bench.env import LOCAL_CONFIG, SMOKE_DB, Endpoints, Router
 from bench.events import DELETE, TOMBSTONE, Workload
 from bench.throughput import Options, run_throughput
@@ -39,12 +42,15 @@ def expected_actions(workload: Workload, router: Router) -> Counter[str]:
     return out
 
 
+def smoke_endpoints(stack: Stack) -> Endpoints:
+    return Endpoints(stack.kafka_bootstrap, {"a": stack.valkey["valkey-a"],
+                                             "b": stack.valkey["valkey-b"]},
+                     stack.postgres_dsn, db=SMOKE_DB)
+
+
 def test_throughput_harness_measures_the_work(stack: Stack, tmp_path: Path) -> None:
-    endpoints = Endpoints(stack.kafka_bootstrap, {"a": stack.valkey["valkey-a"],
-                                                  "b": stack.valkey["valkey-b"]},
-                          stack.postgres_dsn, db=SMOKE_DB)
-    path = run_throughput(endpoints, Options(events=EVENTS, keys=KEYS, naive_records=NAIVE,
-                                             naive_seconds=30), tmp_path)
+    path = run_throughput(smoke_endpoints(stack), Options(
+        events=EVENTS, keys=KEYS, naive_records=NAIVE, naive_seconds=30), tmp_path)
 
     data = json.loads(path.read_text())
     assert path.parent == tmp_path and path.name.startswith("throughput-")
@@ -82,3 +88,34 @@ def test_throughput_harness_measures_the_work(stack: Stack, tmp_path: Path) -> N
     assert run["invalidations_match_expected"]
     seen = run["invalidation_fractions"]
     assert all(seen[result] > 0 for result in ("repaired", "fresh", "absent", "fenced")), seen
+
+
+def test_camel_peer_deletes_the_entries_of_changed_rows(stack: Stack, tmp_path: Path) -> None:
+    endpoints = smoke_endpoints(stack)
+    path = run_throughput(endpoints, Options(events=EVENTS, keys=KEYS, naive_records=NAIVE,
+                                             naive_seconds=30, peers=("camel",)), tmp_path)
+
+    data = json.loads(path.read_text())
+    (run,) = data["runs"]
+    camel = run["camel"]
+    assert all(camel[figure] is not None for figure in FIGURES), camel
+    assert camel["records"] == EVENTS and camel["events_per_second"] > 0
+    assert camel["peak_rss_mb"] > 0 and camel["startup_seconds"] > 0
+    assert data["summary"]["camel_events_per_second"] == camel["events_per_second"]
+    assert run["worker_vs_camel"] > 0 and not run["disturbed"], run["disturbed"]
+    deletes = camel["deletes"]
+    assert deletes["entries_to_delete"] > 0 and deletes["entries_to_keep"] > 0, deletes
+    assert deletes["left"] == deletes["lost"] == 0, deletes
+
+    # The peer is the run's last measurement: the cache is as its DELs left it. Each
+    # cached row's entry is on its home shard: gone if the workload changed the row.
+    workload = Workload(records=EVENTS, keys=KEYS)
+    router = Router.load(LOCAL_CONFIG.parent / "shard_map.yaml")
+    hoods, _ = workload.initial()
+    changed = {change.id for change in workload.changes()}
+    clients = {name: valkey.Valkey.from_url(endpoints.shard_url(name))
+               for name in router.names}
+    cached = cached_rows(workload, CacheMix()).keys()
+    assert cached & changed and cached - changed  # both kinds are there to look at
+    present = {row for row in cached if clients[router.home(hoods[row])].exists(f"post:{row}")}
+    assert present == cached - changed
