@@ -18,7 +18,8 @@ the server it is meant for.
 Failovers for the tests: `failover()` (``SENTINEL FAILOVER``), `kill_primary()`
 (SIGKILL: the replica promoted after ``down-after-milliseconds``), `restart_node()`,
 `settle()`, and `hold_back_replica()` then `kill_primary()`: a lossy failover, the
-promoted replica lacking writes the primary acknowledged. Only the standard library.
+promoted replica lacking writes the primary acknowledged (`wait_replicated()` first, so
+that it lacks only those). Only the standard library.
 """
 
 from __future__ import annotations
@@ -401,6 +402,22 @@ def restart_node(port: int, timeout: float = TIMEOUT) -> None:
     service is waited for until healthy."""
     start_node(port)
     wait_healthy(timeout)
+
+
+def wait_replicated(timeout: float = TIMEOUT) -> None:
+    """Wait until the replica has applied every write the primary had when called (its
+    ``slave_repl_offset`` reached the primary's ``master_repl_offset``)."""
+    def offset(port: int, field: str) -> int:
+        text = command(port, "INFO", "replication")
+        return int(dict(line.split(":", 1) for line in text.splitlines()
+                        if ":" in line)[field])
+
+    current = primary()
+    other = next(port for port in NODE_PORTS if port != current)
+    wanted = offset(current, "master_repl_offset")
+    wait_for(f"{NAME} node {other} to copy the primary's writes up to offset {wanted}",
+             lambda: offset(other, "slave_repl_offset") >= wanted,
+             LOG_DIR / f"{node_name(other)}.log", timeout=timeout)
 
 
 def hold_back_replica(seconds: float = 120.0) -> int:

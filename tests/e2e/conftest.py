@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,11 +28,7 @@ def shards(stack: Stack, prefix: str) -> Iterator[dict[str, valkey.Valkey]]:
 @pytest.fixture
 def private(tmp_path: Path) -> Iterator[PrivateValkey]:
     """A Valkey of the test's own (restartable, freezable), on a free loopback port."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    server = PrivateValkey(tmp_path / "valkey", port)
-    server.start()
+    server = PrivateValkey.on_free_port(tmp_path / "valkey")
     yield server
     server.thaw_if_frozen()
     server.stop()

@@ -17,6 +17,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -421,26 +422,46 @@ def rows(stack: Stack) -> Iterator[Rows]:
 
 
 class PrivateValkey:
-    """A valkey-server of the test's own, without persistence, restartable."""
+    """A valkey-server of the test's own, restartable: without persistence, unless
+    `options` (extra server arguments, e.g. ``("--save", "3600 1")``) turn it on —
+    it then loads what it saved in `folder` when it starts again."""
 
-    def __init__(self, folder: Path, port: int) -> None:
-        self.folder, self.port = folder, port
+    def __init__(self, folder: Path, port: int, options: tuple[str, ...] = ()) -> None:
+        self.folder, self.port, self.options = folder, port, options
         self.proc: subprocess.Popen[bytes] | None = None
+
+    @classmethod
+    def on_free_port(cls, folder: Path, options: tuple[str, ...] = ()) -> PrivateValkey:
+        """One on a free loopback port, started."""
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port: int = sock.getsockname()[1]
+        server = cls(folder, port, options)
+        server.start()
+        return server
 
     @property
     def url(self) -> str:
         return f"valkey://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(server_argv(self.port, self.folder),
+        self.proc = subprocess.Popen(server_argv(self.port, self.folder, *self.options),
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         client = valkey.Valkey(port=self.port)
         wait_until(lambda: _pings(client), 10, f"valkey on {self.port}")
         client.close()
 
     def stop(self) -> None:
+        """SIGTERM: a clean shutdown (which saves, when `options` set save points)."""
         if self.proc is not None:
             self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None
+
+    def kill(self) -> None:
+        """SIGKILL: a crash; nothing saved on the way down."""
+        if self.proc is not None:
+            self.proc.kill()
             self.proc.wait(10)
             self.proc = None
 

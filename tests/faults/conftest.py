@@ -6,6 +6,9 @@
   the start of the test to its end; the oracle pauses them while it checks.
 - Every test leaves the stack healthy: whatever a scenario stopped is started again and
   the Debezium connector is RUNNING before the next test (``healthy_stack``).
+- Shard b is the stack's valkey-b unless a test asks for another kind (``shard_b``,
+  `tests.faults.shards`): the stack's Valkey Cluster or Sentinel service (both started
+  by `scripts/faults`), or a persistent Valkey of the test's own.
 - Each scenario's figures (changes, records, stale entries, dead letters expected and
   found, records the surviving workers counted and had to count, faults injected) are
   printed at the end of the run and, with ``CR_FAULT_FIGURES=FILE``, appended to FILE
@@ -20,6 +23,7 @@ import os
 import time
 import urllib.error
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,6 +34,7 @@ from tests.conftest import Stack
 from tests.e2e.support import admin, create_topic
 from tests.faults.oracle import TOPICS, Figures, Oracle
 from tests.faults.readers import Readers
+from tests.faults.shards import ShardB, open_shard_b, workload_shards
 from tests.faults.workload import Workload
 
 # What the network tests' Toxiproxy sits in front of (the worker's every connection).
@@ -41,9 +46,10 @@ _collected: list[dict[str, Any]] = []
 
 
 def ensure_stack_healthy(timeout: float = 240.0) -> list[str]:
-    """Start every stopped service of the default stack (`python -m stack up`: not the
-    on-demand ones, which the suite never uses) and wait for the connector; returns what
-    it started."""
+    """Start every stopped service of the default stack (`python -m stack up`; the
+    on-demand Valkey Cluster and Sentinel service, which only the Valkey HA scenarios
+    use, are restored by their ``shard_b`` fixture) and wait for the connector; returns
+    what it started."""
     started = []
     for name in services.DEFAULT:
         if not services.SERVICES[name].running():
@@ -113,9 +119,22 @@ def net() -> Iterator[FaultNet]:
 
 
 @pytest.fixture
-def workload(stack: Stack, valkey_clients: dict[str, Any], uid: str) -> Iterator[Workload]:
+def shard_b(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ShardB | None]:
+    """Where shard b lives: None, the stack's valkey-b; or the kind a test asks for with
+    ``@pytest.mark.parametrize("shard_b", [KIND], indirect=True)`` (`tests.faults.shards`)."""
+    kind = getattr(request, "param", None)
+    if kind is None:
+        yield None
+        return
+    with open_shard_b(kind, tmp_path) as found:
+        yield found
+
+
+@pytest.fixture
+def workload(stack: Stack, valkey_clients: dict[str, Any], uid: str,
+             shard_b: ShardB | None) -> Iterator[Workload]:
     """The test's rows; its fence_ttl_seconds (2-5 s) is chosen from the test's uid."""
-    load = Workload(stack, valkey_clients, seed=uid)  # type: ignore[arg-type]
+    load = Workload(stack, seed=uid, **workload_shards(valkey_clients, shard_b))
     yield load
     load.close()
 

@@ -214,11 +214,13 @@ class Oracle:
 
     # ------------------------------------------------------------------ state
 
-    def violations(self, *, older_fences: bool = False,
-                   excused: Iterable[Row] = ()) -> list[str]:
+    def violations(self, *, older_fences: bool = False, excused: Iterable[Row] = (),
+                   shards: Iterable[str] = SHARDS) -> list[str]:
         """Every entry that breaks part 1 of the state rules, described (empty when
         it holds). `excused`: rows whose changes the scenario lost on purpose (a
-        retention gap); their entries are not checked (figures: ``extra["excused"]``)."""
+        retention gap); their entries are not checked (figures: ``extra["excused"]``).
+        `shards`: the shards checked (a scenario holding one down checks the others)."""
+        shards = tuple(shards)
         wrong: list[str] = []
         checked = 0
         skip = {(row.table, row.id) for row in excused}
@@ -235,7 +237,7 @@ class Oracle:
                              f"{row.neighbourhood} (deleted={row.deleted}), the database "
                              f"says {found}")
                 continue
-            for shard in SHARDS:
+            for shard in shards:
                 checked += 1
                 entry = self.workload.shards[shard].hgetall(row.key)
                 problem = judge(row, shard, entry, older_fences=older_fences)
@@ -247,7 +249,7 @@ class Oracle:
                     continue
                 wrong.append(f"{shard} {row.key} ({describe(row)}): {problem}")
         for shard, keys in self.workload.due.items():
-            for key in keys:
+            for key in keys if shard in shards else ():
                 checked += 1
                 if self.workload.shards[shard].exists(key):
                     wrong.append(f"{shard} {key}: derived key still cached after a later "
@@ -268,15 +270,17 @@ class Oracle:
                     found.setdefault(row.key, []).append(f"{shard}: {problem}")
         return found
 
-    def lingering_fences(self, excused: Iterable[Row] = ()) -> list[str]:
+    def lingering_fences(self, excused: Iterable[Row] = (),
+                         shards: Iterable[str] = SHARDS) -> list[str]:
         """Part 2: the fences still there (call fence_ttl after the last change was
         processed)."""
         skip = {(row.table, row.id) for row in excused}
+        shards = tuple(shards)
         left = []
         for row in self.workload.rows:
             if (row.table, row.id) in skip:
                 continue
-            for shard in SHARDS:
+            for shard in shards:
                 entry = self.workload.shards[shard].hgetall(row.key)
                 if entry and b"d" not in entry:
                     ttl = self.workload.shards[shard].pttl(row.key)
@@ -344,7 +348,7 @@ class Oracle:
     def account(self, group: str, *, dead_letter_topic: str, dead_letters: int = 0,
                 other_dead_letters: bool = False, topics: list[str] | None = None,
                 older_fences: bool = False, excused: Iterable[Row] = (),
-                timeout: float = 120.0) -> Figures:
+                shards: Iterable[str] = SHARDS, timeout: float = 120.0) -> Figures:
         """The whole oracle: every change published, committed to the end of `topics`
         (default the Debezium topics), both parts of the state rules, the dead letters
         exactly as expected. Raises AssertionError otherwise, every failed part named.
@@ -354,8 +358,10 @@ class Oracle:
         ``kafka.dead_letter_topic``) is read whole: `dead_letters` of its records come
         from the test's range of the topics; any other (a record from before the range:
         a group that re-read the topics' history) fails too unless
-        `other_dead_letters`, and is counted in ``extra["dead_letters_outside_range"]``."""
-        excused = list(excused)
+        `other_dead_letters`, and is counted in ``extra["dead_letters_outside_range"]``.
+        `shards`: the shards whose entries are checked (default both: a scenario that
+        holds one down checks the other meanwhile)."""
+        excused, shards = list(excused), tuple(shards)
         ends = self.published(timeout)
         if topics is not None:
             ends = end_offsets(self.stack, topics)
@@ -369,10 +375,11 @@ class Oracle:
             self.readers.pause()
         try:
             self.reader.drain(1.0)
-            wrong = self.violations(older_fences=older_fences, excused=excused)
+            wrong = self.violations(older_fences=older_fences, excused=excused,
+                                    shards=shards)
             time.sleep(max(0.0, caught_up + self.workload.fence_ttl + EXPIRY_SLACK
                            - time.monotonic()))
-            lingering = self.lingering_fences(excused)
+            lingering = self.lingering_fences(excused, shards)
         finally:
             if self.readers is not None:
                 self.readers.resume()
@@ -392,6 +399,8 @@ class Oracle:
         figures.extra["lingering_fences"] = len(lingering)
         if excused:
             figures.extra["excused"] = len(excused)
+        if self.workload.cache_errors:
+            figures.extra["cache_errors"] = self.workload.cache_errors
         if self.readers is not None:
             figures.extra["readers"] = self.readers.figures()
         figures.seconds = round(time.monotonic() - self.started, 1)

@@ -6,6 +6,8 @@ some close to the fence TTL (up to 0.8 x ``fence_ttl_seconds``) — then cache i
 the writer helper (``CacheWriter.set_if_newer``) on every shard its neighbourhood
 lives on, with a long TTL or, for a share of the writes, one shorter than the fence
 TTL. Each Postgres read, delay and write races the workload's changes and the worker.
+Each thread has clients of its own (`Workload.connect`: shard b may be a cluster or a
+Sentinel service), and skips the shards a scenario holds down (`Workload.down`).
 
 Planted races (`race()`): the delete-then-stale-set race made on purpose. The
 application has cached a row at version v; the workload changes it; a slow writer
@@ -29,13 +31,13 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import psycopg
-import valkey
 
 from connectors.valkey.writer import CacheWriter
 from tests.conftest import Stack
-from tests.faults.workload import DATA_TTL, Row, Workload, payload, shards_of
+from tests.faults.workload import DATA_TTL, SHARDS, Row, Workload, payload, shards_of
 
 WINDOW = 0.8  # longest read-to-write delay, as a share of fence_ttl
 GIVE_UP = 0.9  # a write whose read is older than this share of fence_ttl is dropped
@@ -138,11 +140,15 @@ class Readers:
 
     # ------------------------------------------------------------------ random readers
 
+    def _clients(self, opened: contextlib.ExitStack) -> dict[str, Any]:
+        """A client of its own per shard (`Workload.connect`), closed with `opened`."""
+        return {name: opened.enter_context(self.workload.connect(name)) for name in SHARDS}
+
     def _read_loop(self, index: int) -> None:
         rng = random.Random(f"{self.seed}-{index}")
-        clients = {name: valkey.Valkey.from_url(url) for name, url in self.stack.valkey.items()}
-        writers = {name: CacheWriter(client) for name, client in clients.items()}
-        try:
+        with contextlib.ExitStack() as opened:
+            clients = self._clients(opened)
+            writers = {name: CacheWriter(client) for name, client in clients.items()}
             with psycopg.connect(self.stack.postgres_dsn, autocommit=True) as db:
                 while not self._done.is_set():
                     if not self._running.wait(0.1):
@@ -157,9 +163,6 @@ class Readers:
                         time.sleep(0.1)
                     finally:
                         self._busy[index] = False
-        finally:
-            for client in clients.values():
-                client.close()
 
     def _read_once(self, rng: random.Random, db: psycopg.Connection,
                    writers: dict[str, CacheWriter]) -> None:
@@ -180,6 +183,8 @@ class Readers:
         if not self._halt.wait(delay(rng, self.fence_ttl)):
             key = f"{'post' if table == 'posts' else 'comment'}:{row_id}"
             for shard in shards_of(neighbourhood):
+                if shard in self.workload.down:
+                    continue  # the scenario holds it down: the application skips it
                 self._write(writers[shard], shard, key, row_id, version, read_at,
                             ttl(rng, self.fence_ttl))
 
@@ -217,9 +222,9 @@ class Readers:
         self.stats["races"] += len(races)
 
     def _race_loop(self) -> None:
-        clients = {name: valkey.Valkey.from_url(url) for name, url in self.stack.valkey.items()}
-        writers = {name: CacheWriter(client) for name, client in clients.items()}
-        try:
+        with contextlib.ExitStack() as opened:
+            clients = self._clients(opened)
+            writers = {name: CacheWriter(client) for name, client in clients.items()}
             while not self._done.is_set() or self._races:
                 with self._lock:
                     pending = list(self._races)
@@ -235,11 +240,8 @@ class Readers:
                             self.errors.append(repr(exc))
                         self._forget(race)
                 time.sleep(0.01)
-        finally:
-            for client in clients.values():
-                client.close()
 
-    def _step(self, race: Race, client: valkey.Valkey, writer: CacheWriter) -> None:
+    def _step(self, race: Race, client: Any, writer: CacheWriter) -> None:
         entry = client.hgetall(race.key)
         race.changed = entry != race.initial
         end = race.read_at + WINDOW * self.fence_ttl

@@ -15,6 +15,11 @@ oracle can see that class of bug at all. They run in CI beside the scenarios.
   backlog of last changes.
 - ignore_tombstones: the compacted topic, where the tombstone is all that is left of a
   delete.
+
+And one that is a setting, not a bug: ``valkey.failover_replay_seconds: 0`` (the
+protection off) through the lossy failover of test_valkey_loss — a held-back replica
+promoted without fences the primary acknowledged — must leave stale entries: the loss
+the protection repairs is real.
 """
 
 from __future__ import annotations
@@ -29,19 +34,23 @@ from stack.toxiproxy import FaultNet
 from tests.conftest import Stack
 from tests.faults.oracle import Oracle
 from tests.faults.readers import Readers
+from tests.faults.shards import ShardB, workload_shards
 from tests.faults.test_kill import run_kills
 from tests.faults.test_network import run_partition
 from tests.faults.test_readers import FENCE_TTL, run_races
 from tests.faults.test_topics import run_compacted
+from tests.faults.test_valkey_loss import NO_REPLAY, run_lossy
 from tests.faults.workload import Workload
 
 pytestmark = [pytest.mark.faults, pytest.mark.e2e]
 
 
 @pytest.fixture
-def workload(stack: Stack, valkey_clients: dict[str, Any], uid: str) -> Iterator[Workload]:
+def workload(stack: Stack, valkey_clients: dict[str, Any], uid: str,
+             shard_b: ShardB | None) -> Iterator[Workload]:
     """The suite's workload with a fixed fence TTL (the races' timing needs 4 s)."""
-    load = Workload(stack, valkey_clients, seed=uid, fence_ttl=FENCE_TTL)  # type: ignore[arg-type]
+    load = Workload(stack, seed=uid, fence_ttl=FENCE_TTL,
+                    **workload_shards(valkey_clients, shard_b))
     yield load
     load.close()
 
@@ -83,3 +92,11 @@ def test_ignoring_tombstones_leaves_deleted_rows_cached_on_a_compacted_topic(
     oracle.figures.extra["negative_control"] = "ignore_tombstones"
     run_compacted(stack, tmp_path, uid, workload, oracle, cycles=1,
                   broken="ignore_tombstones")
+
+
+@pytest.mark.parametrize("shard_b", ["sentinel"], indirect=True)
+def test_without_failover_replay_a_lossy_failover_leaves_stale_entries(
+        stack: Stack, tmp_path: Path, uid: str, workload: Workload, oracle: Oracle,
+        shard_b: ShardB) -> None:
+    oracle.figures.extra["negative_control"] = NO_REPLAY
+    run_lossy(stack, tmp_path, uid, workload, oracle, shard_b, cycles=1, replay=0.0)

@@ -126,7 +126,7 @@ def run_races(stack: Stack, tmp_path: Path, uid: str, workload: Workload, oracle
 @pytest.fixture
 def workload(stack: Stack, valkey_clients: dict[str, Any], uid: str) -> Iterator[Workload]:
     """The suite's workload with this module's fence TTL."""
-    load = Workload(stack, valkey_clients, seed=uid, fence_ttl=FENCE_TTL)  # type: ignore[arg-type]
+    load = Workload(stack, valkey_clients, seed=uid, fence_ttl=FENCE_TTL)
     yield load
     load.close()
 

@@ -18,14 +18,18 @@ the cache with.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from typing import Any
 
 import valkey
 
+from connectors.errors import ConnectorError
 from connectors.valkey.writer import CacheWriter
 from tests.conftest import Stack
 from tests.e2e.support import Rows
@@ -38,6 +42,9 @@ SHARDS = (SHARD_A, SHARD_B)
 NEIGHBOURHOODS = {"a": 7, "b": 700, "moving": 420}
 PLACES = ("a", "b", "moving", "a", "b")  # round-robin placement of new rows
 FENCE_TTLS = (2, 3, 4, 5)  # fence_ttl_seconds of a scenario: short, so TTL races show
+# What an application's cache write may meet while a shard fails over or is down.
+CACHE_ERRORS = (ConnectorError, valkey.ValkeyError, OSError)
+Connect = Callable[[], AbstractContextManager[Any]]  # a new client of one shard, closed after
 
 
 def shards_of(neighbourhood: int) -> tuple[str, ...]:
@@ -97,16 +104,30 @@ class Workload:
     `fence_ttl` is the scenario's ``fence_ttl_seconds`` (2-5 s, chosen from `seed`): the
     readers and the oracle scale with it. One thread changes the workload at a time
     (the test, or a `Load` while the test leaves it alone); the readers only read
-    `candidates`, under the lock."""
+    `candidates`, under the lock.
 
-    def __init__(self, stack: Stack, shards: Mapping[str, valkey.Valkey], *,
-                 seed: str = "", fence_ttl: float | None = None) -> None:
+    `shards`: the test's client of each shard (a `valkey.Valkey`, or valkey-py's cluster
+    client where shard b is a Valkey Cluster); `connect`: how a reader thread opens a
+    client of its own, per shard (default: the stack's URL of that shard); `may_fail`:
+    the shards a scenario fails over under the application, whose cache writes may
+    fail (elsewhere a failed write fails the test). `down`: the shards the application
+    does not write to while a scenario holds them down."""
+
+    def __init__(self, stack: Stack, shards: Mapping[str, Any], *,
+                 seed: str = "", fence_ttl: float | None = None,
+                 connect: Mapping[str, Connect] | None = None,
+                 may_fail: Iterable[str] = ()) -> None:
         self.stack = stack
         self.rng = random.Random(seed)
         self.fence_ttl = float(fence_ttl or self.rng.choice(FENCE_TTLS))
         self.db = Rows(stack.postgres_dsn)
         self.shards = dict(shards)
         self.writers = {name: CacheWriter(client) for name, client in self.shards.items()}
+        self.connectors = {name: url_client(url) for name, url in stack.valkey.items()}
+        self.connectors.update(connect or {})
+        self.may_fail = frozenset(may_fail)
+        self.down: set[str] = set()
+        self.cache_errors = 0  # cache writes that failed on a `may_fail` shard
         self.rows: list[Row] = []
         self.retired: list[Row] = []  # rows checked already, no longer checked
         self.changes: list[Change] = []
@@ -161,17 +182,32 @@ class Workload:
             if readable:
                 self.candidates.extend((row.table, row.id) for row in rows)
 
+    def connect(self, shard: str) -> AbstractContextManager[Any]:
+        """A new client of `shard` (for a reader thread), closed when the block ends."""
+        return self.connectors[shard]()
+
     def cache(self, row: Row, version: int | None = None) -> None:
         """The application caches the row (at `version`, default its current one) on
-        every shard it lives on, and its derived key."""
+        every shard it lives on, and its derived key — except on shards that are `down`.
+        A write that fails on a `may_fail` shard (it is failing over) is given up, as an
+        application would: the derived key is then no longer checked (it may or may not
+        have been written)."""
         version = row.version if version is None else version
         for shard in row.home:
-            self.writers[shard].set_if_newer(row.key, version, payload(row.id, version),
-                                             DATA_TTL)
+            if shard in self.down:
+                continue
             if self.derived:
-                self.shards[shard].set(row.derived_key, b"derived", ex=DATA_TTL)
                 self.seeded[shard].add(row.derived_key)
                 self.due[shard].discard(row.derived_key)
+            try:
+                self.writers[shard].set_if_newer(row.key, version, payload(row.id, version),
+                                                 DATA_TTL)
+                if self.derived:
+                    self.shards[shard].set(row.derived_key, b"derived", ex=DATA_TTL)
+            except CACHE_ERRORS:
+                if shard not in self.may_fail:
+                    raise
+                self.cache_errors += 1
 
     def _derived_changed(self, row: Row, shards: Iterable[str]) -> None:
         for shard in shards:
@@ -317,6 +353,11 @@ class Workload:
             for row_id in ids:
                 out[table, row_id] = found.get(row_id)
         return out
+
+
+def url_client(url: str) -> Connect:
+    """How to open a client of the server at `url` (closed after the block)."""
+    return lambda: contextlib.closing(valkey.Valkey.from_url(url))
 
 
 def payload(row_id: int, version: int) -> dict[str, int]:
