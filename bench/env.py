@@ -115,11 +115,13 @@ class Router:
 def write_config(directory: Path, endpoints: Endpoints, *, group: str, topics: list[str],
                  client: Mapping[str, str] | None = None, base: Path = LOCAL_CONFIG,
                  shard_map: Mapping[str, Any] | None = None,
-                 posts_keys: list[dict[str, Any]] | None = None) -> Path:
+                 posts_keys: list[dict[str, Any]] | None = None,
+                 kafka: Mapping[str, Any] | None = None) -> Path:
     """The local worker config (`base`, and the shard map next to it, or `shard_map`)
     with the stack's endpoints, `group`, `topics`, extra librdkafka properties `client`
     (kafka.client), the shards pointed at the benchmarks' database and, if given,
-    `posts_keys` as public.posts' key templates; returns its path."""
+    `posts_keys` as public.posts' key templates and more `kafka` settings; returns its
+    path."""
     config = yaml.safe_load(base.read_text())
     shard_map = dict(shard_map or yaml.safe_load((base.parent / "shard_map.yaml").read_text()))
     shard_map["shards"] = {name: {"url": endpoints.shard_url(name)}
@@ -129,6 +131,7 @@ def write_config(directory: Path, endpoints: Endpoints, *, group: str, topics: l
     config["kafka"].update(bootstrap_servers=endpoints.kafka, group_id=group, topics=topics,
                            dead_letter_topic=DEAD_LETTER_TOPIC)
     config["kafka"].setdefault("client", {}).update(client or {})
+    config["kafka"].update(kafka or {})
     config["fence_ttl_seconds"] = FENCE_TTL_SECONDS
     config["metrics"] = {"host": "127.0.0.1", "port": 0}
     directory.mkdir(parents=True, exist_ok=True)

@@ -38,6 +38,8 @@ from bench.producer import Produced, produce
 from bench.report import busy_percent, cpu_ticks
 from bench.runner import Spec
 
+GROUP_POLL_SECONDS = 0.05  # kafka.poll_timeout_seconds of a group's members
+
 
 def write_topic(endpoints: Endpoints, topic: str, partitions: int, workload: Workload,
                 envelope: Envelope, compression: str) -> tuple[Produced, dict[int, int]]:
@@ -92,14 +94,16 @@ class Harness:
 
         return retrying(reset, "resetting the cache")
 
-    def spec(self, kind: str, label: str, **extra: Any) -> Spec:
-        """A runner's spec, with a config of its own and a fresh consumer group."""
+    def spec(self, kind: str, label: str, kafka: Mapping[str, Any] | None = None,
+             **extra: Any) -> Spec:
+        """A runner's spec, with a config of its own (with more `kafka` settings, if
+        given) and a fresh consumer group."""
         config = write_config(self.workdir / label, self.endpoints,
                               group=f"bench-{label}-{self.uid}", topics=[self.topic],
                               client=self.client, base=self.code.config,
                               shard_map=self.shard_map,
                               posts_keys=None if self.keys == LOCAL_KEYS
-                              else self.keys.templates())
+                              else self.keys.templates(), kafka=kafka)
         return Spec(kind=kind, config=str(config), topic=self.topic, ends=self.ends,
                     out=str(self.workdir / f"{label}.result.json"), **extra)
 
@@ -134,7 +138,11 @@ class Harness:
                              "partitions: some would read nothing")
         folder = self.workdir / name
         folder.mkdir(parents=True, exist_ok=True)
-        group = self.spec(kind, name, **extra)  # one config, one consumer group
+        # One config, one consumer group. The members wait in consume() for at most
+        # GROUP_POLL_SECONDS when idle, so that all resume within that of the go (a
+        # worker applies a resume between two polls); while records flow the timeout
+        # is never reached.
+        group = self.spec(kind, name, {"poll_timeout_seconds": GROUP_POLL_SECONDS}, **extra)
         members = {f"{name}-{index}": replace(
             group, group=str(folder), out=str(self.workdir / f"{name}-{index}.result.json"),
             progress=str(self.workdir / f"{name}-{index}.progress"))

@@ -41,7 +41,7 @@ from confluent_kafka import Consumer, Message
 from prometheus_client import CollectorRegistry
 
 from bench.cache import by_shard
-from bench.group import Gate, Progress
+from bench.group import Gate, Progress, wake
 from bench.meter import STALL_SECONDS, Meter
 from bench.naive import naive
 from connectors.kafka import consumer_config
@@ -245,6 +245,8 @@ class Measured:
                 if self.gate.is_open():
                     os.kill(os.getpid(), signal.SIGUSR2)
                     paused = False
+            if self.gate is not None and not paused and self.meter.started is None:
+                wake(self.worker.consumer, self.spec.topic)  # until the resume is applied
             if ready is not None and self.registry.get_sample_value(
                     "reconciler_assigned_partitions"):
                 ready.write_text("joined\n")

@@ -36,6 +36,11 @@ from bench.report import RESULTS_DIR, machine, table, write_result
 from bench.servers import ValkeyServers
 
 SIZE_SAMPLE = 200  # records encoded to estimate a point's record size
+# A group whose members' first records are further apart than this (seconds, or share
+# of its span) is disturbed: librdkafka sometimes resumes a paused member's fetching
+# only about a second late (see bench.group.wake).
+SKEW_SECONDS, SKEW_SHARE = 0.1, 0.1
+SKEWED = "the group's members started"  # how such a run's disturbance begins
 FIGURES = ("worker_cpu_us_per_event", "worker_events_per_second", "ceiling_events_per_second",
            "ceiling_cpu_us_per_event", "worker_vs_ceiling", "worker_peak_rss_mb")
 
@@ -138,6 +143,11 @@ def _run(ceiling: dict[str, Any], worker: dict[str, Any], want: Mapping[tuple[st
         disturbed.append(f"the ceiling read {ceiling['records']:,} of {records:,} records")
     if worker.get("retries"):
         disturbed.append(f"the worker retried {worker['retries']} times (a shard down?)")
+    for name, result in (("ceiling", ceiling), ("worker", worker)):
+        skew = result.get("join_skew_seconds") or 0.0
+        if skew > max(SKEW_SECONDS, SKEW_SHARE * result["seconds"]):
+            disturbed.append(f"{SKEWED} {skew:.2f} s apart ({name}s, {skew / result['seconds']:.0%}"
+                             " of the span): the group's events/s is understated")
     return {
         "worker_cpu_us_per_event": _us(worker),
         "worker_events_per_second": worker["events_per_second"],

@@ -17,7 +17,7 @@ import pytest
 from bench.dimensions import BASE
 from bench.env import SMOKE_DB, Endpoints, Router
 from bench.events import Workload
-from bench.sweep import FIGURES, SweepOptions, run_sweep
+from bench.sweep import FIGURES, SKEWED, SweepOptions, run_sweep
 from tests.conftest import Stack
 from tests.e2e.test_bench_smoke import expected_actions
 
@@ -51,7 +51,8 @@ def test_sweep_measures_every_point_and_plots_them(stack: Stack, tmp_path: Path)
             layout = BASE.at(name, point["point"][name])
             assert point["records"] == point["produced"]["records"] == EVENTS
             (run,) = point["runs"]
-            assert run["disturbed"] == [], run["disturbed"]
+            # A group may start a member ~1 s late (bench.group.wake): marked, not failed.
+            assert [r for r in run["disturbed"] if not r.startswith(SKEWED)] == [], run
             assert all(run[figure] > 0 for figure in FIGURES), run
             assert run["ceiling"]["records"] == EVENTS
             worker = run["worker"]
