@@ -15,8 +15,9 @@ then runs, side by side:
 
 Every second it prints what the reconciler did (repaired / fresh / absent / fenced),
 the end-to-end delay over the last 10 s (Postgres commit → invalidation acknowledged:
-p50 and p99 read from the worker's own histogram, interpolated as Grafana does), and an audit of the cache against Postgres: cached data older than
-its row (stale) must stay at zero. Ctrl-C stops everything cleanly.
+p50 and p99 read from the worker's own histogram, interpolated as Grafana does), and an
+audit of the cache against Postgres: cached data older than its row (stale) must stay at
+zero. Ctrl-C stops everything cleanly.
 """
 
 from __future__ import annotations
