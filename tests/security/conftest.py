@@ -114,7 +114,8 @@ def plaintext_admin(stack: Stack) -> AdminClient:
 
 def reconciler_acls(prefix: str, group: str, dead_letter_topic: str) -> list[AclBinding]:
     """The least privilege of docs/security.md for User:reconciler: read its topics and
-    commit in its group, describe them for lag, create and write its dead-letter topic."""
+    commit in its group, describe them for lag, create and write its dead-letter topic,
+    create, write and read its shards' parking topics and commit their drain's group."""
     principal = f"User:{security.KAFKA_USER}"
 
     def allow(kind: Any, name: str, pattern: Any, operation: Any) -> AclBinding:
@@ -130,6 +131,9 @@ def reconciler_acls(prefix: str, group: str, dead_letter_topic: str) -> list[Acl
         allow(topic, dead_letter_topic, literal, AclOperation.CREATE),
         allow(topic, dead_letter_topic, literal, AclOperation.WRITE),
         allow(topic, dead_letter_topic, literal, AclOperation.DESCRIBE),
+        *(allow(topic, f"{group}.parked.", prefixed, operation) for operation in (
+            AclOperation.CREATE, AclOperation.WRITE, AclOperation.READ, AclOperation.DESCRIBE)),
+        allow(group_kind, f"{group}.parked", literal, AclOperation.READ),
     ]
 
 

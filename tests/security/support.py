@@ -42,12 +42,17 @@ def output(worker: WorkerProcess) -> str:
 
 def wait_committed(stack: Stack, worker: WorkerProcess, group: str, topics: list[str],
                    timeout: float = 60.0) -> None:
-    """Wait until `group` has committed the end of every partition of `topics`."""
+    """Wait until `group` has committed the end of every partition of `topics` and no
+    shard is parked: a TRUNCATE in the recording parks its shard behind it, and what it
+    parked is applied (between batches) after the group has committed past it."""
     ends = end_offsets(stack, topics)
 
     def done() -> bool:
         assert worker.alive(), f"the worker exited:\n{output(worker)[-3000:]}"
-        return committed(stack, group, topics) == ends
+        if committed(stack, group, topics) != ends:
+            return False
+        shards = worker.ready().get("shards", {})
+        return all(state == "up" for state in shards.values())
 
     wait_until(done, timeout, f"group {group} to commit {ends}", interval=0.5)
 
