@@ -204,8 +204,9 @@ def slot_owner(slot: int) -> int:
 
 
 def healthy(timeout: float = FORM_TIMEOUT) -> None:
-    """Wait until every running node says cluster_state:ok, all 16384 slots assigned
-    and every node agrees on who serves them."""
+    """Wait until every running node says cluster_state:ok, all 16384 slots assigned,
+    every node agrees on who serves them and lists every running node in its slot map
+    (a replica just started is missing from CLUSTER SLOTS until it has synced)."""
     deadline = time.monotonic() + timeout
     last = ""
     while time.monotonic() < deadline:
@@ -214,16 +215,24 @@ def healthy(timeout: float = FORM_TIMEOUT) -> None:
             states = [info(port, "cluster") for port in running]
             views = {tuple(sorted((n["port"], " ".join(n["slots"])) for n in nodes(port)
                                   if n["slots"])) for port in running}
+            listed = [_slot_map_ports(port) for port in running]
             if running and all(s.get("cluster_state") == "ok"
                                and s.get("cluster_slots_assigned") == "16384"
-                               for s in states) and len(views) == 1:
+                               for s in states) and len(views) == 1 and all(
+                                   ports_ == set(running) for ports_ in listed):
                 return
-            last = f"states {[s.get('cluster_state') for s in states]}, {len(views)} views"
+            last = (f"states {[s.get('cluster_state') for s in states]}, {len(views)} views, "
+                    f"slot maps list {[len(p) for p in listed]} of {len(running)} nodes")
         except (OSError, RuntimeError) as error:
             last = str(error)
         time.sleep(0.2)
     raise StackError(f"{NAME}: not healthy within {timeout:.0f}s ({last}); see "
                      f"{LOG_DIR}/{NAME}-*.log")
+
+
+def _slot_map_ports(port: int) -> set[int]:
+    """The ports CLUSTER SLOTS of the node on `port` names, primaries and replicas."""
+    return {int(node[1]) for entry in command(port, "CLUSTER", "SLOTS") for node in entry[2:]}
 
 
 # --------------------------------------------------------------------------- nodes
