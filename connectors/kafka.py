@@ -31,6 +31,10 @@ SESSION_TIMEOUT_MS = 10_000  # a silent worker loses its partitions after this
 MAX_POLL_INTERVAL_MS = 300_000
 PREFETCH_KBYTES = 32 * 1024  # librdkafka's local queue: enough for ~7k 4.5 KB records
 FETCH_QUEUE_BACKOFF_MS = 10  # how soon to fetch again once the full queue drains
+# librdkafka notices that a subscribed topic grew partitions only on a metadata refresh;
+# at its default (5 min) the changes Debezium writes to a new partition wait that long,
+# unreconciled. One small metadata request per interval bounds it.
+METADATA_REFRESH_MS = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +106,7 @@ def consumer_config(bootstrap_servers: str, group_id: str, security: Security,
     # …and when it is full, librdkafka waits this long before fetching again. Its default
     # (1 s) left the worker idle in consume() for a third of a backlog catch-up.
     config.setdefault("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS)
+    config.setdefault("topic.metadata.refresh.interval.ms", METADATA_REFRESH_MS)
     config.setdefault("client.id", f"cache-reconciler-{group_id}")
     return config
 
