@@ -1,7 +1,8 @@
 """The sweep's figure: a column per dimension; on top the CPU per event, below the
 events/s, of the worker and of its ceiling, each with a dotted line for growth exactly
 as the work per event (a worker curve above it on top, or below it underneath, grows
-faster than the work: super-linear). matplotlib with the Agg backend, no display."""
+faster than the work: super-linear); a red cross on a disturbed point. matplotlib with
+the Agg backend, no display."""
 
 from __future__ import annotations
 
@@ -55,6 +56,11 @@ def _column(name: str, result: Mapping[str, Any], cpu: Axes, rate: Axes) -> None
     scale = [x / xs[0] for x in xs] if name == "workers" else [1 / w for w in work]
     rate.plot(xs, [first * s for s in scale], ":", color=LINEAR,
               label="linear in workers" if name == "workers" else "as the work")
+    disturbed = [(x, s) for x, s in zip(xs, summaries, strict=True) if s["disturbed"]]
+    for axes, figure in ((cpu, "worker_cpu_us_per_event"), (rate, "worker_events_per_second")):
+        if disturbed:
+            axes.plot([x for x, _ in disturbed], [s[figure] for _, s in disturbed], "x",
+                      color=FLAGGED, markersize=10, label="disturbed")
     for x, summary in zip(xs, summaries, strict=True):
         rate.annotate(f"{summary['worker_vs_ceiling']:.0%}",
                       (x, summary["worker_events_per_second"]), textcoords="offset points",

@@ -213,7 +213,9 @@ def growth(name: str, points: list[dict[str, Any]], factor: float) -> dict[str, 
             round(p["summary"]["worker_cpu_us_per_event"] / w /
                   (first["worker_cpu_us_per_event"] / work[0]), 3)
             for p, w in zip(points, work, strict=True)],
-        "super_linear": flags,
+        "super_linear": [flag + " (from a disturbed point: measure again)"
+                         if first["disturbed"] or last["disturbed"] else flag
+                         for flag in flags],
     }
 
 

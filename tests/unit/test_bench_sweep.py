@@ -91,7 +91,8 @@ def test_a_group_adds_up_over_the_span_of_its_members() -> None:
 def _point(name: str, value: int, cpu_us: float, rate: float, **extra: Any) -> dict[str, Any]:
     return {"point": {name: value}, "actions_per_event": extra.get("actions", 2.0),
             "produced": {"mean_value_bytes": extra.get("bytes", 4500)},
-            "summary": {"worker_cpu_us_per_event": cpu_us, "worker_events_per_second": rate}}
+            "summary": {"worker_cpu_us_per_event": cpu_us, "worker_events_per_second": rate,
+                        "disturbed": extra.get("disturbed", False)}}
 
 
 def test_growth_is_read_against_the_work_an_event_asks_for() -> None:
@@ -110,3 +111,6 @@ def test_growth_is_read_against_the_work_an_event_asks_for() -> None:
                                  _point("workers", 3, 15.0, 90_000)], 1.5)
     assert workers["super_linear"] == [
         "events/s per worker falls from 70,000 to 30,000 with 3 workers"]
+    late = growth("workers", [_point("workers", 1, 14.0, 70_000),
+                              _point("workers", 3, 15.0, 90_000, disturbed=True)], 1.5)
+    assert late["super_linear"][0].endswith("(from a disturbed point: measure again)")
