@@ -9,11 +9,12 @@ oracle must hold and the worker must never exit.
 
 The partition scenario cuts shard b off — its proxy disabled (connections refused) or
 turned into a black hole — for four times ``valkey.retry_budget_seconds`` (3 s) while
-changes wait for it. The worker gives up after the budget and exits 2 (the figures
-count the exits of every cut); the test restarts it whenever it exits, as an
-orchestrator would, until the network heals; the oracle must then hold: nothing lost.
-It does not ask for isolation (shard a's changes applied meanwhile), nor that the
-worker exits: a worker that sets a cut-off shard aside and goes on is as welcome.
+changes wait for it, in two ways by turns. Without shard parking
+(``valkey.parking.enabled: false``) the worker gives up after the budget and exits 2;
+the test restarts it whenever it exits, as an orchestrator would, until the network
+heals. With parking (after 2 s) shard b's calls go to its parking topic and the group
+must commit past every change while b is still cut off (isolation), then apply what
+was parked once b answers. Either way the oracle must then hold: nothing lost.
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ CHAOS_SECONDS = 12.0  # per repetition: how long connections are cut while chang
 BUDGET = 3.0  # valkey.retry_budget_seconds of the partition scenario
 SOCKET_TIMEOUT = 1.0  # valkey.socket_timeout_seconds there: a black-holed call fails soon
 CUT_SECONDS = 4 * BUDGET  # how long shard b stays cut off
+PARK_AFTER = 2.0  # valkey.parking.after_seconds in the cycles that park the shard
+EXIT, PARK = "exit", "park"  # the two ways a worker meets a shard that stays down
 
 
 def netns_worker(net: FaultNet, config: Path, log: Path,
@@ -185,21 +188,33 @@ def cut(toxics: Toxiproxy, proxy: str, black_hole: bool) -> str:
 
 def run_partition(stack: Stack, tmp_path: Path, uid: str, workload: Workload, oracle: Oracle,
                   net: FaultNet, *, cycles: int, broken: str | None = None) -> Figures | None:
+    """Even cycles without shard parking (the worker exits after the retry budget and
+    is restarted), odd ones with it (shard b parked after PARK_AFTER seconds while the
+    rest goes on); the cut is refused connections or a black hole, two cycles each."""
     group = f"fpart-{uid}"
     start_group_at_end(stack, group, TOPICS)
     since = oracle.committed(group)
-    config = config_in(net, tmp_path, stack, group, fence_ttl=workload.fence_ttl,
-                       batch_size=20, overrides={"valkey.retry_budget_seconds": BUDGET,
-                                                 "valkey.socket_timeout_seconds": SOCKET_TIMEOUT})
+    settings = {"valkey.retry_budget_seconds": BUDGET,
+                "valkey.socket_timeout_seconds": SOCKET_TIMEOUT}
+    configs = {
+        EXIT: config_in(net, tmp_path / EXIT, stack, group, fence_ttl=workload.fence_ttl,
+                        batch_size=20, overrides={**settings,
+                                                  "valkey.parking": {"enabled": False}}),
+        PARK: config_in(net, tmp_path / PARK, stack, group, fence_ttl=workload.fence_ttl,
+                        batch_size=20, overrides={**settings, "valkey.parking": {
+                            "enabled": True, "after_seconds": PARK_AFTER}}),
+    }
     toxics = net.toxics
     assert toxics is not None
     workers: list[Worker] = []
     exits: list[int] = []
-    gave_up: list[int] = []  # exits per cycle
+    gave_up: list[int] = []  # exits per cut
     kinds: list[str] = []
+    mode = EXIT
 
     def start() -> Worker:
-        started = netns_worker(net, config, tmp_path / f"w{len(workers)}.log", env(broken))
+        started = netns_worker(net, configs[mode], tmp_path / f"w{len(workers)}.log",
+                               env(broken))
         workers.append(started)
         return started
 
@@ -209,6 +224,7 @@ def run_partition(stack: Stack, tmp_path: Path, uid: str, workload: Workload, or
             return current
         code = current.proc.wait()
         exits.append(code)
+        assert mode == EXIT, f"a worker that parks shards exited {code}:\n{current.log()[-3000:]}"
         assert code == 2, f"the worker exited {code}:\n{current.log()[-3000:]}"
         assert "still unavailable" in current.log(), current.log()[-3000:]
         return start()
@@ -226,10 +242,16 @@ def run_partition(stack: Stack, tmp_path: Path, uid: str, workload: Workload, or
         worker.wait_ready(120)
         assert_broken(worker.log(), broken)
         for cycle in range(cycles):
+            if (EXIT, PARK)[cycle % 2] != mode:  # the other mode: a worker configured so
+                assert worker.stop() == 0, worker.log()[-3000:]
+                mode = (EXIT, PARK)[cycle % 2]
+                worker = start()
+                worker.wait_ready(120)
             rows = workload.create(posts=20, comments=20)
             oracle.wait_committed(group, oracle.published(), alive=worker.alive)
             before = len(exits)
-            kinds.append(cut(toxics, "valkey-b", black_hole=cycle % 2 == 1))
+            cut_at = time.monotonic()
+            kinds.append(f"{mode}, " + cut(toxics, "valkey-b", black_hole=cycle // 2 % 2 == 1))
             try:
                 # Changes while b is cut off, each its row's last (cached at its version
                 # first): on a, on b, on both, moves between them, deletes.
@@ -237,17 +259,25 @@ def run_partition(stack: Stack, tmp_path: Path, uid: str, workload: Workload, or
                 workload.move([r for r in rows if r.table == "comments"][::4])
                 workload.delete(rows[::6])
                 workload.reinsert(workload.gone()[::3])
-                oracle.published()
-                worker = supervised(worker, CUT_SECONDS)
+                ends = oracle.published()
+                if mode == PARK:
+                    # Isolation: b's calls parked, the group commits past every change
+                    # while b is still cut off.
+                    oracle.wait_committed(group, ends, timeout=CUT_SECONDS - 2,
+                                          alive=worker.alive)
+                    assert "parked" in worker.log(), worker.log()[-3000:]
+                worker = supervised(worker, cut_at + CUT_SECONDS - time.monotonic())
             finally:
                 toxics.clear()  # healed: enabled again, toxics gone
             # A call in flight when the network healed can still use up the budget: the
             # orchestrator keeps watching until the worker's last retry is over.
             worker = supervised(worker, BUDGET + SOCKET_TIMEOUT + 1)
             oracle.figures.faults += 1
-            gave_up.append(len(exits) - before)  # 0 where the worker outlasts the cut
+            gave_up.append(len(exits) - before)
+            if mode == EXIT:
+                assert gave_up[-1] > 0, "the worker never gave up on the cut-off shard"
         figures = judged(oracle, broken, lambda: oracle.account(
-            group, dead_letter_topic=dead_letter_topic(config), timeout=180))
+            group, dead_letter_topic=dead_letter_topic(configs[mode]), timeout=180))
         if broken is None:
             worker.wait_ready(60)
             gone = sum(w.processed_at_exit() for w in workers if w is not worker)
@@ -264,4 +294,4 @@ def run_partition(stack: Stack, tmp_path: Path, uid: str, workload: Workload, or
 def test_network_partition_past_the_retry_budget_then_healed_loses_no_change(
         stack: Stack, tmp_path: Path, uid: str, workload: Workload, oracle: Oracle,
         net: FaultNet) -> None:
-    run_partition(stack, tmp_path, uid, workload, oracle, net, cycles=REPEAT)
+    run_partition(stack, tmp_path, uid, workload, oracle, net, cycles=max(2, REPEAT))
