@@ -1,4 +1,4 @@
-"""`python -m bench throughput|latency|backlog|planning|decode|sweep [options]`
+"""`python -m bench throughput|latency|backlog|planning|decode|sweep|shards [options]`
 (see docs/benchmarks.md)."""
 
 from __future__ import annotations
@@ -84,12 +84,22 @@ def main(argv: list[str] | None = None) -> int:
                     help="growth beyond this times the work per event's is super-linear")
     sw.add_argument("--seed", type=int, default=1)
 
-    for command in (tp, lat, bl, sw):
+    sk = sub.add_parser("shards", help="shard kinds: the worker's events/s and CPU per event "
+                        "with shard b on a Valkey Cluster beside standalone shards, each "
+                        "with and without WAIT (wait: {replicas: 1}), each with its ceiling")
+    sk.add_argument("--events", type=int, default=200_000,
+                    help="Kafka records (default 200k, as a sweep point)")
+    sk.add_argument("--keys", type=int, default=100_000, help="rows at the start")
+    sk.add_argument("--runs", type=int, default=1,
+                    help="measurements of every layout (medians and spread over them)")
+    sk.add_argument("--seed", type=int, default=1)
+
+    for command in (tp, lat, bl, sw, sk):
         command.add_argument("--worker-client", metavar="PROPERTY=VALUE", action="append",
                              default=[], help="an extra librdkafka property in the worker's "
                              "kafka.client (and the ceiling with the worker's settings); "
                              "repeatable")
-    for command in (tp, lat, bl, plan, sw):
+    for command in (tp, lat, bl, plan, sw, sk):
         command.add_argument("--worker-ref", metavar="GIT_REF",
                              help="measure the worker code of this commit (extracted with "
                                   "git archive) instead of the working tree")
@@ -140,6 +150,14 @@ def main(argv: list[str] | None = None) -> int:
             dimensions=dimensions, events=args.events, keys=args.keys,
             max_topic_mb=args.max_topic_mb, runs=args.runs, seed=args.seed,
             flag_factor=args.flag_factor, worker_ref=args.worker_ref,
+            worker_client=dict(item.split("=", 1) for item in args.worker_client)),
+            args.out_dir)
+    elif args.kind == "shards":
+        from bench.shard_kinds import ShardKindOptions, run_shard_kinds
+
+        run_shard_kinds(endpoints, ShardKindOptions(
+            events=args.events, keys=args.keys, runs=args.runs, seed=args.seed,
+            worker_ref=args.worker_ref,
             worker_client=dict(item.split("=", 1) for item in args.worker_client)),
             args.out_dir)
     else:
