@@ -17,6 +17,7 @@ resumes.
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import logging
 import signal
@@ -180,6 +181,11 @@ class Worker:
         self._housekeeper.start()
         self.consumer.subscribe(self.subscription(), on_assign=self._on_assign,
                                 on_revoke=self._on_revoke, on_lost=self._on_lost)
+        # Everything built so far lives as long as the worker: moved out of the
+        # collector's reach, a full collection no longer walks it (one took 100-170 ms
+        # at 20k/s, the p99's outliers) and only what the batches leave behind is seen.
+        gc.collect()
+        gc.freeze()
         code = EXIT_OK
         try:
             self.loop(self._stopping.is_set)
