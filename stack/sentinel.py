@@ -27,7 +27,6 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -51,6 +50,7 @@ from stack.process import (
     terminate,
     wait_for,
 )
+from stack.resp import ReplyError, command
 from stack.valkey import server_argv, valkey_server
 
 NAME = "valkey-sentinel"  # the service
@@ -70,38 +70,6 @@ SENTINEL_SECRET = "valkey-sentinel-reconciler"  # its password's secret (stack/s
 SENTINEL_COMMANDS = ("ping", "sentinel|masters", "sentinel|master", "sentinel|replicas",
                      "sentinel|slaves", "sentinel|sentinels", "sentinel|get-master-addr-by-name")
 TIMEOUT = 30.0  # seconds for a start, a failover, a promotion
-
-
-class ReplyError(StackError):
-    """A server answered a command with an error."""
-
-
-def _resp(*parts: str | int) -> bytes:
-    return b"".join([b"*%d\r\n" % len(parts)] + [
-        b"$%d\r\n%s\r\n" % (len(data), data) for data in (str(p).encode() for p in parts)])
-
-
-def _read(reader: Any) -> Any:
-    line: bytes = reader.readline()
-    if not line.endswith(b"\r\n"):
-        raise ConnectionError("connection closed")
-    kind, rest = line[:1], line[1:-2].decode()
-    if kind in (b"$", b"*") and int(rest) < 0:
-        return None
-    if kind == b"$":
-        return reader.read(int(rest) + 2)[:-2].decode()
-    if kind == b"*":
-        return [_read(reader) for _ in range(int(rest))]
-    if kind == b"-":
-        raise ReplyError(rest)
-    return int(rest) if kind == b":" else rest
-
-
-def command(port: int, *args: str | int, timeout: float = 2.0) -> Any:
-    """One command to the server on `port` (as its default user); its decoded reply."""
-    with socket.create_connection((HOST, port), timeout=timeout) as sock:
-        sock.sendall(_resp(*args))
-        return _read(sock.makefile("rb"))
 
 
 def _fields(reply: list[Any]) -> dict[str, Any]:

@@ -26,14 +26,13 @@ import hashlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from stack import security
+from stack import resp, security
 from stack.process import (
     HOST,
     LOG_DIR,
@@ -83,61 +82,10 @@ def node_name(port: int) -> str:
 # --------------------------------------------------------------------------- RESP
 
 
-def _encode(*parts: object) -> bytes:
-    out = b"*%d\r\n" % len(parts)
-    for part in parts:
-        data = part if isinstance(part, bytes) else str(part).encode()
-        out += b"$%d\r\n%s\r\n" % (len(data), data)
-    return out
-
-
-class _Reader:
-    def __init__(self, sock: socket.socket) -> None:
-        self._sock, self._buffer = sock, b""
-
-    def _fill(self, ready: Callable[[], bool]) -> None:
-        while not ready():
-            chunk = self._sock.recv(65536)
-            if not chunk:
-                raise ConnectionError("connection closed")
-            self._buffer += chunk
-
-    def _line(self) -> bytes:
-        self._fill(lambda: b"\r\n" in self._buffer)
-        line, self._buffer = self._buffer.split(b"\r\n", 1)
-        return line
-
-    def reply(self) -> Any:
-        line = self._line()
-        kind, rest = line[:1], line[1:]
-        if kind == b"+":
-            return rest.decode()
-        if kind == b"-":
-            return RuntimeError(rest.decode())
-        if kind == b":":
-            return int(rest)
-        if kind == b"$":
-            size = int(rest)
-            if size < 0:
-                return None
-            self._fill(lambda: len(self._buffer) >= size + 2)
-            data, self._buffer = self._buffer[:size], self._buffer[size + 2:]
-            return data.decode(errors="replace")
-        if kind == b"*":
-            size = int(rest)
-            return None if size < 0 else [self.reply() for _ in range(size)]
-        raise ConnectionError(f"unexpected reply {line[:80]!r}")
-
-
 def command(port: int, *args: object, timeout: float = 10.0) -> Any:
     """One command to the node on `port` as the default user; its reply (an error reply
-    raises RuntimeError)."""
-    with socket.create_connection((HOST, port), timeout=timeout) as sock:
-        sock.sendall(_encode(*args))
-        reply = _Reader(sock).reply()
-    if isinstance(reply, RuntimeError):
-        raise reply
-    return reply
+    raises ReplyError, a RuntimeError)."""
+    return resp.command(port, *args, timeout=timeout)
 
 
 def info(port: int, section: str) -> dict[str, str]:
