@@ -32,7 +32,7 @@ from valkey.crc import key_slot
 
 from connectors.errors import ValkeyRejected, ValkeyUnavailable
 from connectors.valkey.calls import apply_calls
-from connectors.valkey.commands import WaitFor, check_apply
+from connectors.valkey.commands import WaitFor, check_apply, read_labels
 from connectors.valkey.connection import redact
 from connectors.valkey.functions import PROTOCOL, Library, load_functions, translate
 from connectors.valkey.protocols import PendingApply, ShardClient
@@ -133,17 +133,8 @@ class ClusterShard:
                         ("CLUSTERDOWN", "LOADING", "MASTERDOWN", "READONLY")):
                     self.topology.invalidate()
                 raise translate(reply, shard=self._name, command=command)
-            try:
-                labels = [_LABEL[label] for label in reply]
-            except (KeyError, TypeError) as error:
-                raise ValkeyRejected(
-                    f"valkey shard {self._name!r}: {command} answered {reply!r:.200}, not one "
-                    f"label per key: is another {self.library.name} loaded? Run `reconciler "
-                    "doctor`", shard=self._name, command=command) from error
-            if len(labels) != len(call.tag):
-                raise ValkeyRejected(f"valkey shard {self._name!r}: {command} answered "
-                                     f"{len(labels)} results for {len(call.tag)} keys",
-                                     shard=self._name, command=command)
+            labels = read_labels((reply,), len(call.tag), shard=self._name,
+                                 command=command, library=self.library.name)
             for index, label in zip(call.tag, labels, strict=True):
                 results[index] = label
         return results
@@ -309,11 +300,6 @@ class ClusterShard:
                 self.topology.invalidate()
             raise translate(error, shard=self._name, command=f"{command} on {node}") \
                 from error
-
-
-# Reply bytes -> the result label (one shared str object per label, no decoding).
-_LABEL = {b"repaired": "repaired", b"fresh": "fresh", b"absent": "absent",
-          b"fenced": "fenced"}
 
 
 class _Pending:

@@ -1,19 +1,23 @@
 """The commands of one `Shard.apply()`: its FCALLs (`APPLY_CHUNK` keys each, so that no
-single call holds the server for long), their arguments checked, and the WAIT (or
-WAITAOF) a shard may be asked to add."""
+single call holds the server for long), their arguments checked, the WAIT (or
+WAITAOF) a shard may be asked to add, and the result labels read from the answers
+(`read_labels`, for `Shard` and `ClusterShard` alike)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from connectors.errors import ValkeyUnavailable
+from connectors.errors import ValkeyRejected, ValkeyUnavailable
 from connectors.valkey.functions import APPLY_FUNCTION
 from connectors.valkey.protocols import MAX_VERSION, OPS
 
 APPLY_CHUNK = 512  # keys per cr2_apply call: bounds how long one call blocks the server
 _FCALL = b"FCALL"  # the command, pre-encoded
+# Reply bytes -> the result label (one shared str object per label, no decoding).
+_LABEL = {b"repaired": "repaired", b"fresh": "fresh", b"absent": "absent",
+          b"fenced": "fenced"}.__getitem__
 
 
 def apply_commands(keys: Sequence[str], ops: Sequence[str], versions: Sequence[int],
@@ -52,6 +56,26 @@ def check_apply(shard: str, keys: Sequence[str], ops: Sequence[str],
         bad = next(i for i, v in enumerate(versions) if not 0 <= v <= MAX_VERSION)
         raise ValueError(f"shard {shard!r}: version #{bad} for key {keys[bad]!r} "
                          f"must be in [0, 2^63-1], got {versions[bad]}")
+
+
+def read_labels(replies: Iterable[Any], n: int, *, shard: str, command: str,
+                library: str) -> list[str]:
+    """The result labels of FCALL answers (each a list of reply bytes), `n` in all, in
+    order; `ValkeyRejected` if an answer is not labels or the count is not `n`."""
+    results: list[str] = []
+    for reply in replies:
+        try:
+            results += map(_LABEL, reply)
+        except (KeyError, TypeError) as error:
+            raise ValkeyRejected(
+                f"valkey shard {shard!r}: {command} answered {reply!r:.200}, not one "
+                f"label per key: is another {library} loaded? Run `reconciler doctor`",
+                shard=shard, command=command) from error
+    if len(results) != n:
+        raise ValkeyRejected(f"valkey shard {shard!r}: {command} answered "
+                             f"{len(results)} results for {n} keys",
+                             shard=shard, command=command)
+    return results
 
 
 @dataclass(frozen=True, slots=True)

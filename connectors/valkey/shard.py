@@ -22,7 +22,7 @@ import valkey
 from valkey import exceptions as vx
 
 from connectors.errors import ValkeyRejected, ValkeyUnavailable
-from connectors.valkey.commands import WaitFor, apply_commands, check_apply
+from connectors.valkey.commands import WaitFor, apply_commands, check_apply, read_labels
 from connectors.valkey.connection import connection_pool, redact
 from connectors.valkey.functions import (
     PROTOCOL,
@@ -38,9 +38,6 @@ from connectors.valkey.protocols import PendingApply, ShardClient
 log = logging.getLogger(__name__)
 
 DEFAULT_FENCE_TTL_MS = 60_000  # SPEC fence_ttl default: 60 s
-# Reply bytes -> the result label (one shared str object per label, no decoding).
-_LABEL = {b"repaired": "repaired", b"fresh": "fresh", b"absent": "absent",
-          b"fenced": "fenced"}.__getitem__
 
 T = TypeVar("T")
 
@@ -138,20 +135,8 @@ class Shard:
             raise translate(error, shard=self._name, command=command)
         if self.wait is not None:
             self.wait.check(replies.pop(), shard=self._name)
-        results: list[str] = []
-        try:
-            for reply in replies:
-                results += map(_LABEL, reply)
-        except (KeyError, TypeError) as error:
-            raise ValkeyRejected(
-                f"valkey shard {self._name!r}: {command} answered {replies!r:.200}, not one "
-                f"label per key: is another {self.library.name} loaded? Run `reconciler doctor`",
-                shard=self._name, command=command) from error
-        if len(results) != n:
-            raise ValkeyRejected(f"valkey shard {self._name!r}: {command} answered "
-                                 f"{len(results)} results for {n} keys",
-                                 shard=self._name, command=command)
-        return results
+        return read_labels(replies, n, shard=self._name, command=command,
+                           library=self.library.name)
 
     def _pipeline(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         pipe: Any = self._client.pipeline(transaction=False)
