@@ -4,6 +4,7 @@ parking."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar, Self
 
 from pydantic import Field, SecretStr, model_validator
 
@@ -28,17 +29,18 @@ class ParkingSettings(Strict):
     topic_prefix: str | None = None  # default: <kafka.group_id>.parked
 
 
-class ValkeySentinelAuth(Strict):
-    """The user and password sent to the Sentinels of sentinel shards whose URLs carry
-    none (a URL's user information wins); the primaries use valkey.username/password."""
+class Credentials(Strict):
+    """A user and a password, each given inline or as a file (a Secret's): what a
+    section holding Valkey credentials shares."""
 
     username: str | None = None
     username_file: Path | None = None  # read at load: for a user name kept in a Secret
     password: SecretStr | None = None
     password_file: Path | None = None
+    _section: ClassVar[str]  # where the fields stand in the config, for error messages
 
     @model_validator(mode="after")
-    def _check(self) -> ValkeySentinelAuth:
+    def _check(self) -> Self:
         one_of(self.username, self.username_file, "username")
         return self
 
@@ -46,15 +48,20 @@ class ValkeySentinelAuth(Strict):
         if self.password is not None:
             return self.password.get_secret_value()
         if self.password_file is not None:
-            return read_secret_file(self.password_file, "valkey.sentinel.password_file")
+            return read_secret_file(self.password_file, f"{self._section}.password_file")
         return None
 
 
-class ValkeySettings(Strict):
-    username: str | None = None
-    username_file: Path | None = None  # read at load: for a user name kept in a Secret
-    password: SecretStr | None = None
-    password_file: Path | None = None
+class ValkeySentinelAuth(Credentials):
+    """The user and password sent to the Sentinels of sentinel shards whose URLs carry
+    none (a URL's user information wins); the primaries use valkey.username/password."""
+
+    _section = "valkey.sentinel"
+
+
+class ValkeySettings(Credentials):
+    _section = "valkey"
+
     tls: ValkeyTLS = Field(default_factory=ValkeyTLS)
     sentinel: ValkeySentinelAuth = Field(default_factory=ValkeySentinelAuth)
     socket_timeout_seconds: float = Field(5.0, gt=0)
@@ -66,15 +73,3 @@ class ValkeySettings(Strict):
     failover_replay_seconds: float = Field(60.0, ge=0)
     identity_check_seconds: float = Field(1.0, gt=0)  # how often each shard's server is asked
     parking: ParkingSettings = Field(default_factory=ParkingSettings)
-
-    @model_validator(mode="after")
-    def _check(self) -> ValkeySettings:
-        one_of(self.username, self.username_file, "username")
-        return self
-
-    def password_value(self) -> str | None:
-        if self.password is not None:
-            return self.password.get_secret_value()
-        if self.password_file is not None:
-            return read_secret_file(self.password_file, "valkey.password_file")
-        return None
