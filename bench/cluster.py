@@ -14,14 +14,13 @@ touched.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench.servers import HOST, PORTS, START_TIMEOUT, STOP_TIMEOUT, _answers, _free
+from bench.servers import HOST, PORTS, START_TIMEOUT, answers, free, stop_servers
 from stack.valkey import server_argv, valkey_server
 from stack.valkey_cluster import command, info, nodes
 
@@ -81,21 +80,12 @@ class Nodes:
         return ports
 
     def stop(self) -> None:
-        for proc in self._procs.values():
-            proc.terminate()
-        for proc in self._procs.values():
-            try:
-                proc.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(STOP_TIMEOUT)
-        self._procs.clear()
-        shutil.rmtree(self.folder, ignore_errors=True)
+        stop_servers(self._procs, self.folder)
 
     def _port(self) -> int:
         """A free port of `ports` not handed out before."""
         for port in self.ports:
-            if port not in self._taken and _free(port):
+            if port not in self._taken and free(port):
                 self._taken.add(port)
                 return port
         raise RuntimeError(f"no free loopback port left in {self.ports.start}.."
@@ -108,7 +98,7 @@ class Nodes:
                 stdout=log, stderr=subprocess.STDOUT)
         self._procs[port] = proc  # stopped with the others, whatever happens next
         deadline = time.monotonic() + START_TIMEOUT
-        while not _answers(port):
+        while not answers(port):
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"valkey-server on {port} did not answer within "
                                    f"{START_TIMEOUT:.0f}s: {self.folder / f'{port}.log'}")

@@ -41,7 +41,7 @@ class ValkeyServers:
         try:
             candidates = iter(self.ports)
             while len(self._procs) < self.count:
-                port = next((p for p in candidates if _free(p)), None)
+                port = next((p for p in candidates if free(p)), None)
                 if port is None:
                     raise RuntimeError(f"no free loopback port left in {self.ports.start}.."
                                        f"{self.ports.stop - 1} for {self.count} Valkey servers")
@@ -57,16 +57,7 @@ class ValkeyServers:
         self.stop()
 
     def stop(self) -> None:
-        for proc in self._procs.values():
-            proc.terminate()
-        for proc in self._procs.values():
-            try:
-                proc.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(STOP_TIMEOUT)
-        self._procs.clear()
-        shutil.rmtree(self.folder, ignore_errors=True)
+        stop_servers(self._procs, self.folder)
 
     def _start(self, port: int) -> None:
         """One server on `port`; none if it cannot bind it (taken since we looked)."""
@@ -76,7 +67,7 @@ class ValkeyServers:
                                     stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + START_TIMEOUT
         while proc.poll() is None and time.monotonic() < deadline:
-            if _answers(port):
+            if answers(port):
                 self._procs[port] = proc
                 return
             time.sleep(0.05)
@@ -87,7 +78,22 @@ class ValkeyServers:
                                f"{START_TIMEOUT:.0f}s: {self.folder / f'{port}.log'}")
 
 
-def _free(port: int) -> bool:
+def stop_servers(procs: dict[int, subprocess.Popen[bytes]], folder: Path) -> None:
+    """Stop the servers of `procs` (killed if one has not stopped in `STOP_TIMEOUT`),
+    forget them, and remove their `folder`."""
+    for proc in procs.values():
+        proc.terminate()
+    for proc in procs.values():
+        try:
+            proc.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(STOP_TIMEOUT)
+    procs.clear()
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def free(port: int) -> bool:
     """Nothing listens on the port and it can be bound."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         try:
@@ -97,7 +103,8 @@ def _free(port: int) -> bool:
     return True
 
 
-def _answers(port: int) -> bool:
+def answers(port: int) -> bool:
+    """The server on the port answers PING."""
     with contextlib.suppress(OSError):
         return ping(port)
     return False
