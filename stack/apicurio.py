@@ -30,7 +30,6 @@ import re
 import shutil
 import tarfile
 import time
-import urllib.error
 from typing import Any
 
 from stack import connect, kafka, postgres
@@ -132,19 +131,9 @@ def _connector(path: str = "", method: str = "GET", body: object | None = None) 
     return http_json(method, connect.connect_url(f"/connectors/{CONNECTOR_NAME}{path}"), body)
 
 
-def _exists() -> bool:
-    try:
-        _connector()
-    except urllib.error.HTTPError as exc:
-        if exc.code == 404:
-            return False
-        raise
-    return True
-
-
 def remove_connector() -> None:
     """Stop the connector, reset its offsets, delete it and drop its slot."""
-    if connect.SERVICE.running() and _exists():
+    if connect.SERVICE.running() and connect.connector_exists(CONNECTOR_NAME):
         log(f"removing connector {CONNECTOR_NAME}")
         _connector("/stop", "PUT")
         deadline = time.monotonic() + 60
