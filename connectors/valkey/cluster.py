@@ -35,6 +35,7 @@ from connectors.valkey.calls import apply_calls
 from connectors.valkey.commands import WaitFor, check_apply, read_labels
 from connectors.valkey.connection import redact
 from connectors.valkey.functions import PROTOCOL, Library, load_functions, translate
+from connectors.valkey.pacing import UnlinkPace
 from connectors.valkey.protocols import PendingApply, ShardClient
 from connectors.valkey.routing import Call, Lost, Round, answered, run
 from connectors.valkey.shard import DEFAULT_FENCE_TTL_MS
@@ -171,15 +172,8 @@ class ClusterShard:
         """Remove every key matching `pattern` on every primary (SCAN MATCH on each,
         UNLINK per slot), at most `max_keys_per_second` on average overall. Keys moved
         by a resharding during the scan may be missed: run it again."""
-        if count < 1:
-            raise ValueError(f"shard {self._name!r}: truncate count must be >= 1, got {count}")
-        if max_keys_per_second is not None and max_keys_per_second <= 0:
-            raise ValueError(f"shard {self._name!r}: max_keys_per_second must be positive, "
-                             f"got {max_keys_per_second}")
-        step = count if max_keys_per_second is None else max(
-            1, min(count, int(max_keys_per_second / 10)))
-        started = time.monotonic()
-        removed = sent = 0
+        pace = UnlinkPace(self._name, count, max_keys_per_second)
+        removed = 0
         for node in self.primaries():
             client: Any = self.node(node)
             cursor = 0
@@ -187,18 +181,12 @@ class ClusterShard:
                 cursor, found = self._node_call(
                     node, partial(client.scan, cursor, match=pattern, count=count), "SCAN")
                 cursor = int(cursor)
-                for start in range(0, len(found), step):
-                    piece = found[start:start + step]
+                for piece in pace.pieces(found):
                     removed += self._unlink(piece)
-                    sent += len(piece)
-                    if max_keys_per_second is not None:
-                        ahead = sent / max_keys_per_second - (time.monotonic() - started)
-                        if ahead > 0:
-                            time.sleep(ahead)
                 if cursor == 0:
                     break
         log.info("valkey shard %s: truncate %r removed %d keys on %s in %.1fs", self._name,
-                 pattern, removed, self.url, time.monotonic() - started)
+                 pattern, removed, self.url, time.monotonic() - pace.started)
         return removed
 
     def truncate_step(self, pattern: str, cursor: int = 0, *,

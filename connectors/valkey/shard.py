@@ -33,6 +33,7 @@ from connectors.valkey.functions import (
     load_functions,
     translate,
 )
+from connectors.valkey.pacing import UnlinkPace
 from connectors.valkey.protocols import PendingApply, ShardClient
 
 log = logging.getLogger(__name__)
@@ -155,36 +156,20 @@ class Shard:
         """Remove every key matching the glob `pattern` (SCAN MATCH + UNLINK in batches
         of about `count`), at most `max_keys_per_second` on average; return the number
         removed. Interrupted, it can simply be run again."""
-        if count < 1:
-            raise ValueError(f"shard {self._name!r}: truncate count must be >= 1, got {count}")
-        if max_keys_per_second is not None and max_keys_per_second <= 0:
-            raise ValueError(f"shard {self._name!r}: max_keys_per_second must be positive, "
-                             f"got {max_keys_per_second}")
+        pace = UnlinkPace(self._name, count, max_keys_per_second)
         client = self._sync
-        # With a rate limit, UNLINK in pieces of about a tenth of a second's worth so
-        # that the load is spread evenly rather than in bursts of `count` keys.
-        step = count if max_keys_per_second is None else max(
-            1, min(count, int(max_keys_per_second / 10)))
-        started = time.monotonic()
         removed = 0
-        sent = 0  # keys sent to UNLINK: what the rate limit paces
         cursor = 0
         while True:
             cursor, found = self._call(
                 partial(client.scan, cursor, match=pattern, count=count), "SCAN")
             cursor = int(cursor)
-            for start in range(0, len(found), step):
-                piece = found[start:start + step]
+            for piece in pace.pieces(found):
                 removed += int(self._call(partial(client.unlink, *piece), "UNLINK"))
-                sent += len(piece)
-                if max_keys_per_second is not None:
-                    ahead = sent / max_keys_per_second - (time.monotonic() - started)
-                    if ahead > 0:
-                        time.sleep(ahead)
             if cursor == 0:
                 break
         log.info("valkey shard %s: truncate %r removed %d keys in %.1fs", self._name,
-                 pattern, removed, time.monotonic() - started)
+                 pattern, removed, time.monotonic() - pace.started)
         return removed
 
     def truncate_step(self, pattern: str, cursor: int = 0, *,
