@@ -33,11 +33,12 @@ a TTL (written behind the protocol's back: `PEXPIRE ... NX` gives it fence_ttl).
 PEXPIRE alone, apply calls no command version 1 did not (the reconciler's ACL is
 unchanged).
 
-set_if_newer replacing an entry that has a TTL, asked for a TTL itself, keeps at least
-the TTL left on what it replaces: otherwise data written at V over a fence at V with a
-short TTL of its own would end the fence's protection early (fence at V for 60 s, data
-V for 1 s, then a slow reader's V-1 accepted at 2 s). With ttl_ms = 0 it writes no TTL
-(data without a TTL refuses older writes for as long as it lives). This reads the TTL
+set_if_newer replacing an entry, asked for a TTL, keeps at least the TTL left on what it
+replaces, and none if that had none: otherwise data written at V over a fence at V with
+a short TTL of its own would end the fence's protection early (fence at V for 60 s, data
+V for 1 s, then a slow reader's V-1 accepted at 2 s), and so would data written over
+data without a TTL that a change met as fresh (which refuses older writes for as long
+as it lives). With ttl_ms = 0 it writes no TTL. This reads the TTL
 with PTTL: the writer's ACL user needs +pttl.
 
 The names carry the protocol version (library cache_reconciler_2, cr2_*): a rolling
@@ -220,8 +221,8 @@ end
 -- FCALL cr2_set_if_newer 1 key version payload ttl_ms
 -- Writes v=version and d=payload only if there is no entry, the entry is data with
 -- v < version, or a fence with v <= version. ttl_ms > 0: the new entry expires after
--- ttl_ms, or after the TTL left on the entry it replaces if that is longer; ttl_ms = 0:
--- no TTL. Returns 1 if written, 0 if not.
+-- ttl_ms, or after the TTL left on the entry it replaces if that is longer, never if
+-- that has none; ttl_ms = 0: no TTL. Returns 1 if written, 0 if not.
 local function set_if_newer(keys, args)
   if #keys ~= 1 or #args ~= 3 then
     return bad('cr2_set_if_newer', 'expected 1 key and 3 arguments (version, payload, '
@@ -249,7 +250,9 @@ local function set_if_newer(keys, args)
   if kind ~= 'absent' then
     if ttl > 0 then
       local left = redis.call('PTTL', key)  -- -1: no TTL
-      if left > ttl then
+      if left == -1 then
+        ttl = 0  -- what it replaces never expires: neither does the new entry
+      elseif left > ttl then
         ttl_ms = string.format('%d', left)
       end
     end

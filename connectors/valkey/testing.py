@@ -127,7 +127,7 @@ class FakeShard:
 
     def set_if_newer(self, key: str, version: int, payload: bytes, ttl_ms: int = 0) -> bool:
         """The writer's compare-and-set: the semantics of cr2_set_if_newer (a TTL asked
-        for is at least the one left on the entry replaced)."""
+        for is at least the one left on the entry replaced; none if that had none)."""
         if not 0 <= version <= MAX_VERSION or ttl_ms < 0:
             raise ValueError(f"bad version {version} or ttl_ms {ttl_ms}")
         self._maybe_fail()
@@ -137,9 +137,10 @@ class FakeShard:
         if kind == "fence" and current > version:
             return False
         left = self._deadlines.get(key)
+        forever = kind != "absent" and left is None  # what it replaces never expires
         self._delete(key)
         self._entries[key] = {VERSION_FIELD: str(version).encode(), DATA_FIELD: payload}
-        if ttl_ms > 0:
+        if ttl_ms > 0 and not forever:
             deadline = self._clock() + ttl_ms / 1000
             self._deadlines[key] = deadline if left is None else max(deadline, left)
         return True

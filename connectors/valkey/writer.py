@@ -151,8 +151,9 @@ class CacheWriter:
         """Write `payload` at `version` unless the entry is newer data or a higher fence.
 
         `ttl_seconds` None means no expiry. With a TTL, the entry lives at least as long
-        as the one it replaces had left, so data written over a fence never ends the
-        fence's protection early (the writer's ACL user needs +pttl for this).
+        as the one it replaces had left (for ever if that had no TTL), so data written
+        over a fence, or over data a change met, never ends its protection early (the
+        writer's ACL user needs +pttl for this).
         Returns True if written.
         """
         if isinstance(version, bool) or not 0 <= version <= MAX_VERSION:

@@ -106,10 +106,28 @@ def test_set_if_newer_carries_a_ttl_over_only_when_asked_for_one(
     client.pexpire(forever, 300_000)
     assert writer.set_if_newer(forever, 4, "v4", None)
     assert client.pttl(forever) == -1
-    bare = f"{uid}:post:3"  # the replaced entry had no TTL: the one asked for
+    bare = f"{uid}:post:3"  # the replaced entry never expires: neither does the new one
     client.hset(bare, "v", "3")
     assert writer.set_if_newer(bare, 4, "v4", 10)
-    assert_ttl(client, bare, 5_000, 10_000)
+    assert client.pttl(bare) == -1
+
+
+def test_data_written_over_data_without_a_ttl_keeps_refusing_for_fence_ttl(
+        shard: Shard, writer: CacheWriter, client: valkey.Valkey, uid: str) -> None:
+    """Found by the property test: data cached without a TTL met by a change (fresh:
+    it refuses older writes for as long as it lives), then replaced by a newer
+    reader's data with a short TTL. Had that TTL applied, the entry would expire 20 s
+    after the change and a reader of a version below the change write it back 30 s
+    after it, well inside fence_ttl."""
+    key = f"{uid}:post:1"
+    assert shard.apply([key], ["v"], [2]) == ["absent"]
+    assert writer.set_if_newer(key, 6, {"title": "v6"}, None)  # cached for good
+    assert shard.apply([key], ["v"], [3]) == ["fresh"]  # the change at v3 meets it
+    assert writer.set_if_newer(key, 8, {"title": "v8"}, 20)
+    age(client, key, 30_000)
+    assert shard.apply([key], ["v"], [1]) == ["fresh"]  # an older event replayed
+    assert writer.set_if_newer(key, 2, {"title": "v2"}, 20) is False
+    assert writer.get_with_version(key) == (8, {"title": "v8"})
 
 
 def test_once_fence_ttl_has_passed_the_current_version_is_cacheable(
