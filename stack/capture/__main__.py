@@ -4,11 +4,18 @@ of Debezium's ExtractNewRecordState SMT)."""
 
 import sys
 
-if sys.argv[1:] == ["avro"]:
-    from stack.capture.avro import main
-elif sys.argv[1:] == ["flattened"]:
-    from stack.capture.flattened import main
-else:
-    from stack.capture.run import main
+from stack.capture.records import CaptureError
+from stack.process import StackError
 
-sys.exit(main())
+if sys.argv[1:] == ["avro"]:
+    from stack.capture.avro import capture
+elif sys.argv[1:] == ["flattened"]:
+    from stack.capture.flattened import capture
+else:
+    from stack.capture.run import capture
+
+try:
+    capture()
+except (CaptureError, StackError) as exc:
+    print(f"[capture] error: {exc}", file=sys.stderr)
+    sys.exit(1)

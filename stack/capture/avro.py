@@ -20,8 +20,6 @@ import base64
 import datetime as dt
 import io
 import json
-import sys
-from collections.abc import Iterable
 from functools import partial
 from typing import Any
 
@@ -51,7 +49,7 @@ from stack.capture.records import (
 from stack.capture.run import wait
 from stack.capture.topics import delete_topics, read_all
 from stack.capture.workload import Workload, cleanup_rows, pg_connect, run_workload, seed
-from stack.process import StackError, http_json
+from stack.process import http_json
 
 AVRO, TWIN = "capavro", "captwin"  # the two connectors' topic prefixes
 AVRO_DIR = FIXTURE_DIR / "avro"
@@ -221,14 +219,3 @@ bytes in base64: `{{"topic", "partition", "offset", "timestamp", "key_b64",
 |---|---|---|
 {steps}
 """)
-
-
-def main(argv: Iterable[str] | None = None) -> int:
-    del argv
-    try:
-        capture()
-    except (CaptureError, StackError) as exc:
-        print(f"[capture] error: {exc}", file=sys.stderr)
-        return 1
-    return 0
-

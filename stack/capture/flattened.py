@@ -28,9 +28,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import sys
 from collections import defaultdict, deque
-from collections.abc import Iterable
 from functools import partial
 from typing import Any
 
@@ -63,7 +61,6 @@ from stack.capture.run import complete as twin_complete
 from stack.capture.run import snapshot_done, wait
 from stack.capture.topics import delete_topics, read_all
 from stack.capture.workload import Workload, cleanup_rows, pg_connect, run_workload, seed
-from stack.process import StackError
 
 REWRITE, UPSERT, TWIN = "capflat", "capups", "capftwin"  # the connectors' topic prefixes
 FLAT_DIR = FIXTURE_DIR / "flattened"
@@ -349,13 +346,3 @@ def write_readme(work: Workload, settings: dict[str, dict[str, Any]],
             out.append(f"| {number} | {twin} | `{rec.topic}` | {rec.partition}/{rec.offset} | "
                        f"{rec.step} | {describe(rec).replace('|', '/')} |")
     (FLAT_DIR / "README.md").write_text("\n".join(out) + "\n")
-
-
-def main(argv: Iterable[str] | None = None) -> int:
-    del argv
-    try:
-        capture()
-    except (CaptureError, StackError) as exc:
-        print(f"[capture] error: {exc}", file=sys.stderr)
-        return 1
-    return 0

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from functools import partial
 
 from stack import connect as stack_connect
@@ -36,7 +35,7 @@ from stack.capture.records import (
 )
 from stack.capture.topics import delete_topics, prefix_topics, read_all
 from stack.capture.workload import Workload, cleanup_rows, pg_connect, run_workload, seed
-from stack.process import STACK_DIR, StackError
+from stack.process import STACK_DIR
 
 
 def wait(what: str, check: Callable[[], bool], timeout: float = TIMEOUT) -> None:
@@ -183,15 +182,3 @@ def capture() -> None:
         errors = cleanup(work)
         if errors and not failed:
             raise CaptureError("cleanup failed: " + "; ".join(errors))
-
-
-def main(argv: Iterable[str] | None = None) -> int:
-    del argv
-    try:
-        capture()
-    except (CaptureError, StackError) as exc:
-        print(f"[capture] error: {exc}", file=sys.stderr)
-        return 1
-    return 0
-
-
