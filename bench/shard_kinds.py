@@ -51,8 +51,7 @@ from bench.harness import Harness, write_topic
 from bench.report import RESULTS_DIR, machine, table, write_result
 from bench.runner import Spec
 from bench.servers import HOST, ValkeyServers
-from bench.sweep import _run as judge_run
-from bench.sweep import _summary as summarise_runs
+from bench.sweep import judge_run, summarise_runs
 from connectors.valkey.functions import load_functions
 from connectors.valkey.topology import cluster_client
 

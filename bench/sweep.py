@@ -111,7 +111,7 @@ def _point(endpoints: Endpoints, urls: list[str], point: Point, options: SweepOp
                                     consumers=point.workers)
             worker = bench.measure("worker", f"worker-{label}", reset_first=True,
                                    consumers=point.workers)
-            runs.append(_run(ceiling, worker, want, records))
+            runs.append(judge_run(ceiling, worker, want, records))
             for reason in runs[-1]["disturbed"]:
                 print(f"DISTURBED: {reason}")
     finally:
@@ -119,7 +119,7 @@ def _point(endpoints: Endpoints, urls: list[str], point: Point, options: SweepOp
     return {"point": asdict(point), "records": records, "produced": produced.as_json(),
             "workload_ops": dict(ops), "expected_invalidations": by_shard(want),
             "actions_per_event": round(sum(want.values()) / records, 3),
-            "runs": runs, "summary": _summary(runs)}
+            "runs": runs, "summary": summarise_runs(runs)}
 
 
 def _records(point: Point, options: SweepOptions) -> int:
@@ -130,7 +130,7 @@ def _records(point: Point, options: SweepOptions) -> int:
     return min(options.events, int(options.max_topic_mb * 1e6 / size))
 
 
-def _run(ceiling: dict[str, Any], worker: dict[str, Any], want: Mapping[tuple[str, str], int],
+def judge_run(ceiling: dict[str, Any], worker: dict[str, Any], want: Mapping[tuple[str, str], int],
          records: int) -> dict[str, Any]:
     disturbed = []  # signs that something else changed the stack under the measurement
     matches = accounted(worker) == want
@@ -167,7 +167,7 @@ def _us(result: Mapping[str, Any]) -> float:
     return round(float(result["cpu_seconds"] * 1e6 / result["records"]), 2)
 
 
-def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+def summarise_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Medians over the undisturbed runs (over all of them if every run was), and the
     spread of each figure over those runs."""
     kept = [run for run in runs if not run["disturbed"]] or runs
