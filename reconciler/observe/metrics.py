@@ -50,6 +50,24 @@ RELOAD_RESULTS = ("ok", "error")  # reconciler_shard_map_reloads_total{result}
 RETRY_TARGETS = ("valkey", "registry")  # reconciler_retries_total{target} that the worker counts
 
 
+class Children:
+    """A labelled metric's children by label values, each looked up once:
+    prometheus_client's ``labels()`` validates and locks on every call, which the worker
+    would pay per label set per batch. For metrics whose series are never removed."""
+
+    __slots__ = ("_children", "_metric")
+
+    def __init__(self, metric: Counter) -> None:
+        self._metric = metric
+        self._children: dict[tuple[str, ...], Counter] = {}
+
+    def __call__(self, *labels: str) -> Counter:
+        child = self._children.get(labels)
+        if child is None:
+            child = self._children[labels] = self._metric.labels(*labels)
+        return child
+
+
 class BatchHistogram:
     """A histogram observed a batch at a time: one lock per batch instead of one per
     value (prometheus_client's Histogram.observe locks per call — a microsecond per
@@ -70,16 +88,12 @@ class BatchHistogram:
         self.observe_many((value,))
 
     def observe_many(self, values: Iterable[float]) -> None:
-        bounds = self._bounds
-        counts = [0] * len(bounds)
+        bounds, counts = self._bounds, self._counts
         total = 0.0
-        for value in values:
-            counts[bisect_left(bounds, value)] += 1  # the first bucket whose le >= value
-            total += value
-        with self._lock:
-            for index, n in enumerate(counts):
-                if n:
-                    self._counts[index] += n
+        with self._lock:  # a batch's few values: binned in place, not via a scratch list
+            for value in values:
+                counts[bisect_left(bounds, value)] += 1  # the first bucket whose le >= value
+                total += value
             self._sum += total
 
     def describe(self) -> list[Metric]:

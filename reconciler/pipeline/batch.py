@@ -25,7 +25,7 @@ from confluent_kafka import KafkaError, Message
 from connectors.debezium import model
 from connectors.debezium.decode import Decoder, InvalidEvent
 from reconciler.errors import PoisonRecordError
-from reconciler.observe.metrics import Metrics
+from reconciler.observe.metrics import Children, Metrics
 from reconciler.pipeline.planner import HEARTBEAT, KEY_ONLY, UNKNOWN_TABLE, Action, Plan, Planner
 
 log = logging.getLogger(__name__)
@@ -211,6 +211,11 @@ class BatchMetrics:
 
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
+        self._events = Children(metrics.events)
+        self._skipped = Children(metrics.skipped)
+        self._dead_letters = Children(metrics.dead_letters)
+        self._unresolved = Children(metrics.unresolved)
+        self._invalidations = Children(metrics.invalidations)
         self._unresolved_logged: dict[str, float] = {}  # table → when last logged
         self._unresolved_since_log: dict[str, int] = {}  # table → count since then
 
@@ -218,13 +223,13 @@ class BatchMetrics:
                 observe_delay: bool = True) -> None:
         metrics = self.metrics
         for (table, op), n in result.events.items():
-            metrics.events.labels(table, op).inc(n)
+            self._events(table, op).inc(n)
         for reason, n in result.skipped.items():
-            metrics.skipped.labels(reason).inc(n)
+            self._skipped(reason).inc(n)
         for reason, n in result.dead_letters.items():
-            metrics.dead_letters.labels(reason).inc(n)
+            self._dead_letters(reason).inc(n)
         for (table, template, cause), n in result.unresolved.items():
-            metrics.unresolved.labels(table, template, cause).inc(n)
+            self._unresolved(table, template, cause).inc(n)
             if cause == KEY_ONLY:
                 continue  # expected: a DEFAULT-identity delete, a tombstone
             self._unresolved_since_log[table] = self._unresolved_since_log.get(table, 0) + n
@@ -238,7 +243,7 @@ class BatchMetrics:
                         table, self._unresolved_since_log.pop(table), where,
                         ", ".join(templates))
         for (shard, outcome), n in result.invalidations.items():
-            metrics.invalidations.labels(shard, outcome).inc(n)
+            self._invalidations(shard, outcome).inc(n)
         if observe_delay:
             metrics.end_to_end.observe_many(
                 [max(0.0, acknowledged - commit_ms / 1000) for commit_ms in commits])

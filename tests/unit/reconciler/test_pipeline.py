@@ -6,6 +6,7 @@ run the same code against Kafka and Valkey)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -130,6 +131,35 @@ def test_offsets_are_stored_only_after_the_batch_is_acknowledged() -> None:
     assert source.stored == {(TOPIC, 0): 1, (TOPIC, 1): 1}  # batch 2 not yet
     pipe.drain()
     assert source.stored == {(TOPIC, 0): 2, (TOPIC, 1): 2}
+
+
+class Asked(MemorySource):
+    """A MemorySource that writes each consume() call to the journal."""
+
+    def consume(self, num_messages: int = 1, timeout: float = -1) -> list[Any]:
+        self.journal.append(f"consume {num_messages} {timeout:g}")
+        return super().consume(num_messages, timeout)
+
+
+def test_the_queue_is_asked_first_only_after_a_full_batch() -> None:
+    journal: list[str] = []
+    a, b = Journaled("a", journal), Journaled("b", journal)
+    source = Asked(journal=journal)
+    for post_id in (1, 3, 5):
+        source.add(TOPIC, 0, *post(post_id, 7, 1))
+    pipe, _ = pipeline(source, {"a": a, "b": b}, journal)
+    pipe.push(pipe.poll(2, 0.5))  # a full batch: sent, in flight
+    del journal[:]
+    # After a full batch more may be waiting: asked first, while batch 1's calls run.
+    pipe.push(pipe.poll(2, 0.5))  # one record: a partial batch
+    assert journal[:2] == ["consume 2 0", "read a"]  # asked before batch 1 was read
+    del journal[:]
+    # After a partial one the queue was empty a moment ago: batch 2 completes first,
+    # then the wait, without asking the queue again.
+    assert pipe.poll(2, 0.5) == []
+    assert journal == ["read a", "acknowledged", f"store {TOPIC}[0]@3", "stored",
+                       "consume 1 0.5"]
+    assert source.stored == {(TOPIC, 0): 3}
 
 
 def test_dead_letters_are_confirmed_before_the_offsets_are_stored() -> None:
