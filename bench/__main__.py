@@ -1,5 +1,5 @@
-"""`python -m bench throughput|latency|backlog|planning|decode|sweep|shards [options]`
-(see docs/benchmarks.md)."""
+"""`python -m bench KIND [options]`, KIND one of throughput, latency, backlog, planning,
+decode, sweep, shards, wakeups (see docs/benchmarks.md)."""
 
 from __future__ import annotations
 
@@ -94,6 +94,13 @@ def main(argv: list[str] | None = None) -> int:
                     help="measurements of every layout (medians and spread over them)")
     sk.add_argument("--seed", type=int, default=1)
 
+    wk = sub.add_parser("wakeups", help="a batch's CPU against the sleep before it: the "
+                        "pipeline in-process on the stack's Valkeys, no Kafka")
+    wk.add_argument("--batch", type=int, default=20, help="records per batch (default 20: "
+                    "a 32 KB fetch of the latency benchmark's records)")
+    wk.add_argument("--batches", type=int, default=200, help="batches per point")
+    wk.add_argument("--rounds", type=int, default=5, help="rounds over the gaps (medians)")
+
     for command in (tp, lat, bl, sw, sk):
         command.add_argument("--worker-client", metavar="PROPERTY=VALUE", action="append",
                              default=[], help="an extra librdkafka property in the worker's "
@@ -116,6 +123,12 @@ def main(argv: list[str] | None = None) -> int:
         run_decode(args.rounds, args.out_dir)
         return 0
     endpoints = Endpoints.load()
+    if args.kind == "wakeups":
+        from bench.wakeups import run_wakeups
+
+        run_wakeups(endpoints, batch=args.batch, batches=args.batches, rounds=args.rounds,
+                    out_dir=args.out_dir)
+        return 0
     if args.kind == "throughput":
         from bench.throughput import Options, run_throughput
 
