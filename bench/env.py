@@ -230,6 +230,30 @@ def delete_topic(endpoints: Endpoints, topic: str) -> None:
         client.delete_topics([topic])[topic].result(timeout=30)
 
 
+def parking_topics(config: str | Path) -> list[str]:
+    """The parking topics a worker with this config makes at start, one per shard
+    (`reconciler.pipeline.parking`), read from the YAML itself so that a config of an
+    older commit (`--worker-ref`) reads too."""
+    path = Path(config)
+    doc = yaml.safe_load(path.read_text())
+    parking = (doc.get("valkey") or {}).get("parking") or {}
+    prefix = parking.get("topic_prefix") or f"{doc['kafka']['group_id']}.parked"
+    shard_map = yaml.safe_load((path.parent / doc["shard_map"]).read_text())
+    return [f"{prefix}.{shard}" for shard in shard_map["shards"]]
+
+
+def delete_parking_topics(config: str | Path) -> None:
+    """Delete what `parking_topics` names. Every benchmark run's group is new, so its
+    parking topics would pile up on the stack: 978 of them, from benchmarks alone, on the
+    stack this was found on, and a broker with thousands of topics is another machine
+    to measure on."""
+    doc = yaml.safe_load(Path(config).read_text())
+    client = AdminClient({"bootstrap.servers": doc["kafka"]["bootstrap_servers"]})
+    for future in client.delete_topics(parking_topics(config)).values():
+        with contextlib.suppress(KafkaException):  # never made (parking off), or gone
+            future.result(timeout=30)
+
+
 def topic_exists(endpoints: Endpoints, topic: str) -> bool:
     return topic in admin(endpoints).list_topics(timeout=10).topics
 

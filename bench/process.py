@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from bench.env import ROOT
+from bench.env import ROOT, delete_parking_topics
 from bench.group import Gate, Progress, combine
 from bench.peers import camel
 from bench.runner import Spec, write_spec
@@ -59,16 +59,23 @@ class Runner:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(30)
+            self._tidy()
+
+    def _tidy(self) -> None:
+        """A worker alone in its group, ended: its parking topics go (`bench.env`); a
+        group's go once every member has ended (`run_group`)."""
+        if self.spec.kind == "worker" and self.spec.group is None:
+            delete_parking_topics(self.spec.config)
 
     def result(self, timeout: float) -> dict[str, Any]:
         """Wait for the child and return its JSON result (fails with its log's tail)."""
         try:
             code = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(30)
+            self.kill()
             raise RuntimeError(f"{self.spec.kind} runner still running after {timeout:.0f}s; "
                                f"log: {self.log_path}\n{self.tail()}") from None
+        self._tidy()
         out = Path(self.spec.out)
         if code != 0 or not out.exists():
             raise RuntimeError(f"{self.spec.kind} runner exited with {code}; log: "
@@ -120,5 +127,8 @@ def run_group(members: Mapping[str, Spec], workdir: Path, *, timeout: float,
         wait(lambda: sum(Progress.read(spec.progress or "") for spec in specs) >= total,
              "reading the topic")
         gate.close()
-        return combine([runner.result(max(1.0, deadline - time.monotonic()))
-                        for runner in runners])
+        try:
+            return combine([runner.result(max(1.0, deadline - time.monotonic()))
+                            for runner in runners])
+        finally:
+            delete_parking_topics(specs[0].config)

@@ -16,7 +16,7 @@ import pytest
 import valkey
 
 from bench.cache import CacheMix, cached_rows
-from bench.env import LOCAL_CONFIG, SMOKE_DB, Endpoints, Router
+from bench.env import LOCAL_CONFIG, SMOKE_DB, Endpoints, Router, admin
 from bench.events import DELETE, TOMBSTONE, Workload
 from bench.throughput import Options, run_throughput
 from tests.conftest import Stack
@@ -48,9 +48,20 @@ def smoke_endpoints(stack: Stack) -> Endpoints:
                      stack.postgres_dsn, db=SMOKE_DB)
 
 
+def parked_topics(endpoints: Endpoints) -> set[str]:
+    return {topic for topic in admin(endpoints).list_topics(timeout=10).topics
+            if ".parked." in topic}
+
+
 def test_throughput_harness_measures_the_work(stack: Stack, tmp_path: Path) -> None:
-    path = run_throughput(smoke_endpoints(stack), Options(
+    endpoints = smoke_endpoints(stack)
+    parked_before = parked_topics(endpoints)
+    path = run_throughput(endpoints, Options(
         events=EVENTS, keys=KEYS, naive_records=NAIVE, naive_seconds=30), tmp_path)
+    # The worker's fresh group made a parking topic per shard at start; the run removed
+    # them (others' may come and go meanwhile: only new ones of bench groups count).
+    assert {topic for topic in parked_topics(endpoints) - parked_before
+            if topic.startswith("bench-")} == set()
 
     data = json.loads(path.read_text())
     assert path.parent == tmp_path and path.name.startswith("throughput-")
