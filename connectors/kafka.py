@@ -31,6 +31,12 @@ SESSION_TIMEOUT_MS = 10_000  # a silent worker loses its partitions after this
 MAX_POLL_INTERVAL_MS = 300_000
 PREFETCH_KBYTES = 32 * 1024  # librdkafka's local queue: enough for ~7k 4.5 KB records
 FETCH_QUEUE_BACKOFF_MS = 10  # how soon to fetch again once the full queue drains
+# A fetch response carries up to 1 MB per partition (max.partition.fetch.bytes), up to
+# librdkafka's 50 MB: on a backlog it grows with the partitions, decompressed into the
+# queue on top of PREFETCH_KBYTES. Capped, the worker's peak RSS at 96 partitions fell
+# from 490 to 242 MB, as at 6 (209), at the same events/s (docs/benchmarks.md, "How cost
+# grows"). Larger single records still come: the first batch of a fetch always does.
+FETCH_MAX_BYTES = 8 * 1024 * 1024
 # librdkafka notices that a subscribed topic grew partitions only on a metadata refresh;
 # at its default (5 min) the changes Debezium writes to a new partition wait that long,
 # unreconciled. One small metadata request per interval bounds it.
@@ -112,8 +118,10 @@ def consumer_config(bootstrap_servers: str, group_id: str, security: Security,
     config.setdefault("max.poll.interval.ms", MAX_POLL_INTERVAL_MS)
     config.setdefault("fetch.wait.max.ms", FETCH_WAIT_MAX_MS)
     config.setdefault("fetch.min.bytes", FETCH_MIN_BYTES)
-    # The prefetch queue bounds memory on a backlog (RSS stays flat whatever its size)…
+    # The prefetch queue and the size of a fetch bound memory on a backlog (RSS stays
+    # flat whatever its size)…
     config.setdefault("queued.max.messages.kbytes", PREFETCH_KBYTES)
+    config.setdefault("fetch.max.bytes", FETCH_MAX_BYTES)  # …whatever the partitions
     # …and when it is full, librdkafka waits this long before fetching again. Its default
     # (1 s) left the worker idle in consume() for a third of a backlog catch-up.
     config.setdefault("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS)

@@ -196,6 +196,22 @@ def test_the_consumer_group_protocol_builds_a_consumer_the_broker_runs() -> None
     assert "group.protocol" not in classic
 
 
+def test_a_fetch_is_bounded_whatever_the_partitions() -> None:
+    from confluent_kafka import Consumer
+
+    from connectors.kafka import Security, consumer_config
+
+    config = consumer_config("127.0.0.1:1", "g", Security())
+    # librdkafka's own bound (50 MB) lets one response outgrow the prefetch queue's on a
+    # topic of many partitions (1 MB each): the worker's is a fraction of the queue's.
+    assert isinstance(config["fetch.max.bytes"], int)
+    assert isinstance(config["queued.max.messages.kbytes"], int)
+    assert config["fetch.max.bytes"] <= config["queued.max.messages.kbytes"] * 1024 // 2
+    Consumer(config).close()  # librdkafka accepts it beside its other limits
+    mine = consumer_config("127.0.0.1:1", "g", Security(), {"fetch.max.bytes": 1 << 20})
+    assert mine["fetch.max.bytes"] == 1 << 20  # kafka.client still decides
+
+
 def test_ordinary_client_property_passes_through(tmp_path: Path) -> None:
     path = write_config(tmp_path, lambda d: d["kafka"].__setitem__(
         "client", {"fetch.min.bytes": 1024, "security.protocol": "SSL"}))
