@@ -167,20 +167,13 @@ class Worker:
         for overlap in overlapping_patterns(
                 {name: rules.templates for name, rules in self.pipeline.planner.tables.items()}):
             log.warning("key templates overlap: %s", overlap)
-        if self._http is not None:
-            self._http.start()
-            log.info("metrics, /healthz, /readyz and /freshness on %s:%d",
-                     self.settings.metrics.host, self._http.port)
-        topics = self._topics()
-        ensure_topic(self._admin, self.settings.kafka.dead_letter_topic, topics,
-                     purpose="dead-letter")
-        self._parts.dead_letters.fit_topic(self._admin)
-        if self._parking is not None:
-            self._parking.prepare(self._admin, topics, list(self.shards.clients()))
-        self.shards.probe()
-        self._housekeeper.start()
-        self.consumer.subscribe(self.subscription(), on_assign=self._on_assign,
-                                on_revoke=self._on_revoke, on_lost=self._on_lost)
+        try:
+            self._start()
+        except BaseException:
+            # Released now, not by the interpreter's exit, where librdkafka's threads
+            # (retrying a refused handshake, logging through Python) can crash it.
+            self.close(commit=False)
+            raise
         # Everything built so far lives as long as the worker: moved out of the
         # collector's reach, a full collection no longer walks it (one took 100-170 ms
         # at 20k/s, the p99's outliers) and only what the batches leave behind is seen.
@@ -198,6 +191,22 @@ class Worker:
         finally:
             self.close(commit=code == EXIT_OK)
         return code
+
+    def _start(self) -> None:
+        if self._http is not None:
+            self._http.start()
+            log.info("metrics, /healthz, /readyz and /freshness on %s:%d",
+                     self.settings.metrics.host, self._http.port)
+        topics = self._topics()
+        ensure_topic(self._admin, self.settings.kafka.dead_letter_topic, topics,
+                     purpose="dead-letter")
+        self._parts.dead_letters.fit_topic(self._admin)
+        if self._parking is not None:
+            self._parking.prepare(self._admin, topics, list(self.shards.clients()))
+        self.shards.probe()
+        self._housekeeper.start()
+        self.consumer.subscribe(self.subscription(), on_assign=self._on_assign,
+                                on_revoke=self._on_revoke, on_lost=self._on_lost)
 
     def loop(self, until: Callable[[], bool]) -> None:
         """Drive the pipeline until `until()`, between batches reloading the shard map
