@@ -230,29 +230,23 @@ def delete_topic(endpoints: Endpoints, topic: str) -> None:
         client.delete_topics([topic])[topic].result(timeout=30)
 
 
-def parking_topics(config: str | Path) -> list[str]:
-    """The parking topics a worker with this config makes at start, one per shard
-    (`reconciler.pipeline.parking`), read from the YAML itself so that a config of an
-    older commit (`--worker-ref`) reads too."""
-    path = Path(config)
-    doc = yaml.safe_load(path.read_text())
-    parking = (doc.get("valkey") or {}).get("parking") or {}
-    prefix = parking.get("topic_prefix") or f"{doc['kafka']['group_id']}.parked"
-    shard_map = yaml.safe_load((path.parent / doc["shard_map"]).read_text())
-    return [f"{prefix}.{shard}" for shard in shard_map["shards"]]
-
-
 def delete_parking_topics(config: str | Path) -> None:
-    """Delete what `parking_topics` names. Every benchmark run's group is new, so its
-    parking topics would pile up on the stack: 978 of them, from benchmarks alone, on the
-    stack this was found on, and a broker with thousands of topics is another machine
-    to measure on."""
+    """Delete the parking topics a worker with this config made at start, one per shard
+    (`reconciler.pipeline.parking`), named from the YAML itself so that a config of an
+    older commit (`--worker-ref`) reads too. Every benchmark run's group is new, so they
+    would pile up on the stack: 978 of them, from benchmarks alone, on the stack this
+    was found on, and a broker with thousands of topics is another machine to measure
+    on. Tidying only: what it cannot do is printed, never raised."""
+    path = Path(config)
     try:
-        doc = yaml.safe_load(Path(config).read_text())
+        doc = yaml.safe_load(path.read_text())
+        parking = (doc.get("valkey") or {}).get("parking") or {}
+        prefix = parking.get("topic_prefix") or f"{doc['kafka']['group_id']}.parked"
+        shards = yaml.safe_load((path.parent / doc["shard_map"]).read_text())["shards"]
         client = AdminClient({"bootstrap.servers": doc["kafka"]["bootstrap_servers"]})
-        futures = client.delete_topics(parking_topics(config)).values()
+        futures = client.delete_topics([f"{prefix}.{shard}" for shard in shards]).values()
     except (OSError, KeyError, TypeError, yaml.YAMLError, KafkaException) as exc:
-        print(f"note: parking topics of {config} not deleted: {exc!r}")  # tidying only
+        print(f"note: parking topics of {config} not deleted: {exc!r}")
         return
     for future in futures:
         with contextlib.suppress(KafkaException):  # never made (parking off), or gone

@@ -37,7 +37,7 @@ from reconciler.pipeline.pipeline import Pipeline
 from reconciler.pipeline.planner import Planner
 from reconciler.pipeline.testing import MemoryDeadLetters, MemorySource
 from reconciler.settings import load_settings
-from shard_map import ShardMapWatcher
+from shard_map import load_shard_map
 
 TOPIC = "bench.wakeups"
 GAPS_MS = (0.0, 1.0, 5.0, 20.0)  # sleeps before each batch
@@ -48,7 +48,7 @@ def run_wakeups(endpoints: Endpoints, *, batch: int = 20, batches: int = 200, ro
                 gaps_ms: tuple[float, ...] = GAPS_MS, out_dir: Path = RESULTS_DIR) -> Path:
     settings = load_settings(write_config(Path(tempfile.mkdtemp(prefix="bench-wakeups-")),
                                           endpoints, group="bench.wakeups", topics=[TOPIC]))
-    shard_map = ShardMapWatcher(settings.shard_map).current
+    shard_map = load_shard_map(settings.shard_map)
     planner = Planner.for_settings(settings, shard_map)
     decoder = Decoder(columns=planner.columns)
     shards = {name: Shard(name, endpoints.shard_url(name)) for name in sorted(endpoints.valkey)}

@@ -34,8 +34,9 @@ FETCH_QUEUE_BACKOFF_MS = 10  # how soon to fetch again once the full queue drain
 # A fetch response carries up to 1 MB per partition (max.partition.fetch.bytes), up to
 # librdkafka's 50 MB: on a backlog it grows with the partitions, decompressed into the
 # queue on top of PREFETCH_KBYTES. Capped, the worker's peak RSS at 96 partitions fell
-# from 490 to 242 MB, as at 6 (209), at the same events/s (docs/benchmarks.md, "How cost
-# grows"). Larger single records still come: the first batch of a fetch always does.
+# from 490-635 to ~240 MB, near the 209 at 6, and its events/s did not fall
+# (docs/benchmarks.md, "How cost grows"). Larger single records still come: the first
+# batch of a fetch always does.
 FETCH_MAX_BYTES = 8 * 1024 * 1024
 # librdkafka notices that a subscribed topic grew partitions only on a metadata refresh;
 # at its default (5 min) the changes Debezium writes to a new partition wait that long,
@@ -46,9 +47,10 @@ METADATA_REFRESH_MS = 10_000
 # cost of a batch (a Valkey round trip per shard, the offsets, the metrics, a thread
 # woken from sleep) is shared, and CPU per event falls ~4x at 1k/s and ~2.4x at 5k/s
 # (docs/benchmarks.md, "Everyday rates"). The price: up to FETCH_WAIT_MAX_MS more delay
-# when changes are sparse (p50 +5 ms at 1k/s; at 5k/s a fetch fills in ~5 ms), and an
-# idle worker fetching 50 times a second (0.6% of a core). Lower them in kafka.client
-# to trade CPU for latency.
+# when changes are sparse (p50 ~11 ms added at 1k/s, against 1.2 before; at 5k/s a
+# fetch fills in ~5 ms), and an idle worker fetching 50 times a second (0.6% of a
+# core). Lower them in kafka.client to trade CPU for latency, raise them for the
+# reverse (README: the cost-first setting).
 FETCH_WAIT_MAX_MS = 20
 FETCH_MIN_BYTES = 32 * 1024
 
