@@ -352,18 +352,18 @@ class Worker:
         reloaded = self._watcher.poll()
         if reloaded is None:
             return
-        if not reloaded.ok:
-            self.metrics.shard_map_reloads.labels("error").inc()
-            self.metrics.shard_map_reload_failed.set(1)
+        if not reloaded.ok:  # logged, then counted: whoever sees the count finds the line
             log.error("shard map %s rejected, keeping version %d: %s", self.settings.shard_map,
                       reloaded.shard_map.version, reloaded.error)
+            self.metrics.shard_map_reloads.labels("error").inc()
+            self.metrics.shard_map_reload_failed.set(1)
             return
         problems = self.shards.problems(reloaded.shard_map)
         if problems:
-            self.metrics.shard_map_reloads.labels("error").inc()
-            self.metrics.shard_map_reload_failed.set(1)
             log.error("shard map %s version %d rejected, keeping the one in use: %s",
                       self.settings.shard_map, reloaded.shard_map.version, "; ".join(problems))
+            self.metrics.shard_map_reloads.labels("error").inc()
+            self.metrics.shard_map_reload_failed.set(1)
             return
         self.pipeline.planner = self.pipeline.planner.with_shard_map(reloaded.shard_map)
         self.shards.update(reloaded.shard_map)
